@@ -1,0 +1,68 @@
+//! `worker`: runs Poda workers, or one operator command.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use poda::cli::{WorkerCli, WorkerCommand};
+use poda::worker::{run_workers, WorkerOptions};
+use poda::{ops, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = WorkerCli::parse();
+    telemetry::init(cli.common.log_format);
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
+    let Some(command) = cli.command else {
+        let options = WorkerOptions::from_args(&cli.run)?;
+        let handlers = cli
+            .common
+            .database(options.handler_connections())
+            .connect()
+            .await?;
+        ops::ensure_schema(&handlers, cli.run.migrate).await?;
+        let engine = cli
+            .common
+            .database(options.engine_connections())
+            .connect_async_commit()
+            .await?;
+        if let Some(addr) = cli.run.metrics_addr {
+            poda::worker::serve_metrics(addr).context("starting the metrics endpoint")?;
+        }
+        run_workers(handlers, engine, options, shutdown::on_signal()).await?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let pool = cli.common.database(2).connect().await?;
+    match command {
+        WorkerCommand::Migrate => {
+            ops::migrate(&pool).await?;
+            println!("migrations applied");
+        }
+        WorkerCommand::Stats => {
+            ops::ensure_schema(&pool, false).await?;
+            println!("{}", ops::stats_table(&pool).await?);
+        }
+        WorkerCommand::Retry { id } => {
+            let job = ops::retry(&pool, id).await?;
+            println!(
+                "job {} ({}) is available again (attempts reset; run_at {})",
+                job.id, job.queue, job.run_at
+            );
+        }
+        WorkerCommand::Cancel { id } => {
+            let job = ops::cancel(&pool, id).await?;
+            println!("job {} ({}) is cancelled", job.id, job.queue);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

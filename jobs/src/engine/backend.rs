@@ -1,0 +1,314 @@
+//! Poda's Postgres backend for apalis: each worker of a queue gets a [`PgBackend`], which
+//! claims batches sized to its free handler slots and hands the jobs to the worker one by one.
+//!
+//! The backend only decides *when* to claim; claims, completions and leases are the engine's
+//! (`claim`, `complete`, `lease`). The wait between claims is event-driven: a NOTIFY for the
+//! queue, a slot freed after a full claim, or the poll interval as a fallback.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::{Backend, BackendConfig};
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::TaskId;
+use apalis_core::task::Task;
+use apalis_core::worker::context::WorkerContext;
+use futures::future::BoxFuture;
+use futures::task::AtomicWaker;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+
+use super::ack::AckLayer;
+use super::claim::claim_batch;
+use super::complete::{Action, Completion};
+use super::job::{ClaimedJob, JobId, JobMeta};
+use super::notify::QueueSignal;
+use super::Engine;
+use crate::error::EngineError;
+
+/// After a failed claim (database down), wait this long before the next one.
+const CLAIM_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Handler slots of one backend: how many of its jobs run now, and who to wake when one ends.
+#[derive(Default)]
+pub struct Slots {
+    in_flight: AtomicUsize,
+    waker: AtomicWaker,
+}
+
+impl Slots {
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    fn take(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A job ended: free its slot and wake the backend, which may claim again.
+    pub fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.waker.wake();
+    }
+}
+
+/// The settings of one queue's backend.
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    pub queue: String,
+    /// Handler slots: at most this many jobs run at once, and claims never exceed the free ones.
+    pub concurrency: usize,
+    /// At most this many jobs per claim statement.
+    pub batch_size: usize,
+}
+
+pub struct PgBackend<Args> {
+    engine: Engine,
+    settings: BackendSettings,
+    signal: Arc<QueueSignal>,
+    slots: Arc<Slots>,
+    buffer: VecDeque<ClaimedJob>,
+    claiming: Option<BoxFuture<'static, Result<Vec<ClaimedJob>, EngineError>>>,
+    claim_size: usize,
+    /// The signal's generation when the last claim started.
+    seen_generation: u64,
+    /// The last claim came back short: wait for a wake-up before claiming again.
+    must_wait: bool,
+    waiting: Option<BoxFuture<'static, ()>>,
+    closing: Option<BoxFuture<'static, Result<(), EngineError>>>,
+    _args: PhantomData<fn() -> Args>,
+}
+
+impl<Args> PgBackend<Args> {
+    pub(super) fn new(engine: Engine, settings: BackendSettings) -> Self {
+        let signal = engine.signals().get(&settings.queue);
+        PgBackend {
+            engine,
+            settings: BackendSettings {
+                concurrency: settings.concurrency.max(1),
+                batch_size: settings.batch_size.max(1),
+                ..settings
+            },
+            signal,
+            slots: Arc::default(),
+            buffer: VecDeque::new(),
+            claiming: None,
+            claim_size: 0,
+            seen_generation: 0,
+            must_wait: false,
+            waiting: None,
+            closing: None,
+            _args: PhantomData,
+        }
+    }
+
+    fn start_claim(&mut self, limit: usize) {
+        let engine = self.engine.clone();
+        let queue = self.settings.queue.clone();
+        self.seen_generation = self.signal.generation();
+        self.claim_size = limit;
+        self.claiming = Some(
+            async move {
+                let jobs = claim_batch(
+                    engine.pool(),
+                    &queue,
+                    limit,
+                    engine.owner(),
+                    engine.config().lease,
+                    None,
+                )
+                .await?;
+                engine
+                    .registry()
+                    .hold_many(jobs.iter().map(|j| (j.id, j.attempt)));
+                super::metrics::record_claimed(&queue, jobs.len());
+                Ok(jobs)
+            }
+            .boxed(),
+        );
+    }
+}
+
+impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> PgBackend<Args> {
+    /// Decodes a claimed job into an apalis task. A payload that does not decode fails its
+    /// job for good instead of stopping the worker.
+    fn task_from(&self, job: ClaimedJob) -> Option<Task<Args>> {
+        match serde_json::from_value::<Args>(job.payload) {
+            Ok(args) => {
+                let meta = JobMeta {
+                    id: job.id,
+                    queue: job.queue,
+                    kind: job.kind,
+                    attempt: job.attempt,
+                    retry: job.retry,
+                };
+                Some(
+                    TaskBuilder::new(args)
+                        .task_id(TaskId::from_int(job.id.0 as u64))
+                        .max_attempts(job.retry.max_attempts as usize)
+                        .data(meta)
+                        .build(),
+                )
+            }
+            Err(error) => {
+                tracing::error!(job.id = %job.id, job.queue = %job.queue, error = %error,
+                    "payload does not decode; failing the job");
+                let completer = self.engine.completer().clone();
+                let completion = Completion {
+                    id: job.id,
+                    attempt: job.attempt,
+                    action: Action::Fail {
+                        error: format!(
+                            "payload does not decode as {}: {error}",
+                            std::any::type_name::<Args>()
+                        ),
+                    },
+                };
+                tokio::spawn(async move { completer.send(completion).await });
+                None
+            }
+        }
+    }
+}
+
+impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBackend<Args> {
+    type Task = Task<Args>;
+    type Error = EngineError;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        loop {
+            // 1. Hand out what was claimed.
+            if let Some(job) = self.buffer.pop_front() {
+                let id: JobId = job.id;
+                if let Some(task) = self.task_from(job) {
+                    self.slots.take();
+                    self.engine.registry().mark_started(id);
+                    return Poll::Ready(Some(Ok(task)));
+                }
+                continue;
+            }
+            // 2. A claim is under way.
+            if let Some(claiming) = self.claiming.as_mut() {
+                match claiming.poll_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(jobs)) => {
+                        self.claiming = None;
+                        self.must_wait = jobs.len() < self.claim_size;
+                        self.buffer.extend(jobs);
+                    }
+                    Poll::Ready(Err(error)) => {
+                        self.claiming = None;
+                        tracing::warn!(job.queue = %self.settings.queue, error = %error, "claim failed");
+                        self.waiting = Some(tokio::time::sleep(CLAIM_ERROR_PAUSE).boxed());
+                    }
+                }
+                continue;
+            }
+            // 3. Waiting for a wake-up (or after an error).
+            if let Some(waiting) = self.waiting.as_mut() {
+                match waiting.poll_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => {
+                        self.waiting = None;
+                        self.must_wait = false;
+                    }
+                }
+                continue;
+            }
+            // 4. Claim only into free slots.
+            let free = self
+                .settings
+                .concurrency
+                .saturating_sub(self.slots.in_flight());
+            if free == 0 {
+                self.slots.waker.register(cx.waker());
+                if self.settings.concurrency > self.slots.in_flight() {
+                    continue;
+                }
+                return Poll::Pending;
+            }
+            if self.must_wait {
+                let signal = self.signal.clone();
+                let seen = self.seen_generation;
+                let poll_interval = self.engine.config().poll_interval;
+                self.waiting =
+                    Some(async move { signal.wait_since(seen, poll_interval).await }.boxed());
+                continue;
+            }
+            self.start_claim(free.min(self.settings.batch_size));
+        }
+    }
+
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        if self.closing.is_none() {
+            // Jobs claimed but never started go back without spending an attempt, including
+            // those of a claim that was still under way when the worker stopped.
+            let mut unstarted: Vec<ClaimedJob> = self.buffer.drain(..).collect();
+            let claiming = self.claiming.take();
+            let engine = self.engine.clone();
+            self.closing = Some(
+                async move {
+                    if let Some(claiming) = claiming {
+                        if let Ok(jobs) = claiming.await {
+                            unstarted.extend(jobs);
+                        }
+                    }
+                    if !unstarted.is_empty() {
+                        tracing::info!(jobs = unstarted.len(), "releasing jobs that never started");
+                    }
+                    for job in unstarted {
+                        engine
+                            .completer()
+                            .send(Completion {
+                                id: job.id,
+                                attempt: job.attempt,
+                                action: Action::Release,
+                            })
+                            .await?;
+                    }
+                    engine.completer().flush().await
+                }
+                .boxed(),
+            );
+        }
+        let closing = self.closing.as_mut().expect("closing was just set");
+        closing.poll_unpin(cx)
+    }
+}
+
+impl<Args> BackendConfig for PgBackend<Args> {
+    type Args = Args;
+    type Id = JobId;
+    type Kind = Ephemeral;
+    type Config = BackendSettings;
+    type Layer = AckLayer;
+
+    fn config(&self) -> &Self::Config {
+        &self.settings
+    }
+
+    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
+        AckLayer::new(self.engine.completer().clone(), self.slots.clone())
+    }
+}

@@ -1,0 +1,65 @@
+//! Claiming: one statement takes a batch of runnable jobs for one owner.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::job::{ClaimedJob, JobId};
+use super::retry::RetryPolicy;
+use crate::error::EngineError;
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    id: i64,
+    queue: String,
+    kind: String,
+    payload: serde_json::Value,
+    attempt: i32,
+    max_attempts: i32,
+    backoff_base_ms: i32,
+    backoff_max_ms: i32,
+}
+
+/// Claims up to `limit` jobs of `queue` for `owner`, each under a lease of `lease`.
+/// `now` moves the clock for tests; `None` is the database's clock.
+pub async fn claim_batch(
+    pool: &PgPool,
+    queue: &str,
+    limit: usize,
+    owner: Uuid,
+    lease: Duration,
+    now: Option<DateTime<Utc>>,
+) -> Result<Vec<ClaimedJob>, EngineError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<ClaimedRow> = sqlx::query_as(include_str!("claim_batch.sql"))
+        .bind(queue)
+        .bind(limit as i64)
+        .bind(owner)
+        .bind(lease.as_millis() as i64)
+        .bind(now)
+        .fetch_all(pool)
+        .await?;
+    let mut jobs: Vec<ClaimedJob> = rows
+        .into_iter()
+        .map(|r| ClaimedJob {
+            id: JobId(r.id),
+            queue: r.queue,
+            kind: r.kind,
+            payload: r.payload,
+            attempt: r.attempt,
+            retry: RetryPolicy::new(
+                r.max_attempts,
+                Duration::from_millis(r.backoff_base_ms as u64),
+                Duration::from_millis(r.backoff_max_ms as u64),
+            ),
+            owner,
+        })
+        .collect();
+    // RETURNING order is not defined; hand jobs out oldest first.
+    jobs.sort_by_key(|j| j.id);
+    Ok(jobs)
+}

@@ -1,0 +1,26 @@
+-- claim_batch: move up to $2 runnable jobs of queue $1 to running under owner $3, with a
+-- lease of $4 ms, in one statement.
+-- $1 queue, $2 limit, $3 owner (uuid, unique to the process), $4 lease ms, $5 now (NULL = now()).
+-- Relies on jobs_claim_idx (queue, run_at, id) WHERE state = 'available'.
+-- The `id = ANY(ARRAY(...))` shape keeps the plan an index scan plus primary-key lookups;
+-- `UPDATE ... FROM (SELECT ...)` can turn into a hash join over the whole table.
+-- A paused queue claims nothing.
+UPDATE jobs
+SET state = 'running',
+    attempt = attempt + 1,
+    lease_owner = $3,
+    lease_expires_at = coalesce($5, now()) + $4 * interval '1 millisecond',
+    attempted_at = now(),
+    updated_at = now()
+WHERE id = ANY(ARRAY(
+    SELECT id
+    FROM jobs
+    WHERE state = 'available'
+      AND queue = $1
+      AND run_at <= coalesce($5, now())
+      AND NOT EXISTS (SELECT 1 FROM job_queues q WHERE q.name = $1 AND q.paused_at IS NOT NULL)
+    ORDER BY run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING id, queue, kind, payload, attempt, max_attempts, backoff_base_ms, backoff_max_ms

@@ -1,0 +1,35 @@
+-- complete_many: apply a batch of run outcomes, fenced by owner and attempt.
+-- $1 id[], $2 attempt[], $3 new state[] (job_state as text), $4 delay ms[] (NULL keeps run_at),
+-- $5 error[] (NULL = none), $6 refund[] (true gives the attempt back: snooze, release),
+-- $7 owner.
+-- Only rows still running under the same owner and attempt change: a late outcome from a
+-- worker whose lease was taken over changes nothing. Rows are locked in id order so two
+-- batches can never deadlock. Returns the ids that changed.
+WITH outcome AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::text[], $6::bool[])
+        AS o(id, attempt, state, delay_ms, error, refund)
+),
+locked AS (
+    SELECT j.id
+    FROM jobs j
+    JOIN outcome o ON o.id = j.id
+    WHERE j.state = 'running' AND j.lease_owner = $7 AND j.attempt = o.attempt
+    ORDER BY j.id
+    FOR UPDATE OF j
+)
+UPDATE jobs j
+SET state = o.state::job_state,
+    attempt = CASE WHEN o.refund THEN j.attempt - 1 ELSE j.attempt END,
+    run_at = CASE WHEN o.delay_ms IS NULL THEN j.run_at
+                  ELSE now() + o.delay_ms * interval '1 millisecond' END,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    last_error = coalesce(o.error, j.last_error),
+    errors = CASE WHEN o.error IS NULL THEN j.errors
+                  ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                           'attempt', j.attempt, 'at', now(), 'error', o.error)) END,
+    finished_at = CASE WHEN o.state IN ('completed', 'failed', 'cancelled') THEN now() END,
+    updated_at = now()
+FROM outcome o, locked l
+WHERE j.id = o.id AND l.id = o.id
+RETURNING j.id

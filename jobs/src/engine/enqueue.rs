@@ -1,0 +1,136 @@
+//! Enqueueing: one job or many, on a pool, a connection or inside a caller's transaction.
+//!
+//! ```ignore
+//! let mut tx = pool.begin().await?;
+//! sqlx::query("INSERT INTO payments ...").execute(&mut *tx).await?;
+//! enqueue_one(&mut *tx, &NewJob::new("tickets", "ticket", payload)).await?;
+//! tx.commit().await?; // the job exists if and only if the payment row does
+//! ```
+
+use sqlx::{Acquire, Postgres};
+
+use super::job::{Enqueued, JobId, NewJob};
+use super::notify::NOTIFY_CHANNEL;
+use crate::error::EngineError;
+
+/// Enqueues `jobs` with one statement and returns, in input order, each job's id and whether
+/// it was created (false: its unique key existed, and the existing job's id is returned).
+pub async fn enqueue_many<'a, A>(db: A, jobs: &[NewJob]) -> Result<Vec<Enqueued>, EngineError>
+where
+    A: Acquire<'a, Database = Postgres>,
+{
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conn = db.acquire().await?;
+    let columns = Columns::from_jobs(jobs)?;
+    let rows: Vec<(i64, bool, i64)> = sqlx::query_as(include_str!("enqueue_many.sql"))
+        .bind(&columns.queue)
+        .bind(&columns.kind)
+        .bind(&columns.payload)
+        .bind(&columns.unique_key)
+        .bind(&columns.run_at)
+        .bind(&columns.max_attempts)
+        .bind(&columns.backoff_base_ms)
+        .bind(&columns.backoff_max_ms)
+        .bind(NOTIFY_CHANNEL)
+        .fetch_all(&mut *conn)
+        .await?;
+
+    let mut result: Vec<Enqueued> = rows
+        .iter()
+        .map(|(id, created, _)| Enqueued {
+            id: JobId(*id),
+            created: *created,
+        })
+        .collect();
+
+    // Rows skipped for an existing key: a new statement sees the committed winner even when
+    // it committed while ours ran.
+    let missing: Vec<usize> = (0..jobs.len()).filter(|&i| !result[i].created).collect();
+    if !missing.is_empty() {
+        let queues: Vec<&str> = missing.iter().map(|&i| jobs[i].queue.as_str()).collect();
+        let keys: Vec<&str> = missing
+            .iter()
+            .map(|&i| jobs[i].unique_key.as_deref().unwrap_or_default())
+            .collect();
+        let found: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT j.queue, j.unique_key, j.id FROM jobs j \
+             JOIN unnest($1::text[], $2::text[]) AS k(queue, unique_key) \
+               ON j.queue = k.queue AND j.unique_key = k.unique_key",
+        )
+        .bind(&queues)
+        .bind(&keys)
+        .fetch_all(&mut *conn)
+        .await?;
+        for &i in &missing {
+            let job = &jobs[i];
+            let existing = found
+                .iter()
+                .find(|(q, k, _)| *q == job.queue && Some(k.as_str()) == job.unique_key.as_deref())
+                .map(|(_, _, id)| JobId(*id))
+                .ok_or_else(|| {
+                    EngineError::InvalidJob(format!(
+                        "job with unique key {:?} in queue {} was neither inserted nor found",
+                        job.unique_key, job.queue
+                    ))
+                })?;
+            result[i].id = existing;
+        }
+    }
+    Ok(result)
+}
+
+/// Enqueues one job; see [`enqueue_many`].
+pub async fn enqueue_one<'a, A>(db: A, job: &NewJob) -> Result<Enqueued, EngineError>
+where
+    A: Acquire<'a, Database = Postgres>,
+{
+    let mut all = enqueue_many(db, std::slice::from_ref(job)).await?;
+    all.pop()
+        .ok_or_else(|| EngineError::InvalidJob("enqueue returned no row".into()))
+}
+
+/// The jobs as one array per column, for `unnest`.
+struct Columns {
+    queue: Vec<String>,
+    kind: Vec<String>,
+    payload: Vec<String>,
+    unique_key: Vec<Option<String>>,
+    run_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    max_attempts: Vec<i32>,
+    backoff_base_ms: Vec<i32>,
+    backoff_max_ms: Vec<i32>,
+}
+
+impl Columns {
+    fn from_jobs(jobs: &[NewJob]) -> Result<Self, EngineError> {
+        let mut c = Columns {
+            queue: Vec::with_capacity(jobs.len()),
+            kind: Vec::with_capacity(jobs.len()),
+            payload: Vec::with_capacity(jobs.len()),
+            unique_key: Vec::with_capacity(jobs.len()),
+            run_at: Vec::with_capacity(jobs.len()),
+            max_attempts: Vec::with_capacity(jobs.len()),
+            backoff_base_ms: Vec::with_capacity(jobs.len()),
+            backoff_max_ms: Vec::with_capacity(jobs.len()),
+        };
+        for job in jobs {
+            if job.queue.is_empty() || job.kind.is_empty() {
+                return Err(EngineError::InvalidJob(
+                    "queue and kind must not be empty".into(),
+                ));
+            }
+            job.retry.validate().map_err(EngineError::InvalidJob)?;
+            c.queue.push(job.queue.clone());
+            c.kind.push(job.kind.clone());
+            c.payload.push(serde_json::to_string(&job.payload)?);
+            c.unique_key.push(job.unique_key.clone());
+            c.run_at.push(job.run_at);
+            c.max_attempts.push(job.retry.max_attempts);
+            c.backoff_base_ms.push(job.retry.base.as_millis() as i32);
+            c.backoff_max_ms.push(job.retry.max.as_millis() as i32);
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,27 @@
+-- rescue_expired: jobs whose lease ran out (their worker died or hung) become runnable again
+-- at once, or fail for good when that was their last attempt. The attempt that was running
+-- stays spent, and the reason is kept as its error.
+-- $1 now (NULL = now()), $2 limit. Relies on jobs_running_idx (lease_expires_at) WHERE running.
+-- SKIP LOCKED: every worker runs this, and a completion holding the row wins.
+WITH expired AS (
+    SELECT id
+    FROM jobs
+    WHERE state = 'running' AND lease_expires_at < coalesce($1, now())
+    ORDER BY lease_expires_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs j
+SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'available' END::job_state,
+    run_at = least(j.run_at, coalesce($1, now())),
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    last_error = 'lease expired: the worker running attempt ' || j.attempt || ' stopped renewing it',
+    errors = j.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', j.attempt, 'at', now(),
+        'error', 'lease expired: the worker running attempt ' || j.attempt || ' stopped renewing it')),
+    finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+    updated_at = now()
+FROM expired
+WHERE j.id = expired.id
+RETURNING j.id, j.queue, j.state::text

@@ -1,0 +1,138 @@
+//! Wake-ups: enqueue sends one NOTIFY per queue per statement; a listener per process turns
+//! them into per-queue signals. Workers also poll, so a lost notification (or a pooler that
+//! breaks LISTEN, where listening is switched off) only costs the poll interval.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// The channel enqueue notifies, with the queue name as payload.
+pub const NOTIFY_CHANNEL: &str = "poda_jobs";
+
+/// One queue's wake-up signal. The generation counter closes the gap between a claim that
+/// found nothing and the wait that follows it: a notification in between is not lost.
+#[derive(Default)]
+pub struct QueueSignal {
+    notify: Notify,
+    generation: AtomicU64,
+}
+
+impl QueueSignal {
+    pub fn wake(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Waits until woken after generation `seen`, or `timeout` passes.
+    pub async fn wait_since(&self, seen: u64, timeout: Duration) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.generation() != seen {
+            return;
+        }
+        let _ = tokio::time::timeout(timeout, notified).await;
+    }
+}
+
+/// The signals of every queue this process works.
+#[derive(Clone, Default)]
+pub struct Signals {
+    inner: Arc<Mutex<HashMap<String, Arc<QueueSignal>>>>,
+}
+
+impl Signals {
+    pub fn get(&self, queue: &str) -> Arc<QueueSignal> {
+        let mut map = self.inner.lock().expect("signals lock");
+        map.entry(queue.to_owned()).or_default().clone()
+    }
+
+    pub fn wake(&self, queue: &str) {
+        let signal = self.inner.lock().expect("signals lock").get(queue).cloned();
+        if let Some(signal) = signal {
+            signal.wake();
+        }
+    }
+
+    pub fn wake_all(&self) {
+        let all: Vec<_> = self
+            .inner
+            .lock()
+            .expect("signals lock")
+            .values()
+            .cloned()
+            .collect();
+        for signal in all {
+            signal.wake();
+        }
+    }
+}
+
+/// Listens on [`NOTIFY_CHANNEL`] until `stop`, reconnecting with exponential backoff.
+pub async fn run_listener(pool: PgPool, signals: Signals, stop: CancellationToken) {
+    let mut backoff = reconnect_backoff();
+    loop {
+        let listener = tokio::select! {
+            _ = stop.cancelled() => return,
+            l = connect(&pool) => l,
+        };
+        match listener {
+            Ok(mut listener) => {
+                backoff = reconnect_backoff();
+                // Anything sent while we were not listening is picked up by this wake-up.
+                signals.wake_all();
+                loop {
+                    let received = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = listener.try_recv() => r,
+                    };
+                    match received {
+                        Ok(Some(n)) => signals.wake(n.payload()),
+                        Ok(None) => {
+                            tracing::warn!("LISTEN connection lost; reconnecting");
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::warn!(error = %error, "LISTEN failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "could not LISTEN; workers poll meanwhile")
+            }
+        }
+        let wait = backoff::backoff::Backoff::next_backoff(&mut backoff)
+            .unwrap_or(Duration::from_secs(30));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(NOTIFY_CHANNEL).await?;
+    Ok(listener)
+}
+
+fn reconnect_backoff() -> backoff::ExponentialBackoff {
+    backoff::ExponentialBackoff {
+        initial_interval: Duration::from_millis(100),
+        max_interval: Duration::from_secs(30),
+        max_elapsed_time: None,
+        ..Default::default()
+    }
+}

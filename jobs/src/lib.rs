@@ -1,0 +1,18 @@
+//! Poda's queue engine and job kinds.
+//!
+//! [`engine`] is a durable Postgres queue under apalis: enqueue (alone or inside a caller's
+//! transaction), batched claims with `FOR UPDATE SKIP LOCKED`, leases with fencing, batched
+//! completion and durable retries. It knows no job kind. The job kinds live in their own
+//! modules and use the engine only through its public API.
+
+pub mod engine;
+pub mod error;
+pub mod probe;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use engine::{
+    Engine, EngineConfig, EngineHandle, JobError, JobId, JobMeta, JobState, NewJob, Outcome,
+    PgBackend, RetryPolicy,
+};
+pub use error::EngineError;

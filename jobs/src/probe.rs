@@ -1,0 +1,123 @@
+//! The probe job kind: a diagnostic job whose behaviour its payload chooses (succeed, fail
+//! some attempts, fail for good, panic, sleep, snooze), used by the demo, the benchmarks and
+//! the process tests. With `record`, every run leaves a row in `probe_runs`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::engine::{JobError, JobMeta, NewJob, Outcome, RetryPolicy};
+
+pub const QUEUE: &str = "poda_probe";
+pub const KIND: &str = "probe";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProbeJob {
+    pub n: i64,
+    /// Record each run in `probe_runs`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record: bool,
+    /// Fail this many attempts (retryably) before succeeding.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fail_times: i32,
+    /// Ask for this retry delay when failing, as a provider's Retry-After would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// Fail for good.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
+    /// Panic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub panic: bool,
+    /// Work this long before answering.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub sleep_ms: u64,
+    /// Snooze once for this long before succeeding (the attempt is not spent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snooze_ms: Option<u64>,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+impl ProbeJob {
+    pub fn new(n: i64) -> Self {
+        ProbeJob {
+            n,
+            ..Default::default()
+        }
+    }
+
+    pub fn to_job(&self, retry: RetryPolicy) -> NewJob {
+        NewJob::new(
+            QUEUE,
+            KIND,
+            serde_json::to_value(self).expect("a probe job serialises"),
+        )
+        .with_retry(retry)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("probe {n} fails attempt {attempt} on purpose")]
+    Planned { n: i64, attempt: i32 },
+    #[error("probe {n} fails for good on purpose")]
+    PlannedPermanent { n: i64 },
+    #[error("recording the run failed")]
+    Record(#[source] sqlx::Error),
+}
+
+/// Runs one probe.
+pub async fn handle(pool: &PgPool, meta: &JobMeta, job: ProbeJob) -> Result<Outcome, JobError> {
+    if job.record {
+        sqlx::query("INSERT INTO probe_runs (job_id, n, attempt) VALUES ($1, $2, $3)")
+            .bind(meta.id)
+            .bind(job.n)
+            .bind(meta.attempt)
+            .execute(pool)
+            .await
+            .map_err(|e| JobError::retryable(ProbeError::Record(e)))?;
+    }
+    if job.sleep_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
+    }
+    if job.panic {
+        panic!("probe {} panics on purpose", job.n);
+    }
+    if job.permanent {
+        return Err(JobError::permanent(ProbeError::PlannedPermanent {
+            n: job.n,
+        }));
+    }
+    if meta.attempt <= job.fail_times {
+        let error = ProbeError::Planned {
+            n: job.n,
+            attempt: meta.attempt,
+        };
+        return Err(match job.retry_after_ms {
+            Some(ms) => JobError::retry_after(error, Duration::from_millis(ms)),
+            None => JobError::retryable(error),
+        });
+    }
+    if let Some(ms) = job.snooze_ms {
+        // Snooze once: the first run that gets here snoozes, later ones finish.
+        let snoozed: bool = sqlx::query_scalar(
+            "SELECT run_at > created_at + interval '1 millisecond' FROM jobs WHERE id = $1",
+        )
+        .bind(meta.id)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| JobError::retryable(ProbeError::Record(e)))?;
+        if !snoozed {
+            return Ok(Outcome::Snooze(Duration::from_millis(ms)));
+        }
+    }
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,157 @@
+//! `TestDb`: every test gets its own database, cloned from a template that is migrated once
+//! per migration set (`CREATE DATABASE … TEMPLATE` takes milliseconds; migrating takes
+//! longer). Tests in different processes share the template; an advisory lock serialises its
+//! creation, and nobody stays connected to it. The clone is dropped `WITH (FORCE)` when the
+//! `TestDb` is dropped, even after a panic.
+
+use std::hash::{Hash, Hasher};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+use crate::engine::migrate::MIGRATOR;
+
+/// The server tests use: `POSTGRES_ADMIN_URL` or `DATABASE_URL` with the database part
+/// ignored, else the local server.
+pub fn admin_url() -> String {
+    std::env::var("POSTGRES_ADMIN_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn admin_options() -> PgConnectOptions {
+    let options: PgConnectOptions = admin_url()
+        .parse()
+        .expect("POSTGRES_ADMIN_URL is a valid URL");
+    options.database("postgres").disable_statement_logging()
+}
+
+fn template_name() -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for m in MIGRATOR.iter() {
+        m.version.hash(&mut hasher);
+        m.checksum.hash(&mut hasher);
+    }
+    format!("poda_test_template_{:016x}", hasher.finish())
+}
+
+pub struct TestDb {
+    pub name: String,
+    pub pool: PgPool,
+    pub url: String,
+}
+
+impl TestDb {
+    /// A fresh, migrated database.
+    pub async fn new() -> TestDb {
+        let template = ensure_template().await;
+        let name = format!("poda_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect_with(&admin_options())
+            .await
+            .expect("connect to Postgres");
+        let create = format!("CREATE DATABASE {name} TEMPLATE {template}");
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut admin)
+            .await
+            .expect("clone the template database");
+        admin.close().await.ok();
+        let options = admin_options().database(&name);
+        let url = database_url(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .connect_with(options)
+            .await
+            .expect("connect to the test database");
+        TestDb { name, pool, url }
+    }
+}
+
+/// The URL of database `name` on the test server, for child processes.
+fn database_url(name: &str) -> String {
+    let base = admin_url();
+    match base.rfind('/') {
+        Some(slash) if base[..slash].contains("://") && slash > base.find("://").unwrap() + 2 => {
+            let (prefix, rest) = base.split_at(slash);
+            let query = rest.find('?').map(|q| &rest[q..]).unwrap_or("");
+            format!("{prefix}/{name}{query}")
+        }
+        _ => format!("{base}/{name}"),
+    }
+}
+
+async fn ensure_template() -> String {
+    let template = template_name();
+    let mut admin = PgConnection::connect_with(&admin_options())
+        .await
+        .expect("connect to Postgres");
+    // Any 64-bit constant: serialises template creation across test processes.
+    sqlx::query("SELECT pg_advisory_lock(7_426_100_001)")
+        .execute(&mut admin)
+        .await
+        .expect("take the template lock");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut admin)
+            .await
+            .expect("look up the template");
+    if !exists {
+        let building = format!("{template}_building");
+        let drop = format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)");
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&mut admin)
+            .await
+            .expect("drop a half-built template");
+        let create = format!("CREATE DATABASE {building}");
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut admin)
+            .await
+            .expect("create the template");
+        {
+            let mut conn = PgConnection::connect_with(&admin_options().database(&building))
+                .await
+                .expect("connect to the template");
+            MIGRATOR.run(&mut conn).await.expect("migrate the template");
+            conn.close().await.ok();
+        }
+        let rename = format!("ALTER DATABASE {building} RENAME TO {template}");
+        sqlx::query(sqlx::AssertSqlSafe(rename))
+            .execute(&mut admin)
+            .await
+            .expect("publish the template");
+    }
+    sqlx::query("SELECT pg_advisory_unlock(7_426_100_001)")
+        .execute(&mut admin)
+        .await
+        .expect("release the template lock");
+    admin.close().await.ok();
+    template
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let pool = self.pool.clone();
+        // Dropping runs outside any runtime guarantee; a short thread with its own runtime
+        // does the cleanup whatever state the test's runtime is in.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                pool.close().await;
+                if let Ok(mut admin) = PgConnection::connect_with(&admin_options()).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut admin)
+                        .await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}

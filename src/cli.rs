@@ -1,0 +1,91 @@
+//! Command lines of the binaries (clap derive). Every flag that is a setting also reads its
+//! environment variable, and the binaries load `.env` first.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use poda_jobs::JobId;
+
+use crate::config::{parse_duration, DatabaseSettings, Secret, DEFAULT_DATABASE_URL};
+use crate::telemetry::LogFormat;
+
+/// Settings every binary shares.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Postgres URL (may carry a password; never logged).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_default_value = false)]
+    pub database_url: Secret,
+    /// Log format: pretty for people, json for log pipelines. RUST_LOG picks the levels.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "Run Poda workers, and operate the queues"
+)]
+pub struct WorkerCli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(subcommand)]
+    pub command: Option<WorkerCommand>,
+}
+
+/// How a worker process runs (used when no subcommand is given).
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Queues to work, comma-separated. Default: every queue this build has a handler for.
+    #[arg(long, env = "WORKER_QUEUES", value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Handler slots per queue: at most this many jobs of a queue run at once.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// At most this many jobs per claim statement.
+    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 100)]
+    pub batch_size: usize,
+    /// Apply pending migrations at start instead of refusing an unmigrated database.
+    #[arg(long, env = "WORKER_MIGRATE")]
+    pub migrate: bool,
+    /// How long a claim holds a job without renewal (a killed worker's jobs run again after
+    /// at most lease + rescue interval).
+    #[arg(long, env = "WORKER_LEASE", default_value = "15s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// How often this worker looks for expired leases.
+    #[arg(long, env = "WORKER_RESCUE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub rescue_interval: Duration,
+    /// Claim again after this long without a notification.
+    #[arg(long, env = "WORKER_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Do not LISTEN for enqueue notifications; poll only (for poolers that break LISTEN).
+    #[arg(long, env = "WORKER_POLL_ONLY")]
+    pub poll_only: bool,
+    /// On SIGTERM, how long running jobs may take to finish before the process exits anyway.
+    #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long, env = "WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum WorkerCommand {
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Print the job_queue_stats view as a table.
+    Stats,
+    /// Run a failed, cancelled or waiting job again now, with fresh attempts.
+    Retry { id: JobId },
+    /// Cancel a job that has not finished.
+    Cancel { id: JobId },
+}
+
+impl CommonArgs {
+    pub fn database(&self, max_connections: u32) -> DatabaseSettings {
+        DatabaseSettings::new(self.database_url.clone(), max_connections)
+    }
+}

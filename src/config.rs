@@ -1,0 +1,174 @@
+//! Settings shared by the binaries: the database, logging, and secrets that never print.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/poda";
+
+/// A string that never appears in logs or debug output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("DATABASE_URL (or --database-url) is not a valid Postgres URL: {0}")]
+    DatabaseUrl(#[source] sqlx::Error),
+    #[error("could not connect to the database named by DATABASE_URL ({target}): {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// How to reach Postgres. The URL is a secret: it may carry a password.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub max_connections: u32,
+}
+
+impl DatabaseSettings {
+    pub fn new(url: Secret, max_connections: u32) -> Self {
+        DatabaseSettings {
+            url,
+            max_connections,
+        }
+    }
+
+    pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
+        let options =
+            PgConnectOptions::from_str(self.url.expose()).map_err(ConfigError::DatabaseUrl)?;
+        Ok(options
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
+    }
+
+    /// Host, port and database, for messages: never the password.
+    pub fn target(&self) -> String {
+        match self.connect_options() {
+            Ok(o) => format!(
+                "{}:{}/{}",
+                o.get_host(),
+                o.get_port(),
+                o.get_database().unwrap_or("(default)")
+            ),
+            Err(_) => "an unparsable URL".to_owned(),
+        }
+    }
+
+    pub async fn connect(&self) -> Result<PgPool, ConfigError> {
+        self.connect_with(self.connect_options()?).await
+    }
+
+    /// A pool whose transactions commit without waiting for the WAL flush: for the engine's
+    /// claims, completions and leases, which are safe to lose in a server crash (the job runs
+    /// again; handlers are idempotent). Enqueue and business writes use [`Self::connect`].
+    pub async fn connect_async_commit(&self) -> Result<PgPool, ConfigError> {
+        let options = self
+            .connect_options()?
+            .options([("synchronous_commit", "off")]);
+        self.connect_with(options).await
+    }
+
+    async fn connect_with(&self, options: PgConnectOptions) -> Result<PgPool, ConfigError> {
+        PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|source| ConfigError::Connect {
+                target: self.target(),
+                source,
+            })
+    }
+}
+
+/// Parses `30s`, `5m`, `7d`, `2h`, `250ms` or bare seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m, 7d"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?} {s}").contains("hunter2"));
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert!(parse_duration("7 weeks").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn target_hides_the_password() {
+        let db = DatabaseSettings::new(Secret::new("postgres://u:hunter2@db.example:6543/poda"), 1);
+        assert_eq!(db.target(), "db.example:6543/poda");
+    }
+}

@@ -3,11 +3,11 @@
 //! ```ignore
 //! let mut tx = pool.begin().await?;
 //! sqlx::query("INSERT INTO payments ...").execute(&mut *tx).await?;
-//! enqueue_one(&mut *tx, &NewJob::new("tickets", "ticket", payload)).await?;
+//! enqueue_one(&mut tx, &NewJob::new("tickets", "ticket", payload)).await?;
 //! tx.commit().await?; // the job exists if and only if the payment row does
 //! ```
 
-use sqlx::{Acquire, Postgres};
+use sqlx::{PgConnection, PgPool};
 
 use super::job::{Enqueued, JobId, NewJob};
 use super::notify::NOTIFY_CHANNEL;
@@ -15,14 +15,14 @@ use crate::error::EngineError;
 
 /// Enqueues `jobs` with one statement and returns, in input order, each job's id and whether
 /// it was created (false: its unique key existed, and the existing job's id is returned).
-pub async fn enqueue_many<'a, A>(db: A, jobs: &[NewJob]) -> Result<Vec<Enqueued>, EngineError>
-where
-    A: Acquire<'a, Database = Postgres>,
-{
+/// Pass `&mut tx` to enqueue inside a transaction, or a pooled connection.
+pub async fn enqueue_many(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+) -> Result<Vec<Enqueued>, EngineError> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let mut conn = db.acquire().await?;
     let columns = Columns::from_jobs(jobs)?;
     let rows: Vec<(i64, bool, i64)> = sqlx::query_as(include_str!("enqueue_many.sql"))
         .bind(&columns.queue)
@@ -82,13 +82,25 @@ where
 }
 
 /// Enqueues one job; see [`enqueue_many`].
-pub async fn enqueue_one<'a, A>(db: A, job: &NewJob) -> Result<Enqueued, EngineError>
-where
-    A: Acquire<'a, Database = Postgres>,
-{
-    let mut all = enqueue_many(db, std::slice::from_ref(job)).await?;
+pub async fn enqueue_one(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued, EngineError> {
+    let mut all = enqueue_many(conn, std::slice::from_ref(job)).await?;
     all.pop()
         .ok_or_else(|| EngineError::InvalidJob("enqueue returned no row".into()))
+}
+
+/// [`enqueue_many`] on a connection of `pool`, committed at once.
+pub async fn enqueue_many_pooled(
+    pool: &PgPool,
+    jobs: &[NewJob],
+) -> Result<Vec<Enqueued>, EngineError> {
+    let mut conn = pool.acquire().await?;
+    enqueue_many(&mut conn, jobs).await
+}
+
+/// [`enqueue_one`] on a connection of `pool`, committed at once.
+pub async fn enqueue_one_pooled(pool: &PgPool, job: &NewJob) -> Result<Enqueued, EngineError> {
+    let mut conn = pool.acquire().await?;
+    enqueue_one(&mut conn, job).await
 }
 
 /// The jobs as one array per column, for `unnest`.

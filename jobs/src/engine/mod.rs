@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 pub use backend::{BackendSettings, PgBackend};
 pub use complete::{Action, CompleterConfig, Completion, CompletionHandle};
-pub use enqueue::{enqueue_many, enqueue_one};
+pub use enqueue::{enqueue_many, enqueue_many_pooled, enqueue_one, enqueue_one_pooled};
 pub use job::{ClaimedJob, Enqueued, JobId, JobMeta, JobSnapshot, JobState, NewJob};
 pub use maintenance::{Rescuer, RescuerConfig};
 pub use retry::{JobError, Outcome, RetryPolicy};

@@ -85,7 +85,7 @@ async fn ensure_template() -> String {
         .await
         .expect("connect to Postgres");
     // Any 64-bit constant: serialises template creation across test processes.
-    sqlx::query("SELECT pg_advisory_lock(7_426_100_001)")
+    sqlx::query("SELECT pg_advisory_lock(7426100001)")
         .execute(&mut admin)
         .await
         .expect("take the template lock");
@@ -120,7 +120,7 @@ async fn ensure_template() -> String {
             .await
             .expect("publish the template");
     }
-    sqlx::query("SELECT pg_advisory_unlock(7_426_100_001)")
+    sqlx::query("SELECT pg_advisory_unlock(7426100001)")
         .execute(&mut admin)
         .await
         .expect("release the template lock");
@@ -130,10 +130,10 @@ async fn ensure_template() -> String {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        // Not `pool.close()`: returning connections needs the test's runtime, which is blocked
+        // here. `WITH (FORCE)` ends the sessions server-side. A short thread with its own
+        // runtime does the drop whatever state the test's runtime is in.
         let name = self.name.clone();
-        let pool = self.pool.clone();
-        // Dropping runs outside any runtime guarantee; a short thread with its own runtime
-        // does the cleanup whatever state the test's runtime is in.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -142,7 +142,6 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async move {
-                pool.close().await;
                 if let Ok(mut admin) = PgConnection::connect_with(&admin_options()).await {
                     let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
                     let _ = sqlx::query(sqlx::AssertSqlSafe(drop))

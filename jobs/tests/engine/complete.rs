@@ -1,0 +1,164 @@
+use std::time::Duration;
+
+use poda_jobs::engine::claim::claim_batch;
+use poda_jobs::engine::complete::{complete_many, Action, Completion};
+use poda_jobs::engine::maintenance::Rescuer;
+use poda_jobs::engine::{enqueue_one_pooled, JobState, RescuerConfig};
+use poda_jobs::testing::TestDb;
+use uuid::Uuid;
+
+use crate::support::{job, state_of, LEASE, QUEUE};
+
+#[tokio::test]
+async fn a_worker_whose_lease_was_taken_over_cannot_overwrite_the_new_attempt() {
+    let db = TestDb::new().await;
+    let id = enqueue_one_pooled(&db.pool, &job(1)).await.unwrap().id;
+    let old_owner = Uuid::new_v4();
+    let first = claim_batch(&db.pool, QUEUE, 1, old_owner, Duration::from_secs(1), None)
+        .await
+        .unwrap();
+    assert_eq!(first[0].attempt, 1);
+
+    // The lease lapses (the clock moves past it) and the rescuer takes the job back.
+    let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let report = Rescuer::new(RescuerConfig::default(), db.pool.clone())
+        .run_once(Some(later))
+        .await
+        .unwrap();
+    assert_eq!(report.total(), 1);
+    let new_owner = Uuid::new_v4();
+    let second = claim_batch(&db.pool, QUEUE, 1, new_owner, LEASE, Some(later))
+        .await
+        .unwrap();
+    assert_eq!((second[0].id, second[0].attempt), (id, 2));
+
+    // The old worker reports late: completion and failure are both ignored.
+    for action in [
+        Action::Complete,
+        Action::Fail {
+            error: "late".into(),
+        },
+    ] {
+        let changed = complete_many(
+            &db.pool,
+            old_owner,
+            &[Completion {
+                id,
+                attempt: 1,
+                action,
+            }],
+        )
+        .await
+        .unwrap();
+        assert!(changed.is_empty());
+    }
+    // Even with the right attempt number, another owner is not this one.
+    let changed = complete_many(
+        &db.pool,
+        old_owner,
+        &[Completion {
+            id,
+            attempt: 2,
+            action: Action::Complete,
+        }],
+    )
+    .await
+    .unwrap();
+    assert!(changed.is_empty());
+    assert_eq!(state_of(&db.pool, id).await, (JobState::Running, 2));
+
+    // The new attempt completes.
+    let changed = complete_many(
+        &db.pool,
+        new_owner,
+        &[Completion {
+            id,
+            attempt: 2,
+            action: Action::Complete,
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(changed, vec![id]);
+    assert_eq!(state_of(&db.pool, id).await, (JobState::Completed, 2));
+}
+
+#[tokio::test]
+async fn outcomes_of_one_batch_each_land_in_their_own_state() {
+    let db = TestDb::new().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(enqueue_one_pooled(&db.pool, &job(n)).await.unwrap().id);
+    }
+    let owner = Uuid::new_v4();
+    let claimed = claim_batch(&db.pool, QUEUE, 5, owner, LEASE, None)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 5);
+    let actions = [
+        Action::Complete,
+        Action::Retry {
+            delay: Duration::from_secs(60),
+            error: "boom".into(),
+        },
+        Action::Fail {
+            error: "bad input".into(),
+        },
+        Action::Snooze {
+            delay: Duration::from_secs(30),
+        },
+        Action::Release,
+    ];
+    let batch: Vec<Completion> = claimed
+        .iter()
+        .zip(actions)
+        .map(|(c, action)| Completion {
+            id: c.id,
+            attempt: c.attempt,
+            action,
+        })
+        .collect();
+    let changed = complete_many(&db.pool, owner, &batch).await.unwrap();
+    assert_eq!(changed.len(), 5);
+
+    let rows: Vec<(JobState, i32, Option<String>, f64, bool, i64)> = sqlx::query_as(
+        "SELECT state, attempt, last_error, extract(epoch FROM run_at - now())::float8, \
+                finished_at IS NOT NULL, jsonb_array_length(errors)::bigint \
+         FROM jobs ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (rows[0].0, rows[0].1, rows[0].4),
+        (JobState::Completed, 1, true)
+    );
+    assert_eq!(
+        (rows[1].0, rows[1].1, rows[1].2.as_deref()),
+        (JobState::Available, 1, Some("boom"))
+    );
+    assert!(
+        rows[1].3 > 55.0 && rows[1].3 <= 60.5,
+        "retry at +60 s, got {}",
+        rows[1].3
+    );
+    assert_eq!(rows[1].5, 1);
+    assert_eq!(
+        (rows[2].0, rows[2].2.as_deref(), rows[2].4),
+        (JobState::Failed, Some("bad input"), true)
+    );
+    // A snooze gives the attempt back and records no error.
+    assert_eq!(
+        (rows[3].0, rows[3].1, rows[3].2.as_deref(), rows[3].5),
+        (JobState::Available, 0, None, 0)
+    );
+    assert!(rows[3].3 > 25.0 && rows[3].3 <= 30.5);
+    // A release gives the attempt back and is runnable at once.
+    assert_eq!((rows[4].0, rows[4].1), (JobState::Available, 0));
+    assert!(rows[4].3 <= 0.0);
+    let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE lease_owner IS NOT NULL")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(leases, 0);
+}

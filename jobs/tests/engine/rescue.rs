@@ -1,0 +1,63 @@
+use std::time::Duration;
+
+use chrono::Utc;
+use poda_jobs::engine::claim::claim_batch;
+use poda_jobs::engine::maintenance::Rescuer;
+use poda_jobs::engine::{enqueue_one_pooled, JobState, RescuerConfig};
+use poda_jobs::testing::TestDb;
+use uuid::Uuid;
+
+use crate::support::{fast_retry, job, state_of, QUEUE};
+
+#[tokio::test]
+async fn rescue_takes_back_only_jobs_whose_lease_has_expired() {
+    let db = TestDb::new().await;
+    let id = enqueue_one_pooled(&db.pool, &job(1)).await.unwrap().id;
+    let lease = Duration::from_secs(10);
+    claim_batch(&db.pool, QUEUE, 1, Uuid::new_v4(), lease, None)
+        .await
+        .unwrap();
+    let rescuer = Rescuer::new(RescuerConfig::default(), db.pool.clone());
+
+    // Just before the lease ends: won't be rescued.
+    let before = Utc::now() + chrono::Duration::seconds(8);
+    assert_eq!(rescuer.run_once(Some(before)).await.unwrap().total(), 0);
+    assert_eq!(state_of(&db.pool, id).await, (JobState::Running, 1));
+
+    // Just after: rescued, runnable at once, the attempt spent and the reason kept.
+    let after = Utc::now() + chrono::Duration::seconds(11);
+    let report = rescuer.run_once(Some(after)).await.unwrap();
+    assert_eq!(report.requeued.get(QUEUE), Some(&1));
+    assert_eq!(state_of(&db.pool, id).await, (JobState::Available, 1));
+    let error: String = sqlx::query_scalar("SELECT last_error FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(error.contains("lease expired"), "{error}");
+}
+
+#[tokio::test]
+async fn rescue_fails_a_job_whose_last_attempt_was_lost() {
+    let db = TestDb::new().await;
+    let id = enqueue_one_pooled(&db.pool, &job(1).with_retry(fast_retry(1)))
+        .await
+        .unwrap()
+        .id;
+    claim_batch(
+        &db.pool,
+        QUEUE,
+        1,
+        Uuid::new_v4(),
+        Duration::from_secs(1),
+        None,
+    )
+    .await
+    .unwrap();
+    let report = Rescuer::new(RescuerConfig::default(), db.pool.clone())
+        .run_once(Some(Utc::now() + chrono::Duration::seconds(5)))
+        .await
+        .unwrap();
+    assert_eq!(report.failed.get(QUEUE), Some(&1));
+    assert_eq!(state_of(&db.pool, id).await, (JobState::Failed, 1));
+}

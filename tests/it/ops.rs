@@ -1,0 +1,110 @@
+use std::time::Duration;
+
+use poda_jobs::engine::{enqueue_many_pooled, enqueue_one_pooled, JobState};
+use poda_jobs::probe::ProbeJob;
+use poda_jobs::testing::{wait_until, TestDb};
+use poda_jobs::RetryPolicy;
+
+use crate::support::process::{run_worker_command, spawn_worker};
+use crate::worker_process::count_state;
+
+#[tokio::test]
+async fn worker_refuses_an_unmigrated_database_and_migrate_fixes_it() {
+    let db = TestDb::new().await;
+    // An empty database next to the test one.
+    let empty = format!("{}_empty", db.name);
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {empty}")))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let url = db.url.replace(&db.name, &empty);
+    let (ok, _, err) = run_worker_command(&url, &["stats"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("not migrated") && err.contains("worker migrate"),
+        "{err}"
+    );
+    let (ok, out, err) = run_worker_command(&url, &["migrate"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("migrations applied"));
+    let (ok, out, _) = run_worker_command(&url, &["stats"]).await;
+    assert!(ok);
+    assert!(
+        out.contains("tickets") && out.contains("oldest_pending_age_s"),
+        "{out}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {empty} WITH (FORCE)"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn retry_and_cancel_act_on_one_job_with_clear_errors() {
+    let db = TestDb::new().await;
+    let failing = ProbeJob {
+        permanent: true,
+        ..ProbeJob::new(1)
+    }
+    .to_job(RetryPolicy::default());
+    let ids = enqueue_many_pooled(&db.pool, &[failing]).await.unwrap();
+    let id = ids[0].id.to_string();
+    let mut worker = spawn_worker(&db.url, &[]);
+    wait_until(
+        "the job to fail",
+        Duration::from_secs(20),
+        || count_state(&db.pool, JobState::Failed),
+        |n| *n == 1,
+    )
+    .await;
+    worker.sigterm();
+    worker.wait_exit(Duration::from_secs(20)).await;
+
+    let (ok, out, _) = run_worker_command(&db.url, &["stats"]).await;
+    assert!(ok);
+    let probe_row = out
+        .lines()
+        .find(|l| l.contains("poda_probe"))
+        .expect("the probe queue is listed");
+    let cells: Vec<&str> = probe_row
+        .split('┆')
+        .map(|c| c.trim_matches(|ch: char| ch == '│' || ch.is_whitespace()))
+        .collect();
+    assert_eq!(cells[5], "1", "one failed job: {probe_row}");
+
+    let (ok, out, err) = run_worker_command(&db.url, &["retry", &id]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("available again"));
+    assert_eq!(count_state(&db.pool, JobState::Available).await, 1);
+
+    let (ok, out, _) = run_worker_command(&db.url, &["cancel", &id]).await;
+    assert!(ok);
+    assert!(out.contains("cancelled"));
+    assert_eq!(count_state(&db.pool, JobState::Cancelled).await, 1);
+
+    let (ok, _, err) = run_worker_command(&db.url, &["cancel", &id]).await;
+    assert!(!ok);
+    assert!(err.contains("already finished"), "{err}");
+
+    let (ok, _, err) = run_worker_command(&db.url, &["retry", "987654321"]).await;
+    assert!(!ok);
+    assert!(err.contains("job 987654321 does not exist"), "{err}");
+
+    let (ok, _, err) = run_worker_command(&db.url, &["retry", "not-a-number"]).await;
+    assert!(!ok);
+    assert!(err.contains("invalid value"), "{err}");
+
+    let done = enqueue_one_pooled(&db.pool, &ProbeJob::new(2).to_job(RetryPolicy::default()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobs SET state = 'completed', finished_at = now() WHERE id = $1")
+        .bind(done.id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (ok, _, err) = run_worker_command(&db.url, &["retry", &done.id.to_string()]).await;
+    assert!(!ok);
+    assert!(err.contains("already completed"), "{err}");
+}

@@ -1,0 +1,72 @@
+//! The real `worker` binary as a child process.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+pub struct WorkerProcess {
+    pub child: Child,
+}
+
+/// Starts `worker` on `database_url` with `args`; killed when dropped.
+pub fn spawn_worker(database_url: &str, args: &[&str]) -> WorkerProcess {
+    let child = worker_command(database_url, args)
+        .stdout(Stdio::null())
+        .stderr(if std::env::var("TEST_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the worker binary");
+    WorkerProcess { child }
+}
+
+pub fn worker_command(database_url: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_worker"));
+    command
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env_remove("WORKER_QUEUES");
+    command
+}
+
+/// Runs `worker <args>` to the end; returns (success, stdout, stderr).
+pub async fn run_worker_command(database_url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = worker_command(database_url, args)
+        .output()
+        .await
+        .expect("run the worker binary");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl WorkerProcess {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id().expect("the worker is running") as i32)
+    }
+
+    pub fn sigterm(&self) {
+        kill(self.pid(), Signal::SIGTERM).expect("send SIGTERM");
+    }
+
+    pub fn sigkill(&self) {
+        kill(self.pid(), Signal::SIGKILL).expect("send SIGKILL");
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("the worker exits in time")
+            .expect("wait for the worker")
+    }
+}

@@ -1,0 +1,60 @@
+use std::time::Duration;
+
+use poda_jobs::engine::{enqueue_many_pooled, JobState};
+use poda_jobs::probe::ProbeJob;
+use poda_jobs::testing::{wait_until, TestDb};
+use poda_jobs::RetryPolicy;
+
+use crate::support::process::spawn_worker;
+
+pub async fn count_state(pool: &sqlx::PgPool, state: JobState) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = $1")
+        .bind(state)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn three_worker_processes_drain_20000_jobs_with_each_effect_exactly_once() {
+    let db = TestDb::new().await;
+    let jobs: Vec<_> = (0..20_000)
+        .map(|n| {
+            ProbeJob {
+                record: true,
+                ..ProbeJob::new(n)
+            }
+            .to_job(RetryPolicy::default())
+        })
+        .collect();
+    for chunk in jobs.chunks(5_000) {
+        enqueue_many_pooled(&db.pool, chunk).await.unwrap();
+    }
+    let workers: Vec<_> = (0..3)
+        .map(|_| spawn_worker(&db.url, &["--concurrency", "16"]))
+        .collect();
+    wait_until(
+        "20,000 jobs completed",
+        Duration::from_secs(120),
+        || count_state(&db.pool, JobState::Completed),
+        |n| *n == 20_000,
+    )
+    .await;
+    let (runs, distinct, owners): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT n), (SELECT count(DISTINCT attempt) FROM probe_runs) FROM probe_runs",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (runs, distinct, owners),
+        (20_000, 20_000, 1),
+        "each job ran once, at attempt 1"
+    );
+    for w in &workers {
+        w.sigterm();
+    }
+    for mut w in workers {
+        assert!(w.wait_exit(Duration::from_secs(30)).await.success());
+    }
+}

@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod enqueuer;
+pub mod http;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;

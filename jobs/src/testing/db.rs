@@ -85,7 +85,7 @@ async fn ensure_template() -> String {
         .await
         .expect("connect to Postgres");
     // Any 64-bit constant: serialises template creation across test processes.
-    sqlx::query("SELECT pg_advisory_lock(7_426_100_001)")
+    sqlx::query("SELECT pg_advisory_lock(7426100001)")
         .execute(&mut admin)
         .await
         .expect("take the template lock");
@@ -120,7 +120,7 @@ async fn ensure_template() -> String {
             .await
             .expect("publish the template");
     }
-    sqlx::query("SELECT pg_advisory_unlock(7_426_100_001)")
+    sqlx::query("SELECT pg_advisory_unlock(7426100001)")
         .execute(&mut admin)
         .await
         .expect("release the template lock");

@@ -1,6 +1,7 @@
 //! Poda: the enqueuer, the worker runtime and the operator commands, on top of the
 //! `poda-jobs` engine and job kinds.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

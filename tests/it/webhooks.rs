@@ -188,10 +188,12 @@ async fn webhook_returns_400_when_json_is_malformed() {
     assert_nothing_written(&app).await;
 }
 
+type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_returns_422_when_fields_are_missing_or_invalid() {
     let app = spawn_enqueuer().await;
-    let mutations: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    let mutations: Vec<(&str, Mutation)> = vec![
         (
             "no event",
             Box::new(|e| {

@@ -1,5 +1,5 @@
 //! Temporary runner for the `ingest` benchmark until `bench ingest` is wired in bin/bench.rs:
-//! `cargo run --release --example ingest [requests] [burst]`
+//! `cargo run --release --example ingest [requests] [burst] [paced_rate]`
 //! (POSTGRES_ADMIN_URL picks the server).
 
 #[tokio::main]
@@ -14,6 +14,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(burst) = args.next() {
         opts.burst = burst.parse()?;
+    }
+    if let Some(rate) = args.next() {
+        opts.paced_rate = Some(rate.parse()?);
     }
     poda::bench::ingest::run_ingest(opts).await?;
     Ok(())

@@ -39,6 +39,9 @@ pub struct IngestOptions {
     pub group_commit: GroupCommitConfig,
     /// Connections of the enqueuer's pool.
     pub db_connections: u32,
+    /// Also run open-loop at this many requests/s (one run per concurrency), latency counted
+    /// from each request's scheduled send time.
+    pub paced_rate: Option<f64>,
 }
 
 impl Default for IngestOptions {
@@ -51,6 +54,7 @@ impl Default for IngestOptions {
             runs: 1,
             group_commit: GroupCommitConfig::default(),
             db_connections: 16,
+            paced_rate: None,
         }
     }
 }
@@ -115,17 +119,30 @@ async fn run_on_database(opts: &IngestOptions, db: PgConnectOptions) -> anyhow::
                 // Warm-up: opens the connections; not measured.
                 let client = client(concurrency)?;
                 let label = format!("w{run}c{concurrency}");
-                load(&client, &url, &label, concurrency * 2, concurrency).await;
+                load(&client, &url, &label, concurrency * 2, concurrency, None).await;
                 let label = format!("r{run}c{concurrency}");
-                let sample = load(&client, &url, &label, opts.requests, concurrency).await;
-                results.push(report(&pool, run, concurrency, sample).await?);
+                let sample = load(&client, &url, &label, opts.requests, concurrency, None).await;
+                results.push(report(&pool, run, concurrency, None, sample).await?);
+                if let Some(rate) = opts.paced_rate {
+                    let label = format!("p{run}c{concurrency}");
+                    let sample = load(
+                        &client,
+                        &url,
+                        &label,
+                        opts.requests,
+                        concurrency,
+                        Some(rate),
+                    )
+                    .await;
+                    results.push(report(&pool, run, concurrency, Some(rate), sample).await?);
+                }
             }
             if opts.burst > 0 {
                 // Every request on a fresh connection, all at once.
                 let client = client(opts.burst)?;
                 let label = format!("r{run}b{}", opts.burst);
-                let sample = load(&client, &url, &label, opts.burst, opts.burst).await;
-                results.push(report(&pool, run, opts.burst, sample).await?);
+                let sample = load(&client, &url, &label, opts.burst, opts.burst, None).await;
+                results.push(report(&pool, run, opts.burst, None, sample).await?);
             }
         }
         Ok(())
@@ -155,20 +172,23 @@ struct Sample {
     failures: usize,
 }
 
-/// Sends `n` webhooks from `concurrency` tasks, each one request at a time.
+/// Sends `n` webhooks from `concurrency` tasks, each one request at a time; with `rate`,
+/// request `i` is due at `i / rate` s and its latency counts from then.
 async fn load(
     client: &reqwest::Client,
     url: &str,
     label: &str,
     n: usize,
     concurrency: usize,
+    rate: Option<f64>,
 ) -> Sample {
+    let epoch = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
     let next = Arc::new(AtomicUsize::new(0));
     let start = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let (client, url, label) = (client.clone(), url.to_owned(), label.to_owned());
-            let (next, start) = (next.clone(), start.clone());
+            let (next, start, epoch) = (next.clone(), start.clone(), epoch.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut jobs = Vec::new();
@@ -181,7 +201,14 @@ async fn load(
                     }
                     let body = webhook_body(&label, i);
                     let header = sign(BENCH_SECRET, chrono::Utc::now().timestamp(), &body);
-                    let sent = Instant::now();
+                    let sent = match (rate, epoch.get()) {
+                        (Some(rate), Some(epoch)) => {
+                            let due = *epoch + Duration::from_secs_f64(i as f64 / rate);
+                            tokio::time::sleep_until(due).await;
+                            due.into_std()
+                        }
+                        _ => Instant::now(),
+                    };
                     let response = client
                         .post(&url)
                         .header("content-type", "application/json")
@@ -207,6 +234,7 @@ async fn load(
             })
         })
         .collect();
+    let _ = epoch.set(tokio::time::Instant::now());
     start.wait().await;
     let began = Instant::now();
     let mut sample = Sample {
@@ -249,6 +277,7 @@ async fn report(
     pool: &PgPool,
     run: usize,
     concurrency: usize,
+    paced_rate: Option<f64>,
     mut sample: Sample,
 ) -> anyhow::Result<Value> {
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE id = ANY($1)")
@@ -270,6 +299,7 @@ async fn report(
         "run": run,
         "n": n,
         "concurrency": concurrency,
+        "paced_rate": paced_rate,
         "per_s": (n as f64 / sample.elapsed.as_secs_f64()).round(),
         "p50_ms": round2(pct(0.50)),
         "p95_ms": round2(pct(0.95)),

@@ -89,3 +89,70 @@ impl CommonArgs {
         DatabaseSettings::new(self.database_url.clone(), max_connections)
     }
 }
+
+pub const DEFAULT_ENQUEUER_ADDR: &str = "127.0.0.1:8080";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "enqueuer",
+    version,
+    about = "Poda's HTTP enqueuer: Monime webhooks in, durable jobs out"
+)]
+pub struct EnqueuerCli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub run: EnqueuerArgs,
+}
+
+/// How the enqueuer runs.
+#[derive(Debug, Clone, Args)]
+pub struct EnqueuerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ENQUEUER_ADDR", default_value = DEFAULT_ENQUEUER_ADDR)]
+    pub addr: SocketAddr,
+    /// Bearer token for the admin endpoints (never logged). Empty: admin endpoints refuse all.
+    #[arg(
+        long,
+        env = "ADMIN_TOKEN",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub admin_token: Secret,
+    /// Monime webhook signing secrets, comma-separated (several during a rotation).
+    #[arg(
+        long,
+        env = "MONIME_WEBHOOK_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub monime_webhook_secrets: Vec<Secret>,
+    /// Largest accepted webhook body, in bytes (larger: 413).
+    #[arg(long, env = "ENQUEUER_BODY_LIMIT", default_value_t = crate::enqueuer::DEFAULT_BODY_LIMIT)]
+    pub body_limit: usize,
+    /// Webhook requests per second allowed per client IP (0 disables the limit).
+    #[arg(long, env = "ENQUEUER_RATE_LIMIT", default_value_t = crate::enqueuer::DEFAULT_RATE_LIMIT_PER_SECOND)]
+    pub rate_limit: u32,
+    /// Burst above the per-second rate a client may send at once.
+    #[arg(long, env = "ENQUEUER_RATE_BURST", default_value_t = crate::enqueuer::DEFAULT_RATE_LIMIT_BURST)]
+    pub rate_burst: u32,
+    /// Group commit: at most this many webhooks per transaction.
+    #[arg(long, env = "ENQUEUER_BATCH_SIZE", default_value_t = crate::http::group_commit::DEFAULT_MAX_BATCH)]
+    pub batch_size: usize,
+    /// Group commit: how long the first webhook of a batch waits for company.
+    #[arg(long, env = "ENQUEUER_BATCH_DELAY", default_value = "2ms", value_parser = parse_duration)]
+    pub batch_delay: Duration,
+    /// Group commit: batches being written at once.
+    #[arg(long, env = "ENQUEUER_BATCHES_IN_FLIGHT", default_value_t = crate::http::group_commit::DEFAULT_MAX_IN_FLIGHT)]
+    pub batches_in_flight: usize,
+    /// Database connections of the enqueuer's pool.
+    #[arg(long, env = "ENQUEUER_DB_CONNECTIONS", default_value_t = 16)]
+    pub db_connections: u32,
+    /// Requests taking longer than this are answered 408.
+    #[arg(long, env = "ENQUEUER_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Apply pending migrations at start instead of refusing an unmigrated database.
+    #[arg(long, env = "ENQUEUER_MIGRATE")]
+    pub migrate: bool,
+}

@@ -10,6 +10,7 @@ pub mod error;
 pub mod probe;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod ticket;
 
 pub use engine::{
     Engine, EngineConfig, EngineHandle, JobError, JobId, JobMeta, JobState, NewJob, Outcome,

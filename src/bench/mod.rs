@@ -1,0 +1,3 @@
+//! Benchmark scenarios, one module each. `bin/bench.rs` runs them.
+
+pub mod ingest;

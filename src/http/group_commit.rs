@@ -1,0 +1,297 @@
+//! Group commit: concurrent webhook deliveries share one transaction.
+//!
+//! ```text
+//! handler ──submit(delivery)──▶ mpsc ──▶ collector: first delivery, then more until
+//!                                        max_batch or max_delay ──▶ flush task (≤ max_in_flight)
+//! flush: BEGIN; INSERT webhook_events … ON CONFLICT DO NOTHING; enqueue_many(tickets);
+//!        UPDATE webhook_events SET job_id; look up duplicates; COMMIT ──▶ oneshot per delivery
+//! ```
+//!
+//! Each handler answers only after its own batch committed. A failed batch answers every
+//! delivery in it with an error (503), and no other batch.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use poda_jobs::engine::{enqueue_many, JobId, NewJob};
+use poda_jobs::ticket::{self, TicketJob};
+use poda_jobs::EngineError;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+pub const DEFAULT_MAX_BATCH: usize = 512;
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(2);
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct GroupCommitConfig {
+    /// At most this many deliveries per transaction.
+    pub max_batch: usize,
+    /// How long the first delivery of a batch waits for others.
+    pub max_delay: Duration,
+    /// Transactions being written at once (each holds one connection).
+    pub max_in_flight: usize,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        GroupCommitConfig {
+            max_batch: DEFAULT_MAX_BATCH,
+            max_delay: DEFAULT_MAX_DELAY,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+/// One verified, parsed webhook to record.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub event_id: String,
+    pub event_name: String,
+    pub payment_id: Option<String>,
+    /// The raw body (valid JSON), stored as the event's payload.
+    pub payload: String,
+    /// The ticket job to enqueue when this is the first delivery of a `payment.completed`.
+    pub ticket: Option<TicketJob>,
+}
+
+/// What recording a delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The ticket job of the event; `None` for events that enqueue nothing.
+    pub job_id: Option<JobId>,
+    /// False when the event id had been recorded before (a redelivery).
+    pub first_delivery: bool,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GroupCommitError {
+    #[error("the writer has stopped")]
+    Stopped,
+    #[error("the batch could not be committed: {0}")]
+    BatchFailed(Arc<EngineError>),
+}
+
+struct Pending {
+    delivery: Delivery,
+    reply: oneshot::Sender<Result<Recorded, GroupCommitError>>,
+}
+
+/// Submits deliveries to the writer. Cheap to clone.
+#[derive(Clone)]
+pub struct GroupCommitHandle {
+    sender: mpsc::Sender<Pending>,
+}
+
+impl GroupCommitHandle {
+    /// Records `delivery` in the next batch and returns once that batch has committed.
+    pub async fn submit(&self, delivery: Delivery) -> Result<Recorded, GroupCommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Pending { delivery, reply })
+            .await
+            .map_err(|_| GroupCommitError::Stopped)?;
+        answer.await.map_err(|_| GroupCommitError::Stopped)?
+    }
+}
+
+/// The running writer.
+pub struct GroupCommit {
+    handle: GroupCommitHandle,
+    task: JoinHandle<()>,
+}
+
+impl GroupCommit {
+    pub fn start(pool: PgPool, config: GroupCommitConfig) -> GroupCommit {
+        let capacity = (config.max_batch * config.max_in_flight * 2).max(64);
+        let (sender, receiver) = mpsc::channel(capacity);
+        let task = tokio::spawn(run_collector(pool, config, receiver));
+        GroupCommit {
+            handle: GroupCommitHandle { sender },
+            task,
+        }
+    }
+
+    pub fn handle(&self) -> GroupCommitHandle {
+        self.handle.clone()
+    }
+
+    /// Writes what was submitted and stops, once every other handle has been dropped.
+    pub async fn stop(self) {
+        drop(self.handle);
+        let _ = self.task.await;
+    }
+}
+
+async fn run_collector(
+    pool: PgPool,
+    config: GroupCommitConfig,
+    mut receiver: mpsc::Receiver<Pending>,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_in_flight));
+    let mut flushes = JoinSet::new();
+    while let Some(first) = receiver.recv().await {
+        let mut batch = Vec::with_capacity(config.max_batch);
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + config.max_delay;
+        while batch.len() < config.max_batch {
+            match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                Ok(Some(pending)) => batch.push(pending),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        // Deliveries that arrived while every slot was busy join this batch.
+        while batch.len() < config.max_batch {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        flushes.spawn(async move {
+            flush(&pool, batch).await;
+            drop(slot);
+        });
+        // Reap finished flushes so the set does not grow.
+        while flushes.try_join_next().is_some() {}
+    }
+    while flushes.join_next().await.is_some() {}
+}
+
+#[tracing::instrument(skip_all, fields(batch.size = batch.len()))]
+async fn flush(pool: &PgPool, batch: Vec<Pending>) {
+    let started = Instant::now();
+    let size = batch.len();
+    let (deliveries, replies): (Vec<Delivery>, Vec<_>) =
+        batch.into_iter().map(|p| (p.delivery, p.reply)).unzip();
+    let result = write_batch(pool, &deliveries).await;
+    metrics::histogram!("enqueuer_group_commit_batch_size").record(size as f64);
+    metrics::histogram!("enqueuer_group_commit_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(recorded) => {
+            for (reply, recorded) in replies.into_iter().zip(recorded) {
+                let _ = reply.send(Ok(recorded));
+            }
+        }
+        Err(error) => {
+            metrics::counter!("enqueuer_group_commit_failures_total").increment(1);
+            tracing::error!(error = %error, batch.size = size, "group commit failed; its deliveries are answered 503");
+            let error = Arc::new(error);
+            for reply in replies {
+                let _ = reply.send(Err(GroupCommitError::BatchFailed(error.clone())));
+            }
+        }
+    }
+}
+
+/// Writes one batch in one transaction and returns, in input order, what each delivery did.
+pub async fn write_batch(
+    pool: &PgPool,
+    deliveries: &[Delivery],
+) -> Result<Vec<Recorded>, EngineError> {
+    // Rows go in sorted by key, so two concurrent batches lock keys in the same order.
+    let mut order: Vec<usize> = (0..deliveries.len()).collect();
+    order.sort_by(|&a, &b| deliveries[a].event_id.cmp(&deliveries[b].event_id));
+    let mut event_ids = Vec::with_capacity(order.len());
+    let mut names = Vec::with_capacity(order.len());
+    let mut payment_ids = Vec::with_capacity(order.len());
+    let mut payloads = Vec::with_capacity(order.len());
+    let mut first_of_event: HashMap<&str, usize> = HashMap::with_capacity(order.len());
+    for &i in &order {
+        let d = &deliveries[i];
+        if first_of_event.contains_key(d.event_id.as_str()) {
+            continue;
+        }
+        first_of_event.insert(&d.event_id, i);
+        event_ids.push(d.event_id.as_str());
+        names.push(d.event_name.as_str());
+        payment_ids.push(d.payment_id.as_deref());
+        payloads.push(d.payload.as_str());
+    }
+
+    let mut tx = pool.begin().await?;
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO webhook_events (event_id, event_name, payment_id, payload) \
+         SELECT e, n, p, b::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+             AS t(e, n, p, b) \
+         ON CONFLICT (event_id) DO NOTHING \
+         RETURNING event_id",
+    )
+    .bind(&event_ids)
+    .bind(&names)
+    .bind(&payment_ids)
+    .bind(&payloads)
+    .fetch_all(&mut *tx)
+    .await?;
+    let inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
+
+    // New events that announce a payment enqueue its ticket job (deduplicated by payment id).
+    let mut tickets: Vec<(&str, &TicketJob)> = first_of_event
+        .iter()
+        .filter(|(event_id, _)| inserted.contains(*event_id))
+        .filter_map(|(event_id, &i)| deliveries[i].ticket.as_ref().map(|t| (*event_id, t)))
+        .collect();
+    tickets.sort_by(|a, b| a.1.payment_id.cmp(&b.1.payment_id));
+    let jobs: Vec<NewJob> = tickets
+        .iter()
+        .map(|(_, t)| {
+            NewJob::from_payload(ticket::QUEUE, ticket::KIND, t)
+                .map(|job| job.with_unique_key(t.unique_key()))
+        })
+        .collect::<Result<_, _>>()?;
+    let enqueued = enqueue_many(&mut tx, &jobs).await?;
+    let mut job_of_event: HashMap<&str, JobId> = tickets
+        .iter()
+        .zip(&enqueued)
+        .map(|((event_id, _), e)| (*event_id, e.id))
+        .collect();
+    if !job_of_event.is_empty() {
+        let (ids, jobs): (Vec<&str>, Vec<i64>) =
+            job_of_event.iter().map(|(e, j)| (*e, j.0)).unzip();
+        sqlx::query(
+            "UPDATE webhook_events w SET job_id = t.j \
+             FROM unnest($1::text[], $2::bigint[]) AS t(e, j) WHERE w.event_id = t.e",
+        )
+        .bind(&ids)
+        .bind(&jobs)
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    // Redeliveries: the job id recorded with the first delivery.
+    let earlier: Vec<&str> = first_of_event
+        .keys()
+        .filter(|e| !inserted.contains(*e))
+        .copied()
+        .collect();
+    if !earlier.is_empty() {
+        let found: Vec<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT event_id, job_id FROM webhook_events WHERE event_id = ANY($1::text[])",
+        )
+        .bind(&earlier)
+        .fetch_all(&mut *tx)
+        .await?;
+        let found: HashMap<String, Option<i64>> = found.into_iter().collect();
+        for e in earlier {
+            if let Some(Some(job)) = found.get(e) {
+                job_of_event.insert(e, JobId(*job));
+            }
+        }
+    }
+    tx.commit().await?;
+
+    Ok(deliveries
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Recorded {
+            job_id: job_of_event.get(d.event_id.as_str()).copied(),
+            first_delivery: inserted.contains(d.event_id.as_str())
+                && first_of_event.get(d.event_id.as_str()) == Some(&i),
+        })
+        .collect())
+}

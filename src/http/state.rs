@@ -1,0 +1,42 @@
+//! What every handler can reach: cheap, cloneable handles.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+
+use super::group_commit::GroupCommitHandle;
+use super::webhooks::signature::WebhookSecrets;
+use crate::config::Secret;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub group_commit: GroupCommitHandle,
+    pub secrets: Arc<WebhookSecrets>,
+    pub admin_token: Arc<Secret>,
+    /// `None` when another metrics recorder owns the process (then `/metrics` answers 503).
+    pub metrics: Option<PrometheusHandle>,
+    /// Largest accepted webhook body, for the 413 message.
+    pub body_limit: usize,
+}
+
+impl AppState {
+    pub fn new(
+        pool: PgPool,
+        group_commit: GroupCommitHandle,
+        secrets: WebhookSecrets,
+        admin_token: Secret,
+        metrics: Option<PrometheusHandle>,
+        body_limit: usize,
+    ) -> Self {
+        AppState {
+            pool,
+            group_commit,
+            secrets: Arc::new(secrets),
+            admin_token: Arc::new(admin_token),
+            metrics,
+            body_limit,
+        }
+    }
+}

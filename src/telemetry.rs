@@ -10,19 +10,29 @@ pub enum LogFormat {
     Json,
 }
 
-pub const DEFAULT_FILTER: &str = "info,sqlx=warn";
+/// The engine logs every failed run once, with its job fields and whether it will retry;
+/// apalis' trace layer would log the same failure again at ERROR, so its failure line is off.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,apalis::layers::tracing::on_failure=off";
+
+/// For the demo, whose planned failures are part of the show: only real errors.
+pub const QUIET_FILTER: &str = "error,apalis=off,poda_jobs::engine::ack=off";
 
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init(format: LogFormat) {
-    init_with_writer(format, std::io::stderr);
+    init_with_writer(format, std::io::stderr, DEFAULT_FILTER);
 }
 
-pub fn init_with_writer<W>(format: LogFormat, writer: W)
+/// As [`init`], with `default_filter` when RUST_LOG is not set.
+pub fn init_with_default(format: LogFormat, default_filter: &str) {
+    init_with_writer(format, std::io::stderr, default_filter);
+}
+
+pub fn init_with_writer<W>(format: LogFormat, writer: W, default_filter: &str)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

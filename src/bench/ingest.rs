@@ -199,7 +199,7 @@ async fn load(
                     if i >= n {
                         break;
                     }
-                    let body = webhook_body(&label, i);
+                    let body = payment_completed_body(&label, i);
                     let header = sign(BENCH_SECRET, chrono::Utc::now().timestamp(), &body);
                     let sent = match (rate, epoch.get()) {
                         (Some(rate), Some(epoch)) => {
@@ -257,7 +257,8 @@ async fn load(
     sample
 }
 
-fn webhook_body(label: &str, i: usize) -> Vec<u8> {
+/// A `payment.completed` envelope as Monime sends it, for payment `pay-<label>-<i>`.
+pub fn payment_completed_body(label: &str, i: usize) -> Vec<u8> {
     let payment = format!("pay-{label}-{i}");
     serde_json::to_vec(&json!({
         "apiVersion": "caph.2025-08-23",

@@ -11,6 +11,7 @@ pub mod probe;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod ticket;
+pub mod transfer;
 
 pub use engine::{
     Engine, EngineConfig, EngineHandle, JobError, JobId, JobMeta, JobState, NewJob, Outcome,

@@ -1,0 +1,41 @@
+//! The commission-transfer job kind: for each ticket, the platform's commission moves from the
+//! transport company's Monime account to the platform account, exactly once.
+//!
+//! Ticket creation enqueues one [`TransferJob`] per new ticket, in the same transaction as the
+//! ticket, with [`TransferJob::unique_key`] so a ticket never has two transfer jobs.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{NewJob, RetryPolicy};
+
+pub const QUEUE: &str = "commission_transfers";
+pub const KIND: &str = "commission_transfer";
+
+/// Durable retries for Monime calls: 2 s, 4 s, 8 s, 16 s, 32 s (± jitter), at most 5 retries,
+/// then a terminal failure for manual review.
+pub const RETRY_POLICY: RetryPolicy =
+    RetryPolicy::new(6, Duration::from_secs(2), Duration::from_secs(32));
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferJob {
+    /// The ticket whose commission moves (`tickets.id`).
+    pub ticket_id: i64,
+}
+
+impl TransferJob {
+    pub fn unique_key(&self) -> String {
+        format!("ticket:{}", self.ticket_id)
+    }
+
+    pub fn to_job(&self) -> NewJob {
+        NewJob::new(
+            QUEUE,
+            KIND,
+            serde_json::json!({ "ticket_id": self.ticket_id }),
+        )
+        .with_unique_key(self.unique_key())
+        .with_retry(RETRY_POLICY)
+    }
+}

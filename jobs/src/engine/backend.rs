@@ -22,11 +22,13 @@ use futures::future::BoxFuture;
 use futures::task::AtomicWaker;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::ack::AckLayer;
 use super::claim::claim_batch;
 use super::complete::{Action, Completion};
-use super::job::{ClaimedJob, JobId, JobMeta};
+use super::enqueue::enqueue_many_pooled;
+use super::job::{ClaimedJob, JobId, JobMeta, NewJob};
 use super::notify::QueueSignal;
 use super::Engine;
 use crate::error::EngineError;
@@ -81,6 +83,9 @@ pub struct PgBackend<Args> {
     must_wait: bool,
     waiting: Option<BoxFuture<'static, ()>>,
     closing: Option<BoxFuture<'static, Result<(), EngineError>>>,
+    /// Jobs pushed through apalis' sink, written by the next flush.
+    outbox: Vec<NewJob>,
+    flushing: Option<BoxFuture<'static, Result<(), EngineError>>>,
     _args: PhantomData<fn() -> Args>,
 }
 
@@ -103,6 +108,8 @@ impl<Args> PgBackend<Args> {
             must_wait: false,
             waiting: None,
             closing: None,
+            outbox: Vec::new(),
+            flushing: None,
             _args: PhantomData,
         }
     }
@@ -310,5 +317,71 @@ impl<Args> BackendConfig for PgBackend<Args> {
 
     fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
         AckLayer::new(self.engine.completer().clone(), self.slots.clone())
+    }
+}
+
+/// apalis' sink (and so `TaskSink::push`, `push_bulk`): tasks are buffered and written by the
+/// flush with one `enqueue_many` statement in this backend's queue, kind = queue name.
+impl<Args: Serialize> futures::Sink<Task<Args>> for PgBackend<Args> {
+    type Error = EngineError;
+
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: std::pin::Pin<&mut Self>, task: Task<Args>) -> Result<(), Self::Error> {
+        let this = self.get_mut();
+        let mut job = NewJob::new(
+            this.settings.queue.clone(),
+            this.settings.queue.clone(),
+            serde_json::to_value(&task.args)?,
+        );
+        if let Some(key) = task.idempotency_key() {
+            job = job.with_unique_key(key);
+        }
+        if let Some(max) = task.max_attempts() {
+            job.retry.max_attempts = max.min(i32::MAX as usize) as i32;
+        }
+        if let Some(at) = task
+            .run_at()
+            .and_then(|secs| chrono::DateTime::from_timestamp(secs as i64, 0))
+        {
+            job = job.with_run_at(at);
+        }
+        this.outbox.push(job);
+        Ok(())
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        if this.flushing.is_none() {
+            if this.outbox.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let jobs = std::mem::take(&mut this.outbox);
+            let pool = this.engine.pool().clone();
+            this.flushing =
+                Some(async move { enqueue_many_pooled(&pool, &jobs).await.map(|_| ()) }.boxed());
+        }
+        let result = futures::ready!(this
+            .flushing
+            .as_mut()
+            .expect("flushing was just set")
+            .poll_unpin(cx));
+        this.flushing = None;
+        Poll::Ready(result)
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Self::Error>> {
+        self.poll_flush(cx)
     }
 }

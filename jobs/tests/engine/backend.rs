@@ -172,3 +172,36 @@ async fn a_payload_that_does_not_decode_fails_its_job_and_not_the_worker() {
         .unwrap();
     assert!(error.contains("does not decode"), "{error}");
 }
+
+#[tokio::test]
+async fn apalis_task_sink_pushes_durable_jobs_and_honours_idempotency_keys() {
+    use apalis_core::backend::TaskSink;
+    use apalis_core::task::builder::TaskBuilder;
+
+    let db = TestDb::new().await;
+    let handle = Engine::start(db.pool.clone(), EngineConfig::default());
+    let mut backend = handle.engine().backend::<ProbeJob>(BackendSettings {
+        queue: PROBE_QUEUE.to_owned(),
+        concurrency: 1,
+        batch_size: 1,
+    });
+    backend.push(ProbeJob::new(1)).await.unwrap();
+    backend
+        .push_bulk(vec![ProbeJob::new(2), ProbeJob::new(3)])
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let task = TaskBuilder::new(ProbeJob::new(4))
+            .idempotency_key("only-once")
+            .build();
+        backend.push_task(task).await.unwrap();
+    }
+    let ns: Vec<i64> =
+        sqlx::query_scalar("SELECT (payload->>'n')::bigint FROM jobs WHERE queue = $1 ORDER BY id")
+            .bind(PROBE_QUEUE)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(ns, vec![1, 2, 3, 4]);
+    handle.shutdown().await;
+}

@@ -19,20 +19,33 @@ pub async fn fetch_job(pool: &PgPool, id: JobId) -> Result<JobSnapshot, EngineEr
         .ok_or(EngineError::NotFound { id })
 }
 
+/// Runs one operator transition (`$1` = the job id) and returns whether it changed the job,
+/// with the job as it is afterwards.
+async fn transition(
+    pool: &PgPool,
+    id: JobId,
+    sql: &'static str,
+) -> Result<(bool, JobSnapshot), EngineError> {
+    let changed = sqlx::query(sql)
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok((changed > 0, fetch_job(pool, id).await?))
+}
+
 /// Makes a failed, cancelled or waiting job run now with a fresh set of attempts. Its error
 /// history is kept.
 pub async fn retry_job(pool: &PgPool, id: JobId) -> Result<JobSnapshot, EngineError> {
-    let changed = sqlx::query(
+    let (changed, job) = transition(
+        pool,
+        id,
         "UPDATE jobs SET state = 'available', attempt = 0, run_at = now(), finished_at = NULL, \
          updated_at = now() \
          WHERE id = $1 AND state IN ('failed', 'cancelled', 'available')",
     )
-    .bind(id)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    let job = fetch_job(pool, id).await?;
-    if changed == 0 {
+    .await?;
+    if !changed {
         let reason = match job.state {
             JobState::Running => "it is running now; wait for it to finish",
             _ => "it already completed",
@@ -49,17 +62,15 @@ pub async fn retry_job(pool: &PgPool, id: JobId) -> Result<JobSnapshot, EngineEr
 /// Cancels a job that has not finished. A running job's outcome is then ignored when it
 /// arrives (fencing), though what its handler already did stays done.
 pub async fn cancel_job(pool: &PgPool, id: JobId) -> Result<JobSnapshot, EngineError> {
-    let changed = sqlx::query(
+    let (changed, job) = transition(
+        pool,
+        id,
         "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, \
          finished_at = now(), updated_at = now() \
          WHERE id = $1 AND state IN ('available', 'running')",
     )
-    .bind(id)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    let job = fetch_job(pool, id).await?;
-    if changed == 0 {
+    .await?;
+    if !changed {
         return Err(EngineError::WrongState {
             id,
             state: job.state,

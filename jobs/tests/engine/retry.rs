@@ -5,7 +5,9 @@ use poda_jobs::engine::{JobState, RetryPolicy};
 use poda_jobs::probe::ProbeJob;
 use poda_jobs::testing::{wait_until, TestDb};
 
-use crate::support::{enqueue_probes, fast_retry, state_of, wait_for_state, ProbeWorker};
+use crate::support::{
+    enqueue_probes, fast_retry, state_of, wait_for_attempt, wait_for_state, ProbeWorker,
+};
 
 /// Seconds between the recorded failure and the run_at it scheduled.
 async fn scheduled_delay(pool: &sqlx::PgPool, id: poda_jobs::JobId) -> f64 {
@@ -33,26 +35,14 @@ async fn a_retryable_failure_schedules_run_at_by_the_backoff_and_keeps_the_error
     )
     .await;
     let worker = ProbeWorker::start(&db.pool, 2);
-    wait_until(
-        "the first failure",
-        Duration::from_secs(10),
-        || state_of(&db.pool, ids[0]),
-        |s| *s == (JobState::Available, 1),
-    )
-    .await;
+    wait_for_attempt(&db.pool, ids[0], JobState::Available, 1).await;
     let delay = scheduled_delay(&db.pool, ids[0]).await;
     assert!(
         (1.6..=2.4).contains(&delay),
         "attempt 1 waits 2 s ± 20 %, got {delay}"
     );
     // The second failure doubles the wait.
-    wait_until(
-        "the second failure",
-        Duration::from_secs(10),
-        || state_of(&db.pool, ids[0]),
-        |s| *s == (JobState::Available, 2),
-    )
-    .await;
+    wait_for_attempt(&db.pool, ids[0], JobState::Available, 2).await;
     let delay = scheduled_delay(&db.pool, ids[0]).await;
     assert!(
         (3.2..=4.8).contains(&delay),
@@ -90,13 +80,7 @@ async fn a_handler_can_ask_for_its_own_retry_delay() {
     };
     let ids = enqueue_probes(&db.pool, &[probe], policy).await;
     let worker = ProbeWorker::start(&db.pool, 2);
-    wait_until(
-        "the failure",
-        Duration::from_secs(10),
-        || state_of(&db.pool, ids[0]),
-        |s| *s == (JobState::Available, 1),
-    )
-    .await;
+    wait_for_attempt(&db.pool, ids[0], JobState::Available, 1).await;
     let delay = scheduled_delay(&db.pool, ids[0]).await;
     assert!(
         (1.4..=1.7).contains(&delay),

@@ -115,3 +115,14 @@ pub async fn wait_for_state(pool: &PgPool, id: JobId, state: JobState) {
     )
     .await;
 }
+
+/// Waits until job `id` is in `state` at `attempt`.
+pub async fn wait_for_attempt(pool: &PgPool, id: JobId, state: JobState, attempt: i32) {
+    poda_jobs::testing::wait_until(
+        &format!("job {id} to be {state} at attempt {attempt}"),
+        Duration::from_secs(20),
+        || state_of(pool, id),
+        |s| *s == (state, attempt),
+    )
+    .await;
+}

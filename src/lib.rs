@@ -1,10 +1,12 @@
 //! Poda: the enqueuer, the worker runtime and the operator commands, on top of the
 //! `poda-jobs` engine and job kinds.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod ops;
 pub mod shutdown;
+pub mod tally;
 pub mod telemetry;
 pub mod worker;

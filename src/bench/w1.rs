@@ -40,7 +40,7 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
             Ok(json!({
                 "scenario": "w1", "run": run, "n": n,
                 "seconds": round3(seconds),
-                "per_s": (n as f64 / seconds).round(),
+                "per_s": (n as f64 / seconds).round() as u64,
                 "call_size": ENQUEUE_CALL,
                 "rows": rows, "distinct": distinct,
                 "ok": ok,

@@ -34,7 +34,7 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
                 Ok(json!({
                     "scenario": "w2", "run": run, "procs": procs, "n": n,
                     "seconds": round3(seconds),
-                    "per_s": (n as f64 / seconds).round(),
+                    "per_s": (n as f64 / seconds).round() as u64,
                     "concurrency": args.concurrency,
                     "connections_per_proc": args.concurrency + 2,
                     "batch_size": args.batch_size,

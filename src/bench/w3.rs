@@ -52,7 +52,7 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
             Ok(json!({
                 "scenario": "w3", "run": run, "n": n,
                 "rate_per_s": args.rate,
-                "achieved_rate_per_s": (n as f64 / produced_in).round(),
+                "achieved_rate_per_s": (n as f64 / produced_in).round() as u64,
                 "p50_ms": round3(percentile(&latencies, 50.0)),
                 "p95_ms": round3(percentile(&latencies, 95.0)),
                 "p99_ms": round3(percentile(&latencies, 99.0)),

@@ -35,7 +35,7 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
             Ok(json!({
                 "scenario": "w4", "run": run, "n": n,
                 "seconds": round3(seconds),
-                "per_s": (n as f64 / seconds).round(),
+                "per_s": (n as f64 / seconds).round() as u64,
                 "max_attempts": 2,
                 "backoff_ms": SHORTEST_BACKOFF.as_millis() as u64,
                 "concurrency": args.concurrency,

@@ -61,9 +61,10 @@ impl Slots {
 #[derive(Debug, Clone)]
 pub struct BackendSettings {
     pub queue: String,
-    /// Handler slots: at most this many jobs run at once, and claims never exceed the free ones.
+    /// Handler slots: at most this many jobs run at once.
     pub concurrency: usize,
-    /// At most this many jobs per claim statement.
+    /// Jobs per claim statement: a backend claims a batch as soon as a slot is free and its
+    /// buffer is empty, so up to this many jobs wait under lease beyond the running ones.
     pub batch_size: usize,
 }
 
@@ -194,7 +195,14 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBacke
         _worker: &WorkerContext,
     ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
         loop {
-            // 1. Hand out what was claimed.
+            // 1. Hand out what was claimed, into free slots only.
+            if !self.buffer.is_empty() && self.slots.in_flight() >= self.settings.concurrency {
+                self.slots.waker.register(cx.waker());
+                if self.slots.in_flight() < self.settings.concurrency {
+                    continue;
+                }
+                return Poll::Pending;
+            }
             if let Some(job) = self.buffer.pop_front() {
                 let id: JobId = job.id;
                 if let Some(task) = self.task_from(job) {
@@ -252,7 +260,10 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBacke
                     Some(async move { signal.wait_since(seen, poll_interval).await }.boxed());
                 continue;
             }
-            self.start_claim(free.min(self.settings.batch_size));
+            // Prefetch: claim a whole batch once any slot is free. The extra jobs wait in the
+            // buffer under lease (renewed by the heartbeat, released at shutdown), and one
+            // claim statement then feeds many handler runs.
+            self.start_claim(self.settings.batch_size.max(free));
         }
     }
 

@@ -124,8 +124,14 @@ impl Engine {
         let registry = Registry::default();
         let signals = Signals::default();
         let stop = CancellationToken::new();
-        let (completer, completion_handle) =
-            Completer::new(pool.clone(), owner, registry.clone(), config.completer);
+        let (completer, completion_handle) = Completer::new(
+            pool.clone(),
+            owner,
+            registry.clone(),
+            signals.clone(),
+            config.poll_interval,
+            config.completer,
+        );
         let engine = Engine {
             inner: Arc::new(Inner {
                 pool: pool.clone(),

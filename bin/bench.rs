@@ -1,57 +1,175 @@
-//! `bench`: benchmarks and the demo.
+//! `bench`: runs the named benchmark scenarios, and the demo (see `bench --help`).
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use poda::bench::ingest::{run_ingest, IngestOptions};
+use poda::bench::{self, report::Summary, BenchArgs, DEFAULT_BENCH_SERVER_URL};
 use poda::config::{Secret, DEFAULT_DATABASE_URL};
 use poda::demo::{self, DemoOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "bench", version, about = "Poda benchmarks and the demo")]
-struct Cli {
-    /// Postgres URL of the server to use; each scenario works in databases of its own.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
-    database_url: Secret,
+#[command(
+    name = "bench",
+    version,
+    about = "Run Poda's benchmark scenarios against a real Postgres, or the demo",
+    long_about = "Run Poda's benchmark scenarios against a real Postgres, or the demo.\n\n\
+        Each run creates and drops its own database (bench_poda_*) on the server named by \
+        --database-url, starts real `worker` processes (the binary next to this one) and waits \
+        until they are connected before the clock starts. Prints one `RESULT {json}` line per \
+        run to stdout and a min/median/max table to stderr. Exits non-zero when a run fails its \
+        correctness check."
+)]
+struct BenchCli {
     #[command(subcommand)]
     scenario: Scenario,
 }
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
+    /// W1 bulk enqueue: N jobs (default 100,000) via enqueue_many in calls of 1,000.
+    W1(BenchArgs),
+    /// W2 drain: N no-op jobs (default 100,000) drained by each count in --procs.
+    W2(BenchArgs),
+    /// W3 latency: N jobs (default 2,000) enqueued one at a time at --rate per second.
+    W3(BenchArgs),
+    /// W4 retry: N jobs (default 10,000) failing once then succeeding, 0 ms backoff.
+    W4(BenchArgs),
+    /// Every queue workload in turn (w1, w2, w3, w4) with the same options.
+    All(BenchArgs),
+    /// Webhook ingest: signed payment.completed webhooks over keep-alive connections at fixed
+    /// concurrency, then a burst of fresh connections; req/s and latency percentiles.
+    Ingest(IngestArgs),
     /// Poda end to end on the local Postgres (database poda_demo), with progress and a summary.
-    Demo {
-        /// Jobs to drain.
-        #[arg(long, default_value_t = 10_000)]
-        jobs: usize,
-        /// Signed payment webhooks to send.
-        #[arg(long, default_value_t = 200)]
-        webhooks: usize,
-    },
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct IngestArgs {
+    /// Measured runs per concurrency.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Requests per run.
+    #[arg(long, default_value_t = 20_000)]
+    n: usize,
+    /// Keep-alive connections, comma-separated; one set of runs each.
+    #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+    concurrency: Vec<usize>,
+    /// Fresh connections that each send one webhook at once (0: no burst).
+    #[arg(long, default_value_t = 10_000)]
+    burst: usize,
+    /// Also run open-loop at this many requests/s per concurrency (latency from the scheduled
+    /// send time).
+    #[arg(long)]
+    paced_rate: Option<f64>,
+    /// Postgres server URL; a bench_poda_* database is created there and dropped afterwards.
+    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL)]
+    database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+struct DemoArgs {
+    /// Jobs to drain.
+    #[arg(long, default_value_t = 10_000)]
+    jobs: usize,
+    /// Signed payment webhooks to send.
+    #[arg(long, default_value_t = 200)]
+    webhooks: usize,
+    /// Any Postgres URL on the server to use; the demo works in its own database poda_demo.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    database_url: Secret,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
-    poda::telemetry::init_with_default(
-        poda::telemetry::LogFormat::Pretty,
-        poda::telemetry::QUIET_FILTER,
-    );
-    let result = match cli.scenario {
-        Scenario::Demo { jobs, webhooks } => {
+    let cli = BenchCli::parse();
+    let mut summary = Summary::default();
+    let result = match &cli.scenario {
+        Scenario::Demo(args) => {
+            poda::telemetry::init_with_default(
+                poda::telemetry::LogFormat::Pretty,
+                poda::telemetry::QUIET_FILTER,
+            );
             demo::run(DemoOptions {
-                server_url: cli.database_url,
-                jobs,
-                webhooks,
+                server_url: args.database_url.clone(),
+                jobs: args.jobs,
+                webhooks: args.webhooks,
             })
             .await
+            .map(|()| None)
+        }
+        scenario => {
+            poda::telemetry::init(poda::telemetry::LogFormat::Pretty);
+            let run = match scenario {
+                Scenario::W1(args) => run(args, &mut summary, &[bench::Workload::W1]).await,
+                Scenario::W2(args) => run(args, &mut summary, &[bench::Workload::W2]).await,
+                Scenario::W3(args) => run(args, &mut summary, &[bench::Workload::W3]).await,
+                Scenario::W4(args) => run(args, &mut summary, &[bench::Workload::W4]).await,
+                Scenario::All(args) => run(args, &mut summary, bench::Workload::ALL).await,
+                Scenario::Ingest(args) => ingest(args, &mut summary).await,
+                Scenario::Demo(_) => unreachable!("handled above"),
+            };
+            run.map(Some)
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(())) => {
+            summary.print();
+            if summary.failures() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Err(error) => {
+            summary.print();
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run(
+    args: &BenchArgs,
+    summary: &mut Summary,
+    workloads: &[bench::Workload],
+) -> anyhow::Result<()> {
+    args.validate()?;
+    for workload in workloads {
+        workload.run(args, summary).await?;
+    }
+    Ok(())
+}
+
+async fn ingest(args: &IngestArgs, summary: &mut Summary) -> anyhow::Result<()> {
+    if args.runs == 0 || args.n == 0 || args.concurrency.is_empty() || args.concurrency.contains(&0)
+    {
+        anyhow::bail!("--runs, --n and every --concurrency must be at least 1");
+    }
+    let results = run_ingest(IngestOptions {
+        server_url: args.database_url.clone(),
+        concurrencies: args.concurrency.clone(),
+        requests: args.n,
+        burst: args.burst,
+        runs: args.runs,
+        paced_rate: args.paced_rate,
+        ..IngestOptions::default()
+    })
+    .await?;
+    for result in results {
+        let mode = match result["paced_rate"].as_f64() {
+            Some(rate) => format!("paced {rate}/s"),
+            None => "back-to-back".to_owned(),
+        };
+        let config = format!("ingest c={} {mode}", result["concurrency"]);
+        for figure in ["per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms"] {
+            if let Some(value) = result[figure].as_f64() {
+                summary.add(&config, figure, value);
+            }
+        }
+        summary.add_check(result["ok"].as_bool().unwrap_or(false));
+    }
+    Ok(())
 }

@@ -63,6 +63,24 @@ async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
             let job = ops::cancel(&pool, id).await?;
             println!("job {} ({}) is cancelled", job.id, job.queue);
         }
+        WorkerCommand::Prune { older_than } => {
+            let report = ops::prune(&pool, older_than).await?;
+            if report.deleted.is_empty() {
+                println!("nothing to prune");
+            }
+            for (queue, n) in &report.deleted {
+                println!("{queue}: deleted {n} finished jobs");
+            }
+        }
+        WorkerCommand::Pause { queue } => {
+            let status = ops::pause(&pool, &queue).await?;
+            let since = status.paused_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+            println!("queue {} is paused (since {since})", status.name);
+        }
+        WorkerCommand::Resume { queue } => {
+            let status = ops::resume(&pool, &queue).await?;
+            println!("queue {} is running", status.name);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

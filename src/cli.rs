@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// Handler slots per queue: at most this many jobs of a queue run at once.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
+    /// Handler slots for single queues, overriding --concurrency: `tickets=64,commission_transfers=32`.
+    #[arg(long, env = "WORKER_QUEUE_CONCURRENCY", value_delimiter = ',', value_parser = parse_queue_concurrency)]
+    pub queue_concurrency: Vec<(String, usize)>,
     /// At most this many jobs per claim statement.
     #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 100)]
     pub batch_size: usize,
@@ -70,6 +73,27 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on this address.
     #[arg(long, env = "WORKER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Finished jobs older than this are pruned by the replica that leads maintenance.
+    #[arg(long, env = "WORKER_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// How often the leading replica prunes.
+    #[arg(long, env = "WORKER_PRUNE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub prune_interval: Duration,
+    /// Do not take part in maintenance leadership (no automatic pruning from this process).
+    #[arg(long, env = "WORKER_NO_MAINTENANCE")]
+    pub no_maintenance: bool,
+    /// Connections for handlers (default: the handler slots, 2 to 64).
+    #[arg(long, env = "WORKER_HANDLER_CONNECTIONS")]
+    pub handler_connections: Option<u32>,
+    /// Connections for the engine: claims, completions, leases, rescue, listener (default 4 + queues).
+    #[arg(long, env = "WORKER_ENGINE_CONNECTIONS")]
+    pub engine_connections: Option<u32>,
+    /// Benchmarks: record each probe run in memory and write it to FILE at shutdown.
+    #[arg(long, hide = true)]
+    pub probe_tally: Option<std::path::PathBuf>,
+    /// Benchmarks: open every connection, then print `ready` on stdout.
+    #[arg(long, hide = true)]
+    pub announce_ready: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -82,6 +106,35 @@ pub enum WorkerCommand {
     Retry { id: JobId },
     /// Cancel a job that has not finished.
     Cancel { id: JobId },
+    /// Delete finished jobs (completed, cancelled, failed) older than the threshold.
+    Prune {
+        /// Age threshold, e.g. 7d, 12h, 30m.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        older_than: Duration,
+    },
+    /// Stop workers from claiming jobs of a queue (enqueueing goes on).
+    Pause { queue: String },
+    /// Let workers claim jobs of a paused queue again.
+    Resume { queue: String },
+}
+
+/// Parses `queue=N` with N ≥ 1.
+pub fn parse_queue_concurrency(text: &str) -> Result<(String, usize), String> {
+    let (queue, n) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not queue=N (e.g. tickets=64)"))?;
+    let queue = queue.trim();
+    if queue.is_empty() {
+        return Err(format!("{text:?}: the queue name is empty"));
+    }
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: {n:?} is not a whole number"))?;
+    if n == 0 {
+        return Err(format!("{text:?}: concurrency must be at least 1"));
+    }
+    Ok((queue.to_owned(), n))
 }
 
 impl CommonArgs {

@@ -87,13 +87,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
-    let worker_options = WorkerOptions {
-        queues: vec![probe::QUEUE.to_owned()],
-        concurrency: 16,
-        batch_size: 100,
-        engine: Default::default(),
-        shutdown_grace: Duration::from_secs(10),
-    };
+    let worker_options = WorkerOptions::for_queues(&[probe::QUEUE], 16);
     let engine_pool = database.connect_async_commit().await?;
     let stop_workers = CancellationToken::new();
     let workers = tokio::spawn(run_workers(

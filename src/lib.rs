@@ -9,5 +9,6 @@ pub mod enqueuer;
 pub mod http;
 pub mod ops;
 pub mod shutdown;
+pub mod tally;
 pub mod telemetry;
 pub mod worker;

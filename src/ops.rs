@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-use poda_jobs::engine::{admin, migrate, JobId, JobSnapshot};
+use poda_jobs::engine::{
+    admin, migrate, queue, JobId, JobSnapshot, PruneReport, Pruner, PrunerConfig, QueueStatus,
+};
 use sqlx::PgPool;
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
@@ -58,4 +60,24 @@ pub async fn retry(pool: &PgPool, id: JobId) -> anyhow::Result<JobSnapshot> {
 
 pub async fn cancel(pool: &PgPool, id: JobId) -> anyhow::Result<JobSnapshot> {
     Ok(admin::cancel_job(pool, id).await?)
+}
+
+/// Deletes finished jobs older than `older_than`, now.
+pub async fn prune(pool: &PgPool, older_than: std::time::Duration) -> anyhow::Result<PruneReport> {
+    let pruner = Pruner::new(
+        PrunerConfig {
+            retention: older_than,
+            ..PrunerConfig::default()
+        },
+        pool.clone(),
+    );
+    pruner.run_once(None).await.context("pruning finished jobs")
+}
+
+pub async fn pause(pool: &PgPool, queue: &str) -> anyhow::Result<QueueStatus> {
+    Ok(queue::pause_queue(pool, queue).await?)
+}
+
+pub async fn resume(pool: &PgPool, queue: &str) -> anyhow::Result<QueueStatus> {
+    Ok(queue::resume_queue(pool, queue).await?)
 }

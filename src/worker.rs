@@ -6,14 +6,20 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use apalis::layers::WorkerBuilderExt;
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use poda_jobs::engine::metrics::DEFAULT_GAUGE_INTERVAL;
 use poda_jobs::engine::{
-    BackendSettings, Engine, EngineConfig, JobError, JobMeta, Outcome, RescuerConfig,
+    BackendSettings, Engine, EngineConfig, JobError, JobMeta, MaintainerConfig, Outcome,
+    PrunerConfig, RescuerConfig,
 };
 use poda_jobs::probe::{self, ProbeJob};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
+use crate::tally::ProbeTally;
 
 /// Queues this build has handlers for.
 pub const KNOWN_QUEUES: &[&str] = &[probe::QUEUE];
@@ -21,13 +27,39 @@ pub const KNOWN_QUEUES: &[&str] = &[probe::QUEUE];
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     pub queues: Vec<String>,
-    pub concurrency: usize,
+    /// Handler slots per queue (every queue of `queues` has an entry).
+    pub concurrency: BTreeMap<String, usize>,
     pub batch_size: usize,
     pub engine: EngineConfig,
     pub shutdown_grace: Duration,
+    pub handler_connections: Option<u32>,
+    pub engine_connections: Option<u32>,
+    /// Write each probe run to this file at shutdown (benchmarks).
+    pub probe_tally: Option<PathBuf>,
+    /// Print `ready` on stdout once every connection is open and notifications arrive.
+    pub announce_ready: bool,
 }
 
 impl WorkerOptions {
+    /// Options for `queues` with `concurrency` handler slots each and every other setting at
+    /// its default (the demo, tests).
+    pub fn for_queues(queues: &[&str], concurrency: usize) -> Self {
+        WorkerOptions {
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            concurrency: queues
+                .iter()
+                .map(|q| (q.to_string(), concurrency))
+                .collect(),
+            batch_size: 100,
+            engine: EngineConfig::default(),
+            shutdown_grace: Duration::from_secs(30),
+            handler_connections: None,
+            engine_connections: None,
+            probe_tally: None,
+            announce_ready: false,
+        }
+    }
+
     pub fn from_args(args: &RunArgs) -> anyhow::Result<Self> {
         let queues: Vec<String> = if args.queues.is_empty() {
             KNOWN_QUEUES.iter().map(|q| q.to_string()).collect()
@@ -49,6 +81,19 @@ impl WorkerOptions {
         if args.concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
+        let mut concurrency: BTreeMap<String, usize> = queues
+            .iter()
+            .map(|q| (q.clone(), args.concurrency))
+            .collect();
+        for (queue, n) in &args.queue_concurrency {
+            match concurrency.get_mut(queue) {
+                Some(slots) => *slots = *n,
+                None => bail!(
+                    "--queue-concurrency: {queue:?} is not among the queues this worker runs ({})",
+                    queues.join(", ")
+                ),
+            }
+        }
         if args.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
@@ -61,23 +106,41 @@ impl WorkerOptions {
         };
         engine.poll_interval = args.poll_interval;
         engine.listen = !args.poll_only;
+        engine.maintenance = (!args.no_maintenance).then(|| MaintainerConfig {
+            prune: PrunerConfig {
+                interval: args.prune_interval,
+                retention: args.retention,
+                ..PrunerConfig::default()
+            },
+            ..MaintainerConfig::default()
+        });
+        engine.gauges = args.metrics_addr.map(|_| DEFAULT_GAUGE_INTERVAL);
+        if args.handler_connections == Some(0) || args.engine_connections == Some(0) {
+            bail!("--handler-connections and --engine-connections must be at least 1");
+        }
         Ok(WorkerOptions {
             queues,
-            concurrency: args.concurrency,
+            concurrency,
             batch_size: args.batch_size,
             engine,
             shutdown_grace: args.shutdown_grace,
+            handler_connections: args.handler_connections,
+            engine_connections: args.engine_connections,
+            probe_tally: args.probe_tally.clone(),
+            announce_ready: args.announce_ready,
         })
     }
 
     /// Connections the handlers may use at once.
     pub fn handler_connections(&self) -> u32 {
-        (self.concurrency * self.queues.len()).clamp(2, 64) as u32
+        self.handler_connections
+            .unwrap_or_else(|| self.concurrency.values().sum::<usize>().clamp(2, 64) as u32)
     }
 
     /// Connections for claims, completions, leases, rescue and the listener.
     pub fn engine_connections(&self) -> u32 {
-        (4 + self.queues.len()) as u32
+        self.engine_connections
+            .unwrap_or((4 + self.queues.len()) as u32)
     }
 }
 
@@ -91,8 +154,30 @@ pub async fn run_workers(
 ) -> anyhow::Result<()> {
     let handle = Engine::start(engine_pool, options.engine.clone());
     let engine = handle.engine().clone();
-    tracing::info!(queues = ?options.queues, concurrency = options.concurrency, owner = %engine.owner(),
+    tracing::info!(queues = ?options.queues, concurrency = ?options.concurrency, owner = %engine.owner(),
         "worker started");
+    if options.announce_ready {
+        let engine = engine.clone();
+        let handlers = handler_pool.clone();
+        let (handler_n, engine_n) = (options.handler_connections(), options.engine_connections());
+        tokio::spawn(async move {
+            // The listener holds one engine connection of its own.
+            let warmed = tokio::try_join!(
+                warm_pool(&handlers, handler_n),
+                warm_pool(engine.pool(), engine_n.saturating_sub(1).max(1)),
+            );
+            if let Err(error) = warmed {
+                tracing::warn!(error = %format!("{error:#}"), "warming the pools failed");
+            }
+            engine.wait_listening().await;
+            println!("ready");
+        });
+    }
+    let tally = if options.probe_tally.is_some() {
+        ProbeTally::enabled()
+    } else {
+        ProbeTally::default()
+    };
 
     let grace = options.shutdown_grace;
     // The grace timer starts when shutdown starts (a lazy future), not when the monitor is built.
@@ -101,17 +186,19 @@ pub async fn run_workers(
     for queue in &options.queues {
         let settings = BackendSettings {
             queue: queue.clone(),
-            concurrency: options.concurrency,
+            concurrency: options.concurrency[queue],
             batch_size: options.batch_size,
         };
         monitor = match queue.as_str() {
             probe::QUEUE => {
                 let engine = engine.clone();
                 let pool = handler_pool.clone();
+                let tally = tally.clone();
                 monitor.register(move |i| {
                     WorkerBuilder::new(format!("{}-{}-{i}", probe::QUEUE, engine.owner()))
                         .backend(engine.backend::<ProbeJob>(settings.clone()))
                         .data(pool.clone())
+                        .data(tally.clone())
                         .enable_tracing()
                         .build(run_probe)
                 })
@@ -129,12 +216,30 @@ pub async fn run_workers(
         .await
         .context("running workers");
     handle.shutdown().await;
+    if let Some(path) = &options.probe_tally {
+        tally.write_to(path)?;
+    }
     tracing::info!("worker stopped");
     result
 }
 
-async fn run_probe(job: ProbeJob, meta: JobMeta, pool: Data<PgPool>) -> Result<Outcome, JobError> {
+async fn run_probe(
+    job: ProbeJob,
+    meta: JobMeta,
+    pool: Data<PgPool>,
+    tally: Data<ProbeTally>,
+) -> Result<Outcome, JobError> {
+    tally.record(job.n, meta.attempt, job.enqueued_at_us);
     probe::handle(&pool, &meta, job).await
+}
+
+/// Opens `n` connections of `pool` at once, so a benchmark's clock does not pay for them.
+pub async fn warm_pool(pool: &PgPool, n: u32) -> anyhow::Result<()> {
+    let conns = futures::future::try_join_all((0..n).map(|_| pool.acquire()))
+        .await
+        .context("opening connections")?;
+    drop(conns);
+    Ok(())
 }
 
 /// Serves Prometheus metrics (the engine's counters and histograms) on `addr`.

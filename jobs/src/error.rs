@@ -21,6 +21,8 @@ pub enum EngineError {
         state: JobState,
         reason: &'static str,
     },
+    #[error("queue {queue:?} does not exist (known queues are listed by `worker stats`)")]
+    UnknownQueue { queue: String },
     #[error("the database is not migrated (missing: {missing}); run `worker migrate` or start with --migrate")]
     NotMigrated { missing: String },
     #[error("migration failed: {0}")]

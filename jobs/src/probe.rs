@@ -36,6 +36,9 @@ pub struct ProbeJob {
     /// Snooze once for this long before succeeding (the attempt is not spent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snooze_ms: Option<u64>,
+    /// Wall-clock enqueue time (µs since the Unix epoch), for latency benchmarks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enqueued_at_us: Option<i64>,
 }
 
 fn is_zero(v: &i32) -> bool {

@@ -63,9 +63,10 @@ impl Slots {
 #[derive(Debug, Clone)]
 pub struct BackendSettings {
     pub queue: String,
-    /// Handler slots: at most this many jobs run at once, and claims never exceed the free ones.
+    /// Handler slots: at most this many jobs run at once.
     pub concurrency: usize,
-    /// At most this many jobs per claim statement.
+    /// At most this many jobs per claim statement. A claim asks for the free slots only; slots
+    /// that free up while a claim is on its way are taken together by the next one.
     pub batch_size: usize,
 }
 
@@ -201,7 +202,14 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBacke
         _worker: &WorkerContext,
     ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
         loop {
-            // 1. Hand out what was claimed.
+            // 1. Hand out what was claimed, into free slots only.
+            if !self.buffer.is_empty() && self.slots.in_flight() >= self.settings.concurrency {
+                self.slots.waker.register(cx.waker());
+                if self.slots.in_flight() < self.settings.concurrency {
+                    continue;
+                }
+                return Poll::Pending;
+            }
             if let Some(job) = self.buffer.pop_front() {
                 let id: JobId = job.id;
                 if let Some(task) = self.task_from(job) {
@@ -259,6 +267,8 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBacke
                     Some(async move { signal.wait_since(seen, poll_interval).await }.boxed());
                 continue;
             }
+            // Claims are sized to the free slots: a replica never holds jobs it cannot start,
+            // so its peers can run them.
             self.start_claim(free.min(self.settings.batch_size));
         }
     }

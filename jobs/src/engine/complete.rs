@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::job::JobId;
+use super::notify::Signals;
 use super::registry::Registry;
 use crate::error::EngineError;
 
@@ -59,6 +60,25 @@ pub async fn complete_many(
     owner: Uuid,
     completions: &[Completion],
 ) -> Result<Vec<JobId>, EngineError> {
+    Ok(write_outcomes(pool, owner, completions)
+        .await?
+        .into_iter()
+        .map(|row| row.id)
+        .collect())
+}
+
+/// One row [`write_outcomes`] changed.
+struct Written {
+    id: JobId,
+    queue: String,
+    runnable_again: bool,
+}
+
+async fn write_outcomes(
+    pool: &PgPool,
+    owner: Uuid,
+    completions: &[Completion],
+) -> Result<Vec<Written>, EngineError> {
     if completions.is_empty() {
         return Ok(Vec::new());
     }
@@ -88,7 +108,7 @@ pub async fn complete_many(
         errors.push(error);
         refunds.push(refund);
     }
-    let changed: Vec<(i64,)> = sqlx::query_as(include_str!("complete_many.sql"))
+    let changed: Vec<(i64, String, bool)> = sqlx::query_as(include_str!("complete_many.sql"))
         .bind(&ids)
         .bind(&attempts)
         .bind(&states)
@@ -98,7 +118,14 @@ pub async fn complete_many(
         .bind(owner)
         .fetch_all(pool)
         .await?;
-    Ok(changed.into_iter().map(|(id,)| JobId(id)).collect())
+    Ok(changed
+        .into_iter()
+        .map(|(id, queue, runnable_again)| Written {
+            id: JobId(id),
+            queue,
+            runnable_again,
+        })
+        .collect())
 }
 
 enum Message {
@@ -156,6 +183,9 @@ pub struct Completer {
     pool: PgPool,
     owner: Uuid,
     registry: Registry,
+    signals: Signals,
+    /// Retries due within this long wake this process's idle workers when they are due.
+    wake_within: Duration,
     config: CompleterConfig,
 }
 
@@ -164,6 +194,8 @@ impl Completer {
         pool: PgPool,
         owner: Uuid,
         registry: Registry,
+        signals: Signals,
+        wake_within: Duration,
         config: CompleterConfig,
     ) -> (Self, CompletionHandle) {
         let (tx, rx) = mpsc::channel(config.backlog.max(1));
@@ -173,6 +205,8 @@ impl Completer {
                 pool,
                 owner,
                 registry,
+                signals,
+                wake_within,
                 config,
             },
             CompletionHandle { tx },
@@ -246,8 +280,9 @@ impl Completer {
             ..Default::default()
         };
         loop {
-            match complete_many(&self.pool, self.owner, batch).await {
+            match write_outcomes(&self.pool, self.owner, batch).await {
                 Ok(changed) => {
+                    self.wake_for_runnable(batch, &changed);
                     let stale = batch.len() - changed.len();
                     if stale > 0 {
                         tracing::info!(
@@ -272,5 +307,38 @@ impl Completer {
         }
         self.registry.forget_many(batch.iter().map(|c| c.id));
         batch.clear();
+    }
+
+    /// Jobs this batch made runnable again (a retry, snooze or release) would otherwise wait
+    /// for the next poll of an idle worker: wake this process's workers of their queue when
+    /// the earliest of them is due, if that is within the poll interval.
+    fn wake_for_runnable(&self, batch: &[Completion], changed: &[Written]) {
+        let mut due: std::collections::HashMap<&str, Duration> = Default::default();
+        for row in changed.iter().filter(|r| r.runnable_again) {
+            let delay = batch
+                .binary_search_by_key(&row.id, |c| c.id)
+                .ok()
+                .map(|i| match &batch[i].action {
+                    Action::Retry { delay, .. } | Action::Snooze { delay } => *delay,
+                    _ => Duration::ZERO,
+                })
+                .unwrap_or_default();
+            if delay <= self.wake_within {
+                let earliest = due.entry(row.queue.as_str()).or_insert(delay);
+                *earliest = (*earliest).min(delay);
+            }
+        }
+        for (queue, delay) in due {
+            if delay.is_zero() {
+                self.signals.wake(queue);
+            } else {
+                let signals = self.signals.clone();
+                let queue = queue.to_owned();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    signals.wake(&queue);
+                });
+            }
+        }
     }
 }

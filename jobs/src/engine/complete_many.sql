@@ -4,7 +4,8 @@
 -- $7 owner.
 -- Only rows still running under the same owner and attempt change: a late outcome from a
 -- worker whose lease was taken over changes nothing. Rows are locked in id order so two
--- batches can never deadlock. Returns the ids that changed.
+-- batches can never deadlock. Returns the ids that changed, their queue, and whether the job
+-- is runnable again (retry, snooze, release) so the caller can wake its idle workers.
 WITH outcome AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::text[], $6::bool[])
         AS o(id, attempt, state, delay_ms, error, refund)
@@ -32,4 +33,4 @@ SET state = o.state::job_state,
     updated_at = now()
 FROM outcome o, locked l
 WHERE j.id = o.id AND l.id = o.id
-RETURNING j.id
+RETURNING j.id, j.queue, j.state = 'available' AS runnable_again

@@ -24,17 +24,13 @@ pub async fn extend_leases(
     }
     let ids: Vec<i64> = jobs.iter().map(|(id, _)| id.0).collect();
     let attempts: Vec<i32> = jobs.iter().map(|(_, a)| *a).collect();
-    let result = sqlx::query(
-        "UPDATE jobs j SET lease_expires_at = now() + $4 * interval '1 millisecond' \
-         FROM unnest($1::bigint[], $2::int[]) AS h(id, attempt) \
-         WHERE j.id = h.id AND j.attempt = h.attempt AND j.lease_owner = $3 AND j.state = 'running'",
-    )
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(owner)
-    .bind(lease.as_millis() as i64)
-    .execute(pool)
-    .await?;
+    let result = sqlx::query(include_str!("extend_leases.sql"))
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(owner)
+        .bind(lease.as_millis() as i64)
+        .execute(pool)
+        .await?;
     Ok(result.rows_affected())
 }
 

@@ -33,3 +33,41 @@ pub fn record_outcome(queue: &str, action: &Action) {
     };
     metrics::counter!(name, "queue" => queue.to_owned()).increment(1);
 }
+
+pub const QUEUE_DEPTH: &str = "poda_queue_depth";
+pub const QUEUE_OLDEST_AGE: &str = "poda_queue_oldest_runnable_age_seconds";
+pub const DEFAULT_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runnable jobs and the age of the oldest, per queue.
+pub async fn sample_queue_gauges(
+    pool: &sqlx::PgPool,
+) -> Result<Vec<(String, i64, f64)>, crate::error::EngineError> {
+    Ok(sqlx::query_as(include_str!("queue_gauges.sql"))
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Samples the queue gauges every `interval` until `stop` (one task per process).
+pub async fn run_gauges(
+    pool: sqlx::PgPool,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match sample_queue_gauges(&pool).await {
+            Ok(rows) => {
+                for (queue, depth, age) in rows {
+                    metrics::gauge!(QUEUE_DEPTH, "queue" => queue.clone()).set(depth as f64);
+                    metrics::gauge!(QUEUE_OLDEST_AGE, "queue" => queue).set(age);
+                }
+            }
+            Err(error) => tracing::debug!(error = %error, "sampling queue gauges failed"),
+        }
+    }
+}

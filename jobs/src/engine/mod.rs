@@ -19,6 +19,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod migrate;
 pub mod notify;
+pub mod queue;
 pub mod registry;
 pub mod retry;
 
@@ -34,7 +35,10 @@ pub use backend::{BackendSettings, PgBackend};
 pub use complete::{Action, CompleterConfig, Completion, CompletionHandle};
 pub use enqueue::{enqueue_many, enqueue_many_pooled, enqueue_one, enqueue_one_pooled};
 pub use job::{ClaimedJob, Enqueued, JobId, JobMeta, JobSnapshot, JobState, NewJob};
-pub use maintenance::{Rescuer, RescuerConfig};
+pub use maintenance::{
+    Maintainer, MaintainerConfig, PruneReport, Pruner, PrunerConfig, Rescuer, RescuerConfig,
+};
+pub use queue::{pause_queue, resume_queue, QueueStatus};
 pub use retry::{JobError, Outcome, RetryPolicy};
 
 use complete::Completer;
@@ -58,6 +62,11 @@ pub struct EngineConfig {
     /// LISTEN for enqueue notifications; off for poolers that break LISTEN (poll only).
     pub listen: bool,
     pub completer: CompleterConfig,
+    /// The single-leader maintenance (pruning finished jobs); `None` runs no maintainer.
+    pub maintenance: Option<MaintainerConfig>,
+    /// Sample the queue-depth gauges this often; `None` (the default) samples nothing, for
+    /// processes that export no metrics.
+    pub gauges: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +78,8 @@ impl Default for EngineConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
             listen: true,
             completer: CompleterConfig::default(),
+            maintenance: Some(MaintainerConfig::default()),
+            gauges: None,
         }
     }
 }
@@ -107,14 +118,20 @@ pub struct EngineHandle {
 
 impl Engine {
     /// Starts the engine's tasks (completer, lease renewal, rescuer and, if enabled, the
-    /// listener) with a fresh owner id for this process.
+    /// maintainer, the gauges and the listener) with a fresh owner id for this process.
     pub fn start(pool: PgPool, config: EngineConfig) -> EngineHandle {
         let owner = Uuid::new_v4();
         let registry = Registry::default();
         let signals = Signals::default();
         let stop = CancellationToken::new();
-        let (completer, completion_handle) =
-            Completer::new(pool.clone(), owner, registry.clone(), config.completer);
+        let (completer, completion_handle) = Completer::new(
+            pool.clone(),
+            owner,
+            registry.clone(),
+            signals.clone(),
+            config.poll_interval,
+            config.completer,
+        );
         let engine = Engine {
             inner: Arc::new(Inner {
                 pool: pool.clone(),
@@ -138,6 +155,18 @@ impl Engine {
                 Rescuer::new(config.rescue, pool.clone()).run(signals.clone(), stop.clone()),
             ),
         ];
+        if let Some(maintenance) = config.maintenance {
+            services.push(tokio::spawn(
+                Maintainer::new(maintenance, pool.clone()).run(stop.clone()),
+            ));
+        }
+        if let Some(interval) = config.gauges {
+            services.push(tokio::spawn(metrics::run_gauges(
+                pool.clone(),
+                interval,
+                stop.clone(),
+            )));
+        }
         if config.listen {
             services.push(tokio::spawn(notify::run_listener(
                 pool,
@@ -182,6 +211,14 @@ impl Engine {
 
     pub(crate) fn signals(&self) -> &Signals {
         &self.inner.signals
+    }
+
+    /// Returns once enqueue notifications reach this process (at once when it does not
+    /// listen): from then on an enqueue or a resume wakes its idle workers.
+    pub async fn wait_listening(&self) {
+        if self.inner.config.listen {
+            self.inner.signals.wait_listening().await;
+        }
     }
 
     /// Jobs this process holds now (claimed or running).

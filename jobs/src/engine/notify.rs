@@ -46,12 +46,29 @@ impl QueueSignal {
 }
 
 /// The signals of every queue this process works.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Signals {
     inner: Arc<Mutex<HashMap<String, Arc<QueueSignal>>>>,
+    /// True while the listener is LISTENing.
+    listening: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals {
+            inner: Arc::default(),
+            listening: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
 }
 
 impl Signals {
+    /// Waits until the listener is LISTENing (notifications sent from then on are seen).
+    pub async fn wait_listening(&self) {
+        let mut rx = self.listening.subscribe();
+        let _ = rx.wait_for(|listening| *listening).await;
+    }
+
     pub fn get(&self, queue: &str) -> Arc<QueueSignal> {
         let mut map = self.inner.lock().expect("signals lock");
         map.entry(queue.to_owned()).or_default().clone()
@@ -89,6 +106,7 @@ pub async fn run_listener(pool: PgPool, signals: Signals, stop: CancellationToke
         match listener {
             Ok(mut listener) => {
                 backoff = reconnect_backoff();
+                signals.listening.send_replace(true);
                 // Anything sent while we were not listening is picked up by this wake-up.
                 signals.wake_all();
                 loop {
@@ -99,10 +117,12 @@ pub async fn run_listener(pool: PgPool, signals: Signals, stop: CancellationToke
                     match received {
                         Ok(Some(n)) => signals.wake(n.payload()),
                         Ok(None) => {
+                            signals.listening.send_replace(false);
                             tracing::warn!("LISTEN connection lost; reconnecting");
                             break;
                         }
                         Err(error) => {
+                            signals.listening.send_replace(false);
                             tracing::warn!(error = %error, "LISTEN failed; reconnecting");
                             break;
                         }

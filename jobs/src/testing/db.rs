@@ -79,13 +79,17 @@ fn database_url(name: &str) -> String {
     }
 }
 
+/// Any 64-bit constant: serialises template creation across test processes. Bound as a
+/// parameter: underscores in numeric literals need PostgreSQL 16.
+const TEMPLATE_LOCK_KEY: i64 = 7_426_100_001;
+
 async fn ensure_template() -> String {
     let template = template_name();
     let mut admin = PgConnection::connect_with(&admin_options())
         .await
         .expect("connect to Postgres");
-    // Any 64-bit constant: serialises template creation across test processes.
-    sqlx::query("SELECT pg_advisory_lock(7426100001)")
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(TEMPLATE_LOCK_KEY)
         .execute(&mut admin)
         .await
         .expect("take the template lock");
@@ -120,7 +124,8 @@ async fn ensure_template() -> String {
             .await
             .expect("publish the template");
     }
-    sqlx::query("SELECT pg_advisory_unlock(7426100001)")
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(TEMPLATE_LOCK_KEY)
         .execute(&mut admin)
         .await
         .expect("release the template lock");
@@ -130,10 +135,11 @@ async fn ensure_template() -> String {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        // Not `pool.close()`: returning connections needs the test's runtime, which is blocked
-        // here. `WITH (FORCE)` ends the sessions server-side. A short thread with its own
-        // runtime does the drop whatever state the test's runtime is in.
         let name = self.name.clone();
+        // Dropping runs outside any runtime guarantee; a short thread with its own runtime
+        // does the cleanup whatever state the test's runtime is in. The pool is not closed
+        // from there: its connections belong to the test's runtime, which is blocked in this
+        // drop, so closing them could wait forever. DROP … WITH (FORCE) ends them server-side.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -1,4 +1,5 @@
-//! The queue engine against a real Postgres: every test owns a fresh database.
+//! The queue engine against a real Postgres: every test owns a fresh database (TestDb), time
+//! is moved by passing `now`, and waits poll.
 
 mod support;
 
@@ -6,5 +7,10 @@ mod backend;
 mod claim;
 mod complete;
 mod enqueue;
+mod factory;
+mod gauges;
+mod leader;
+mod prune;
+mod queue;
 mod rescue;
 mod retry;

@@ -1,6 +1,7 @@
 pub mod app;
 pub mod monime;
 pub mod process;
+pub mod worker;
 
 /// Raises this process's open-file limit to its hard limit (many concurrent connections).
 pub fn raise_fd_limit() {

@@ -1,5 +1,15 @@
-//! Maintenance services that run beside the workers.
+//! Maintenance services that run beside the workers: the rescuer on every replica, the
+//! pruner on the one replica that holds the maintenance lock.
 
+pub mod leader;
+pub mod prune;
 pub mod rescue;
 
+pub use leader::{
+    Leadership, Maintainer, MaintainerConfig, DEFAULT_LEADERSHIP_RETRY, MAINTENANCE_LOCK_KEY,
+};
+pub use prune::{
+    PruneReport, Pruner, PrunerConfig, DEFAULT_PRUNE_BATCH, DEFAULT_PRUNE_INTERVAL,
+    DEFAULT_RETENTION,
+};
 pub use rescue::{RescueReport, Rescuer, RescuerConfig, DEFAULT_RESCUE_INTERVAL};

@@ -1,0 +1,115 @@
+//! The pruner: deletes finished jobs (completed, cancelled and failed) once they are older
+//! than the retention, in keyset batches. Only one replica runs it at a time (see
+//! [`super::Maintainer`]); `worker prune` runs one pass by hand.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::EngineError;
+
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+pub const DEFAULT_PRUNE_BATCH: usize = 1_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct PrunerConfig {
+    /// Time between passes.
+    pub interval: Duration,
+    /// Finished jobs older than this are deleted.
+    pub retention: Duration,
+    /// Rows per DELETE statement.
+    pub batch: usize,
+}
+
+impl Default for PrunerConfig {
+    fn default() -> Self {
+        PrunerConfig {
+            interval: DEFAULT_PRUNE_INTERVAL,
+            retention: DEFAULT_RETENTION,
+            batch: DEFAULT_PRUNE_BATCH,
+        }
+    }
+}
+
+/// What one pass deleted, per queue.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PruneReport {
+    pub deleted: BTreeMap<String, u64>,
+}
+
+impl PruneReport {
+    pub fn total(&self) -> u64 {
+        self.deleted.values().sum()
+    }
+}
+
+pub struct Pruner {
+    pool: PgPool,
+    config: PrunerConfig,
+}
+
+impl Pruner {
+    pub fn new(config: PrunerConfig, pool: PgPool) -> Self {
+        Pruner { pool, config }
+    }
+
+    pub fn config(&self) -> &PrunerConfig {
+        &self.config
+    }
+
+    /// One pass over every finished job older than the retention, a batch per statement.
+    /// `now` moves the clock for tests; `None` is the database's clock.
+    pub async fn run_once(&self, now: Option<DateTime<Utc>>) -> Result<PruneReport, EngineError> {
+        let mut report = PruneReport::default();
+        let retention_ms = self.config.retention.as_millis().min(i64::MAX as u128) as i64;
+        let batch = self.config.batch.max(1);
+        let mut cursor: Option<(DateTime<Utc>, i64)> = None;
+        loop {
+            let rows: Vec<(i64, String, DateTime<Utc>)> =
+                sqlx::query_as(include_str!("prune_finished.sql"))
+                    .bind(now)
+                    .bind(retention_ms)
+                    .bind(batch as i64)
+                    .bind(cursor.map(|(at, _)| at))
+                    .bind(cursor.map(|(_, id)| id).unwrap_or(0))
+                    .fetch_all(&self.pool)
+                    .await?;
+            for (_, queue, _) in &rows {
+                *report.deleted.entry(queue.clone()).or_default() += 1;
+            }
+            if rows.len() < batch {
+                return Ok(report);
+            }
+            cursor = rows.iter().map(|(id, _, at)| (*at, *id)).max();
+        }
+    }
+
+    /// A ticker loop around [`Self::run_once`] until `stop`. Used by the maintainer while it
+    /// leads; logs only a pass that deleted something.
+    pub async fn run(&self, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            self.run_logged().await;
+        }
+    }
+
+    /// One pass, logged; errors are logged and the next pass tries again.
+    pub async fn run_logged(&self) {
+        match self.run_once(None).await {
+            Ok(report) if report.total() > 0 => {
+                tracing::info!(deleted = ?report.deleted, "pruned finished jobs")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = %error, "prune pass failed"),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Queue-level operator actions: pause and resume.
+//!
+//! A paused queue keeps accepting jobs but claims none (`claim_batch.sql` checks
+//! `job_queues.paused_at`). Idle workers look again at least every poll interval, so a pause
+//! or resume takes effect within about a second; resume also sends the queue's NOTIFY so
+//! listening workers claim at once.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::notify::NOTIFY_CHANNEL;
+use crate::error::EngineError;
+
+/// A queue's row in `job_queues`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct QueueStatus {
+    pub name: String,
+    pub paused_at: Option<DateTime<Utc>>,
+}
+
+/// Stops claims from `queue`. Pausing a paused queue keeps its first `paused_at`.
+pub async fn pause_queue(pool: &PgPool, queue: &str) -> Result<QueueStatus, EngineError> {
+    sqlx::query_as(
+        "UPDATE job_queues SET paused_at = coalesce(paused_at, now()) \
+         WHERE name = $1 RETURNING name, paused_at",
+    )
+    .bind(queue)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| EngineError::UnknownQueue {
+        queue: queue.to_owned(),
+    })
+}
+
+/// Lets workers claim from `queue` again and wakes the listening ones.
+pub async fn resume_queue(pool: &PgPool, queue: &str) -> Result<QueueStatus, EngineError> {
+    let mut tx = pool.begin().await?;
+    let status: QueueStatus = sqlx::query_as(
+        "UPDATE job_queues SET paused_at = NULL WHERE name = $1 RETURNING name, paused_at",
+    )
+    .bind(queue)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| EngineError::UnknownQueue {
+        queue: queue.to_owned(),
+    })?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(queue)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(status)
+}
+
+/// Every known queue, paused or not, by name.
+pub async fn list_queues(pool: &PgPool) -> Result<Vec<QueueStatus>, EngineError> {
+    Ok(
+        sqlx::query_as("SELECT name, paused_at FROM job_queues ORDER BY name")
+            .fetch_all(pool)
+            .await?,
+    )
+}

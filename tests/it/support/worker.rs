@@ -1,0 +1,79 @@
+//! Starting the real `worker` binary, and running its subcommands.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use poda_jobs::engine::{enqueue_many_pooled, NewJob, RetryPolicy};
+use poda_jobs::probe::ProbeJob;
+use sqlx::PgPool;
+
+pub const WORKER: &str = env!("CARGO_BIN_EXE_worker");
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs `worker <args>` on `url` to completion.
+pub fn worker_command(url: &str, args: &[&str]) -> Output {
+    Command::new(WORKER)
+        .arg("--database-url")
+        .arg(url)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the worker binary")
+}
+
+/// A worker process, stopped with SIGTERM (and waited for) when dropped.
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    pub fn start(url: &str, args: &[&str]) -> WorkerProcess {
+        let child = Command::new(WORKER)
+            .arg("--database-url")
+            .arg(url)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the worker binary");
+        WorkerProcess { child }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// Enqueues probes `0..count` that record each run in `probe_runs`.
+pub async fn enqueue_recorded_probes(pool: &PgPool, count: usize) {
+    let jobs: Vec<NewJob> = (0..count)
+        .map(|i| {
+            ProbeJob {
+                record: true,
+                ..ProbeJob::new(i as i64)
+            }
+            .to_job(RetryPolicy::default())
+        })
+        .collect();
+    enqueue_many_pooled(pool, &jobs)
+        .await
+        .expect("enqueue probes");
+}
+
+pub async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}

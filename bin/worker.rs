@@ -63,6 +63,13 @@ async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
             let job = ops::cancel(&pool, id).await?;
             println!("job {} ({}) is cancelled", job.id, job.queue);
         }
+        WorkerCommand::Cycle { id, interval } => {
+            ops::ensure_schema(&pool, false).await?;
+            let progress = poda::cycle_watch::watch_cycle(&pool, id, interval).await?;
+            if progress.status == poda_jobs::cycle::CycleStatus::Failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

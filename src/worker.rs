@@ -6,9 +6,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use apalis::layers::WorkerBuilderExt;
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
+use poda_jobs::cycle::{self, CycleConfig, CycleJob};
 use poda_jobs::engine::{
     BackendSettings, Engine, EngineConfig, JobError, JobMeta, Outcome, RescuerConfig,
 };
+use poda_jobs::notification::{self, AgentSummaryJob, Notifier, NotifierConfig};
 use poda_jobs::probe::{self, ProbeJob};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::RunArgs;
 
 /// Queues this build has handlers for.
-pub const KNOWN_QUEUES: &[&str] = &[probe::QUEUE];
+pub const KNOWN_QUEUES: &[&str] = &[probe::QUEUE, cycle::QUEUE, notification::QUEUE];
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -25,6 +27,8 @@ pub struct WorkerOptions {
     pub batch_size: usize,
     pub engine: EngineConfig,
     pub shutdown_grace: Duration,
+    pub cycle: CycleConfig,
+    pub notifier: NotifierConfig,
 }
 
 impl WorkerOptions {
@@ -59,6 +63,14 @@ impl WorkerOptions {
         engine.rescue = RescuerConfig {
             interval: args.rescue_interval,
         };
+        if args.cycle_chunk_size == 0 {
+            bail!("--cycle-chunk-size must be at least 1");
+        }
+        if let Some(url) = &args.notifications_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--notifications-url (NOTIFICATIONS_URL) must be an http:// or https:// URL");
+            }
+        }
         engine.poll_interval = args.poll_interval;
         engine.listen = !args.poll_only;
         Ok(WorkerOptions {
@@ -67,6 +79,16 @@ impl WorkerOptions {
             batch_size: args.batch_size,
             engine,
             shutdown_grace: args.shutdown_grace,
+            cycle: CycleConfig {
+                chunk_size: args.cycle_chunk_size as i64,
+            },
+            notifier: NotifierConfig {
+                url: args
+                    .notifications_url
+                    .clone()
+                    .filter(|u| !u.trim().is_empty()),
+                timeout: args.notifications_timeout,
+            },
         })
     }
 
@@ -94,6 +116,8 @@ pub async fn run_workers(
     tracing::info!(queues = ?options.queues, concurrency = options.concurrency, owner = %engine.owner(),
         "worker started");
 
+    let notifier =
+        Notifier::new(options.notifier.clone()).context("building the notification client")?;
     let grace = options.shutdown_grace;
     // The grace timer starts when shutdown starts (a lazy future), not when the monitor is built.
     let mut monitor =
@@ -116,6 +140,30 @@ pub async fn run_workers(
                         .build(run_probe)
                 })
             }
+            cycle::QUEUE => {
+                let engine = engine.clone();
+                let pool = handler_pool.clone();
+                let config = options.cycle;
+                monitor.register(move |i| {
+                    WorkerBuilder::new(format!("{}-{}-{i}", cycle::QUEUE, engine.owner()))
+                        .backend(engine.backend::<CycleJob>(settings.clone()))
+                        .data(pool.clone())
+                        .data(config)
+                        .enable_tracing()
+                        .build(run_cycle)
+                })
+            }
+            notification::QUEUE => {
+                let engine = engine.clone();
+                let notifier = notifier.clone();
+                monitor.register(move |i| {
+                    WorkerBuilder::new(format!("{}-{}-{i}", notification::QUEUE, engine.owner()))
+                        .backend(engine.backend::<AgentSummaryJob>(settings.clone()))
+                        .data(notifier.clone())
+                        .enable_tracing()
+                        .build(run_notification)
+                })
+            }
             other => bail!("no handler for queue {other:?}"),
         };
     }
@@ -135,6 +183,23 @@ pub async fn run_workers(
 
 async fn run_probe(job: ProbeJob, meta: JobMeta, pool: Data<PgPool>) -> Result<Outcome, JobError> {
     probe::handle(&pool, &meta, job).await
+}
+
+async fn run_cycle(
+    job: CycleJob,
+    meta: JobMeta,
+    pool: Data<PgPool>,
+    config: Data<CycleConfig>,
+) -> Result<Outcome, JobError> {
+    cycle::handle(&pool, &config, &meta, job).await
+}
+
+async fn run_notification(
+    job: AgentSummaryJob,
+    meta: JobMeta,
+    notifier: Data<Notifier>,
+) -> Result<Outcome, JobError> {
+    notification::handle(&notifier, &meta, job).await
 }
 
 /// Serves Prometheus metrics (the engine's counters and histograms) on `addr`.

@@ -81,7 +81,9 @@ impl CycleError {
 
     /// Bad data never gets better by retrying: a missing cycle, an overflow, a violated
     /// constraint (SQLSTATE class 23) or a data exception (class 22). Connection trouble,
-    /// deadlocks and timeouts are retried.
+    /// deadlocks and timeouts are retried, and so is a unique violation (23505): it means
+    /// another run of the same cycle committed a chunk first, and the retry continues from
+    /// the cursor it committed.
     pub fn is_permanent(&self) -> bool {
         match self {
             CycleError::NotFound { .. } | CycleError::TargetOverflow { .. } => true,
@@ -97,11 +99,13 @@ impl CycleError {
     }
 }
 
+const UNIQUE_VIOLATION: &str = "23505";
+
 fn is_data_error(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("23") || code.starts_with("22")),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code != UNIQUE_VIOLATION && (code.starts_with("23") || code.starts_with("22"))
+        }),
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => true,
         _ => false,
     }

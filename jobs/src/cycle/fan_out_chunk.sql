@@ -5,8 +5,11 @@
 -- its rescuer) take turns and each continues from the cursor the other committed.
 -- The chunk is a keyset scan of members_tier_active_idx (tier_id, id) WHERE status = 'active':
 -- id > cursor_member_id AND id <= member_bound (the snapshot bound), in id order, LIMIT $2.
--- Inserts go in primary-key order (cycle_id, member_id); a member that already has its
--- contribution (a redone chunk) is skipped, and only new rows count as processed.
+-- Inserts follow the scan, in primary-key order (cycle_id, member_id). There is no ON CONFLICT
+-- (speculative insertion doubled the cost): under the row lock the cursor is exact, so a
+-- member past it has no contribution yet. If that ever fails (two runs racing on a stale
+-- snapshot), member_contributions_pkey raises 23505, the transaction rolls back and the job
+-- retries from the committed cursor.
 -- Returns one row: whether the cycle was still Initializing, members scanned, contributions
 -- inserted, and the cycle's processed count after the chunk. Scanned = 0 means done.
 WITH cycle AS (
@@ -31,22 +34,20 @@ batch AS (
     ) m
 ),
 inserted AS (
-    INSERT INTO member_contributions (cycle_id, member_id, amount_minor, currency, due_date)
-    SELECT c.id, b.id, c.amount_minor, c.currency, c.due_date
-    FROM batch b
-    CROSS JOIN cycle c
+    INSERT INTO member_contributions (cycle_id, member_id, agent_id, amount_minor, currency,
+                                      due_date)
+    SELECT c.id, b.id, b.agent_id, c.amount_minor, c.currency, c.due_date
+    FROM cycle c
+    CROSS JOIN batch b
     WHERE b.id <> c.deceased_member_id
-    ORDER BY b.id
-    ON CONFLICT (cycle_id, member_id) DO NOTHING
-    RETURNING member_id
+    RETURNING agent_id
 ),
 agents AS (
     INSERT INTO contribution_cycle_agents AS a (cycle_id, agent_id, members, amount_minor)
-    SELECT c.id, b.agent_id, count(*), count(*) * c.amount_minor
+    SELECT c.id, i.agent_id, count(*), count(*) * c.amount_minor
     FROM inserted i
-    JOIN batch b ON b.id = i.member_id
     CROSS JOIN cycle c
-    GROUP BY c.id, b.agent_id, c.amount_minor
+    GROUP BY c.id, i.agent_id, c.amount_minor
     ON CONFLICT (cycle_id, agent_id) DO UPDATE
     SET members = a.members + excluded.members,
         amount_minor = a.amount_minor + excluded.amount_minor

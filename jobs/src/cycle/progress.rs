@@ -87,3 +87,49 @@ impl Row {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: CycleStatus, total: Option<i64>, processed: i64, elapsed_s: i64) -> Row {
+        let now = Utc::now();
+        Row {
+            id: CycleId(1),
+            code: "CYC-000001".into(),
+            status,
+            total,
+            processed,
+            error: None,
+            started_at: total.map(|_| now - chrono::Duration::seconds(elapsed_s)),
+            now,
+        }
+    }
+
+    #[test]
+    fn progress_has_no_rate_before_the_first_chunk() {
+        let p = row(CycleStatus::Initializing, None, 0, 0).into_progress();
+        assert_eq!((p.percentage, p.eta_seconds), (0.0, None));
+        let p = row(CycleStatus::Initializing, Some(100), 0, 3).into_progress();
+        assert_eq!((p.percentage, p.eta_seconds), (0.0, None));
+    }
+
+    #[test]
+    fn eta_extrapolates_the_rate_so_far() {
+        // A quarter done in 2 s: 6 s left.
+        let p = row(CycleStatus::Initializing, Some(1_000), 250, 2).into_progress();
+        assert_eq!(p.percentage, 25.0);
+        assert_eq!(p.eta_seconds, Some(6));
+    }
+
+    #[test]
+    fn percentage_never_passes_100_and_is_100_once_active() {
+        let p = row(CycleStatus::Initializing, Some(10), 12, 1).into_progress();
+        assert_eq!(p.percentage, 100.0);
+        assert_eq!(p.eta_seconds, Some(0));
+        let p = row(CycleStatus::Active, Some(0), 0, 1).into_progress();
+        assert_eq!((p.percentage, p.eta_seconds), (100.0, Some(0)));
+        let p = row(CycleStatus::Initializing, Some(3), 1, 1).into_progress();
+        assert_eq!(p.percentage, 33.33);
+    }
+}

@@ -44,3 +44,39 @@ impl From<NotificationError> for JobError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(status: u16) -> NotificationError {
+        NotificationError::Rejected {
+            status,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn client_errors_are_permanent_except_408_and_429() {
+        assert!(rejected(400).is_permanent());
+        assert!(rejected(404).is_permanent());
+        assert!(!rejected(408).is_permanent());
+        assert!(!rejected(429).is_permanent());
+        assert!(!rejected(500).is_permanent());
+        assert!(!rejected(503).is_permanent());
+    }
+
+    #[test]
+    fn retry_after_is_honoured() {
+        let error = NotificationError::Rejected {
+            status: 429,
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        match JobError::from(error) {
+            JobError::Retryable { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(7)))
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+}

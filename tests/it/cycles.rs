@@ -523,3 +523,59 @@ async fn activation_notifies_each_agent_once_at_the_configured_url_with_retries(
     assert_eq!(retried, 2);
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_marks_the_cycle_failed_with_the_reason_when_an_error_is_permanent() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
+    let tier = seed_tier(&pool, "gold", "SLE").await;
+    let (first, _) = seed_members(&pool, tier, 3, "active", 1).await;
+    // Two contributions of more than half of i64::MAX: the agent's total overflows bigint,
+    // which no retry can fix.
+    let mut new = new_cycle(tier, first, "CLM-overflow");
+    new.contribution.value_minor = i64::MAX / 2 + 1;
+    let id = create_cycle(&pool, &new, None).await.unwrap().id.0;
+
+    let _worker = spawn_worker(&db.url, &["--queues", "contribution_cycles"]);
+    let status = wait_until(
+        "the cycle to settle",
+        FAN_OUT_TIMEOUT,
+        || cycle_status(&pool, id),
+        |s| s != "Initializing",
+    )
+    .await;
+    assert_eq!(status, "Failed");
+    let (error, contributions): (Option<String>, i64) = sqlx::query_as(
+        "SELECT error, (SELECT count(*) FROM member_contributions WHERE cycle_id = $1) \
+         FROM contribution_cycles WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let error = error.expect("a Failed cycle keeps its reason");
+    assert!(error.contains("out of range"), "{error}");
+    assert_eq!(contributions, 0, "the failed chunk was rolled back");
+    let job: (String, i32) = wait_until(
+        "the fan-out job to fail for good",
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_as::<_, (String, i32)>(
+                "SELECT state::text, attempt FROM jobs WHERE queue = 'contribution_cycles'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        },
+        |(state, _)| state == "failed",
+    )
+    .await;
+    assert_eq!(job.1, 1, "a permanent error is not retried");
+
+    let (ok, stdout, _) = run_worker_command(&db.url, &["cycle", &id.to_string()]).await;
+    assert!(!ok, "a Failed cycle exits non-zero");
+    assert!(
+        stdout.contains("Failed") && stdout.contains("out of range"),
+        "{stdout}"
+    );
+}

@@ -380,6 +380,19 @@ async fn create_with_a_used_idempotency_key_returns_the_same_cycle_and_refuses_a
         .unwrap()
         .contains("already has cycle"));
 
+    // Racing repeats of a new request with one key all get the one cycle.
+    let raced = cycle_request(tier, first + 1, "CLM-race");
+    let replies =
+        futures::future::join_all((0..8).map(|_| app.post_cycle(&raced, Some("key-race")))).await;
+    let ids: std::collections::BTreeSet<i64> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 202, "{r:?}");
+            r.body["cycle_id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{replies:?}");
+
     let (cycles, jobs): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM contribution_cycles), \
                 (SELECT count(*) FROM jobs WHERE queue = 'contribution_cycles')",
@@ -387,7 +400,7 @@ async fn create_with_a_used_idempotency_key_returns_the_same_cycle_and_refuses_a
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((cycles, jobs), (1, 1));
+    assert_eq!((cycles, jobs), (2, 2));
 }
 
 /// A notification receiver: records every delivery, and answers 503 to the first one for

@@ -60,6 +60,8 @@ pub enum CycleError {
         members: i64,
         amount_minor: i64,
     },
+    #[error("cycle {id}: currency {currency:?} is not supported")]
+    UnsupportedCurrency { id: CycleId, currency: String },
     #[error("cycle {id}: database error")]
     Database {
         id: CycleId,
@@ -86,7 +88,9 @@ impl CycleError {
     /// the cursor it committed.
     pub fn is_permanent(&self) -> bool {
         match self {
-            CycleError::NotFound { .. } | CycleError::TargetOverflow { .. } => true,
+            CycleError::NotFound { .. }
+            | CycleError::TargetOverflow { .. }
+            | CycleError::UnsupportedCurrency { .. } => true,
             CycleError::Database { source, .. } => is_data_error(source),
             CycleError::Enqueue { source, .. } => match source {
                 EngineError::Database(e) | EngineError::UniqueConflict { source: e, .. } => {

@@ -153,7 +153,11 @@ async fn activate(pool: &PgPool, id: CycleId) -> Result<(), CycleError> {
     .fetch_all(&mut *tx)
     .await
     .map_err(db(id))?;
-    let currency = Currency::parse(&cycle.currency).unwrap_or(Currency::Sle);
+    let currency =
+        Currency::parse(&cycle.currency).ok_or_else(|| CycleError::UnsupportedCurrency {
+            id,
+            currency: cycle.currency.clone(),
+        })?;
     let jobs: Vec<_> = agents
         .into_iter()
         .map(|(agent_id, members, amount_minor)| {

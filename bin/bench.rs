@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use poda::bench::fanout::{run_fanout, FanoutOptions};
 use poda::bench::ingest::{run_ingest, IngestOptions};
 use poda::bench::{self, report::Summary, BenchArgs, DEFAULT_BENCH_SERVER_URL};
 use poda::config::{Secret, DEFAULT_DATABASE_URL};
@@ -40,8 +41,26 @@ enum Scenario {
     /// Webhook ingest: signed payment.completed webhooks over keep-alive connections at fixed
     /// concurrency, then a burst of fresh connections; req/s and latency percentiles.
     Ingest(IngestArgs),
+    /// Contribution-cycle fan-out: one cycle per member count; contributions/s and wall time.
+    Fanout(FanoutArgs),
     /// Poda end to end on the local Postgres (database poda_demo), with progress and a summary.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct FanoutArgs {
+    /// Measured runs (each size, each run on a fresh database).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Members per cycle, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "5000,100000,1000000")]
+    members: Vec<i64>,
+    /// Members per fan-out chunk (one INSERT … SELECT and one commit each).
+    #[arg(long, default_value_t = poda_jobs::cycle::DEFAULT_CHUNK_SIZE)]
+    chunk_size: i64,
+    /// Postgres server URL; bench_poda_* databases are created there and dropped afterwards.
+    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL)]
+    database_url: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -108,6 +127,7 @@ async fn main() -> ExitCode {
                 Scenario::W4(args) => run(args, &mut summary, &[bench::Workload::W4]).await,
                 Scenario::All(args) => run(args, &mut summary, bench::Workload::ALL).await,
                 Scenario::Ingest(args) => ingest(args, &mut summary).await,
+                Scenario::Fanout(args) => fanout(args, &mut summary).await,
                 Scenario::Demo(_) => unreachable!("handled above"),
             };
             run.map(Some)
@@ -165,6 +185,34 @@ async fn ingest(args: &IngestArgs, summary: &mut Summary) -> anyhow::Result<()> 
         };
         let config = format!("ingest c={} {mode}", result["concurrency"]);
         for figure in ["per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms"] {
+            if let Some(value) = result[figure].as_f64() {
+                summary.add(&config, figure, value);
+            }
+        }
+        summary.add_check(result["ok"].as_bool().unwrap_or(false));
+    }
+    Ok(())
+}
+
+async fn fanout(args: &FanoutArgs, summary: &mut Summary) -> anyhow::Result<()> {
+    if args.runs == 0
+        || args.chunk_size < 1
+        || args.members.is_empty()
+        || args.members.iter().any(|m| *m < 2)
+    {
+        anyhow::bail!("--runs and --chunk-size must be at least 1, and every --members at least 2");
+    }
+    let results = run_fanout(FanoutOptions {
+        server_url: args.database_url.clone(),
+        sizes: args.members.clone(),
+        runs: args.runs,
+        chunk_size: args.chunk_size,
+        ..FanoutOptions::default()
+    })
+    .await?;
+    for result in results {
+        let config = format!("fanout members={}", result["members"]);
+        for figure in ["seconds", "per_s"] {
             if let Some(value) = result[figure].as_f64() {
                 summary.add(&config, figure, value);
             }

@@ -81,6 +81,13 @@ async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
             let status = ops::resume(&pool, &queue).await?;
             println!("queue {} is running", status.name);
         }
+        WorkerCommand::Cycle { id, interval } => {
+            ops::ensure_schema(&pool, false).await?;
+            let progress = poda::cycle_watch::watch_cycle(&pool, id, interval).await?;
+            if progress.status == poda_jobs::cycle::CycleStatus::Failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -94,6 +94,15 @@ pub struct RunArgs {
     /// Benchmarks: open every connection, then print `ready` on stdout.
     #[arg(long, hide = true)]
     pub announce_ready: bool,
+    /// Contribution-cycle fan-out: members per chunk (one INSERT … SELECT and one commit each).
+    #[arg(long, env = "WORKER_CYCLE_CHUNK_SIZE", default_value_t = poda_jobs::cycle::DEFAULT_CHUNK_SIZE as u32)]
+    pub cycle_chunk_size: u32,
+    /// Where agents' cycle summaries are POSTed (JSON). Unset: they are logged, not sent.
+    #[arg(long, env = "NOTIFICATIONS_URL")]
+    pub notifications_url: Option<String>,
+    /// How long one notification delivery may take.
+    #[arg(long, env = "NOTIFICATIONS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub notifications_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -116,6 +125,13 @@ pub enum WorkerCommand {
     Pause { queue: String },
     /// Let workers claim jobs of a paused queue again.
     Resume { queue: String },
+    /// Follow a contribution cycle's fan-out until it is Active or Failed.
+    Cycle {
+        id: poda_jobs::cycle::CycleId,
+        /// How often to look.
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        interval: Duration,
+    },
 }
 
 /// Parses `queue=N` with N ≥ 1.

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod cycle_watch;
 pub mod demo;
 pub mod enqueuer;
 pub mod http;

@@ -9,11 +9,13 @@ use apalis::prelude::{Data, Monitor, WorkerBuilder};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use poda_jobs::cycle::{self, CycleConfig, CycleJob};
 use poda_jobs::engine::metrics::DEFAULT_GAUGE_INTERVAL;
 use poda_jobs::engine::{
     BackendSettings, Engine, EngineConfig, JobError, JobMeta, MaintainerConfig, Outcome,
     PrunerConfig, RescuerConfig,
 };
+use poda_jobs::notification::{self, AgentSummaryJob, Notifier, NotifierConfig};
 use poda_jobs::probe::{self, ProbeJob};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +24,7 @@ use crate::cli::RunArgs;
 use crate::tally::ProbeTally;
 
 /// Queues this build has handlers for.
-pub const KNOWN_QUEUES: &[&str] = &[probe::QUEUE];
+pub const KNOWN_QUEUES: &[&str] = &[probe::QUEUE, cycle::QUEUE, notification::QUEUE];
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -38,6 +40,8 @@ pub struct WorkerOptions {
     pub probe_tally: Option<PathBuf>,
     /// Print `ready` on stdout once every connection is open and notifications arrive.
     pub announce_ready: bool,
+    pub cycle: CycleConfig,
+    pub notifier: NotifierConfig,
 }
 
 impl WorkerOptions {
@@ -57,6 +61,8 @@ impl WorkerOptions {
             engine_connections: None,
             probe_tally: None,
             announce_ready: false,
+            cycle: CycleConfig::default(),
+            notifier: NotifierConfig::default(),
         }
     }
 
@@ -104,6 +110,14 @@ impl WorkerOptions {
         engine.rescue = RescuerConfig {
             interval: args.rescue_interval,
         };
+        if args.cycle_chunk_size == 0 {
+            bail!("--cycle-chunk-size must be at least 1");
+        }
+        if let Some(url) = &args.notifications_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--notifications-url (NOTIFICATIONS_URL) must be an http:// or https:// URL");
+            }
+        }
         engine.poll_interval = args.poll_interval;
         engine.listen = !args.poll_only;
         engine.maintenance = (!args.no_maintenance).then(|| MaintainerConfig {
@@ -128,6 +142,16 @@ impl WorkerOptions {
             engine_connections: args.engine_connections,
             probe_tally: args.probe_tally.clone(),
             announce_ready: args.announce_ready,
+            cycle: CycleConfig {
+                chunk_size: args.cycle_chunk_size as i64,
+            },
+            notifier: NotifierConfig {
+                url: args
+                    .notifications_url
+                    .clone()
+                    .filter(|u| !u.trim().is_empty()),
+                timeout: args.notifications_timeout,
+            },
         })
     }
 
@@ -179,6 +203,8 @@ pub async fn run_workers(
         ProbeTally::default()
     };
 
+    let notifier =
+        Notifier::new(options.notifier.clone()).context("building the notification client")?;
     let grace = options.shutdown_grace;
     // The grace timer starts when shutdown starts (a lazy future), not when the monitor is built.
     let mut monitor =
@@ -201,6 +227,30 @@ pub async fn run_workers(
                         .data(tally.clone())
                         .enable_tracing()
                         .build(run_probe)
+                })
+            }
+            cycle::QUEUE => {
+                let engine = engine.clone();
+                let pool = handler_pool.clone();
+                let config = options.cycle;
+                monitor.register(move |i| {
+                    WorkerBuilder::new(format!("{}-{}-{i}", cycle::QUEUE, engine.owner()))
+                        .backend(engine.backend::<CycleJob>(settings.clone()))
+                        .data(pool.clone())
+                        .data(config)
+                        .enable_tracing()
+                        .build(run_cycle)
+                })
+            }
+            notification::QUEUE => {
+                let engine = engine.clone();
+                let notifier = notifier.clone();
+                monitor.register(move |i| {
+                    WorkerBuilder::new(format!("{}-{}-{i}", notification::QUEUE, engine.owner()))
+                        .backend(engine.backend::<AgentSummaryJob>(settings.clone()))
+                        .data(notifier.clone())
+                        .enable_tracing()
+                        .build(run_notification)
                 })
             }
             other => bail!("no handler for queue {other:?}"),
@@ -240,6 +290,23 @@ pub async fn warm_pool(pool: &PgPool, n: u32) -> anyhow::Result<()> {
         .context("opening connections")?;
     drop(conns);
     Ok(())
+}
+
+async fn run_cycle(
+    job: CycleJob,
+    meta: JobMeta,
+    pool: Data<PgPool>,
+    config: Data<CycleConfig>,
+) -> Result<Outcome, JobError> {
+    cycle::handle(&pool, &config, &meta, job).await
+}
+
+async fn run_notification(
+    job: AgentSummaryJob,
+    meta: JobMeta,
+    notifier: Data<Notifier>,
+) -> Result<Outcome, JobError> {
+    notification::handle(&notifier, &meta, job).await
 }
 
 /// Serves Prometheus metrics (the engine's counters and histograms) on `addr`.

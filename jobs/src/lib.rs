@@ -5,8 +5,10 @@
 //! completion and durable retries. It knows no job kind. The job kinds live in their own
 //! modules and use the engine only through its public API.
 
+pub mod cycle;
 pub mod engine;
 pub mod error;
+pub mod notification;
 pub mod probe;
 #[cfg(feature = "testing")]
 pub mod testing;

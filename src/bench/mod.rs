@@ -7,6 +7,7 @@
 //! shutdown and checks that each `n` ran exactly once. One `RESULT {json}` line per run goes
 //! to stdout; a min/median/max table goes to stderr at the end.
 
+pub mod fanout;
 pub mod ingest;
 pub mod report;
 pub mod w1;

@@ -1,6 +1,7 @@
 //! The enqueuer's HTTP surface: one router per area, merged here with the shared layers.
 
 pub mod auth;
+pub mod cycles;
 pub mod error;
 pub mod group_commit;
 pub mod health;
@@ -24,6 +25,7 @@ use state::AppState;
 pub fn router(state: AppState, settings: &EnqueuerSettings) -> Router {
     Router::new()
         .merge(webhooks::router(settings))
+        .merge(cycles::router())
         .merge(jobs::router())
         .merge(queues::router())
         .merge(health::router())

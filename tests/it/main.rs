@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod crash;
+mod cycles;
 mod health;
 mod metrics;
 mod ops;

@@ -47,10 +47,29 @@ async fn three_worker_processes_drain_20000_jobs_with_each_effect_exactly_once()
     .await
     .unwrap();
     assert_eq!(
-        (runs, distinct, owners),
-        (20_000, 20_000, 1),
-        "each job ran once, at attempt 1"
+        (runs, distinct),
+        (20_000, 20_000),
+        "each job's effect happened exactly once"
     );
+    // A run at a later attempt is allowed only when the earlier attempt is explained: a claim
+    // whose answer was lost (the server committed it, the client saw an error) leaves its jobs
+    // to the rescuer. Nothing else may spend an attempt here.
+    let unexplained: Vec<(i64, i32, Option<String>)> = sqlx::query_as(
+        "SELECT id, attempt, last_error FROM jobs \
+         WHERE attempt > 1 AND coalesce(last_error, '') NOT LIKE 'lease expired%' LIMIT 5",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        unexplained.is_empty(),
+        "attempts spent without a rescue: {unexplained:?}"
+    );
+    if owners > 1 {
+        eprintln!(
+            "note: some jobs ran at a later attempt after a rescue (a claim's answer was lost)"
+        );
+    }
     for w in &workers {
         w.sigterm();
     }

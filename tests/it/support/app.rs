@@ -75,7 +75,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn from(response: reqwest::Response) -> Reply {
+    pub async fn from(response: reqwest::Response) -> Reply {
         let status = response.status().as_u16();
         let retry_after = response
             .headers()

@@ -26,14 +26,22 @@ pub fn spawn_worker(database_url: &str, args: &[&str]) -> WorkerProcess {
     WorkerProcess { child }
 }
 
-pub fn worker_command(database_url: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_worker"));
+/// The `worker` binary on `database_url` with `args`. Its pools are sized for a server that
+/// parallel tests share (flags in `args` override these).
+pub fn base_command(database_url: &str, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_worker"));
     command
         .args(args)
         .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "info,sqlx=warn")
+        .env("WORKER_HANDLER_CONNECTIONS", "4")
+        .env("WORKER_ENGINE_CONNECTIONS", "6")
         .env_remove("WORKER_QUEUES");
     command
+}
+
+pub fn worker_command(database_url: &str, args: &[&str]) -> Command {
+    Command::from(base_command(database_url, args))
 }
 
 /// Runs `worker <args>` to the end; returns (success, stdout, stderr).

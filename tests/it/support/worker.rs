@@ -1,21 +1,19 @@
 //! Starting the real `worker` binary, and running its subcommands.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
 use poda_jobs::engine::{enqueue_many_pooled, NewJob, RetryPolicy};
 use poda_jobs::probe::ProbeJob;
 use sqlx::PgPool;
 
-pub const WORKER: &str = env!("CARGO_BIN_EXE_worker");
+use super::process::base_command;
+
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs `worker <args>` on `url` to completion.
 pub fn worker_command(url: &str, args: &[&str]) -> Output {
-    Command::new(WORKER)
-        .arg("--database-url")
-        .arg(url)
-        .args(args)
+    base_command(url, args)
         .env("RUST_LOG", "warn")
         .output()
         .expect("run the worker binary")
@@ -28,10 +26,7 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn start(url: &str, args: &[&str]) -> WorkerProcess {
-        let child = Command::new(WORKER)
-            .arg("--database-url")
-            .arg(url)
-            .args(args)
+        let child = base_command(url, args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

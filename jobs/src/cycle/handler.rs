@@ -1,0 +1,219 @@
+//! The fan-out: keyset chunks of `INSERT … SELECT`, each committed with the cycle's progress
+//! and cursor, then activation with one notification job per agent.
+
+use std::time::Instant;
+
+use sqlx::PgPool;
+
+use crate::engine::{enqueue_many, JobError, JobMeta, Outcome};
+use crate::notification::AgentSummaryJob;
+use crate::ticket::{Currency, Money};
+
+use super::error::CycleError;
+use super::{CycleConfig, CycleId, CycleJob, CycleStatus};
+
+/// Runs one fan-out job. Idempotent: a settled cycle is left alone, and an unsettled one
+/// continues from its last committed chunk. A permanent error, or a retryable one on the
+/// last attempt, marks the cycle `Failed` with the reason.
+#[tracing::instrument(skip_all, fields(cycle.id = %job.cycle_id, job.id = %meta.id, job.attempt = meta.attempt))]
+pub async fn handle(
+    pool: &PgPool,
+    config: &CycleConfig,
+    meta: &JobMeta,
+    job: CycleJob,
+) -> Result<Outcome, JobError> {
+    let id = job.cycle_id;
+    let error = match fan_out(pool, config, id).await {
+        Ok(()) => return Ok(Outcome::Done),
+        Err(error) => error,
+    };
+    let last_attempt = meta.attempt >= meta.retry.max_attempts;
+    if error.is_permanent() || last_attempt {
+        let reason = error_chain(&error);
+        tracing::error!(error = %reason, "fan-out failed for good; marking the cycle Failed");
+        if let Err(mark) = mark_failed(pool, id, &reason).await {
+            tracing::warn!(error = %mark, "could not mark the cycle Failed; retrying");
+            if !last_attempt {
+                return Err(JobError::retryable(error));
+            }
+        }
+        return Err(JobError::permanent(error));
+    }
+    tracing::warn!(error = %error_chain(&error), "fan-out interrupted; it will resume");
+    Err(error.into())
+}
+
+async fn fan_out(pool: &PgPool, config: &CycleConfig, id: CycleId) -> Result<(), CycleError> {
+    let db = CycleError::database;
+    sqlx::query(include_str!("start_fan_out.sql"))
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(db(id))?;
+    let status: Option<CycleStatus> =
+        sqlx::query_scalar("SELECT status FROM contribution_cycles WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(db(id))?;
+    match status {
+        None => return Err(CycleError::NotFound { id }),
+        Some(CycleStatus::Initializing) => {}
+        Some(settled) => {
+            tracing::info!(status = %settled, "cycle already settled; nothing to do");
+            return Ok(());
+        }
+    }
+
+    let started = Instant::now();
+    let mut chunks = 0u64;
+    loop {
+        let (live, scanned, inserted, processed): (bool, i64, i64, i64) =
+            sqlx::query_as(include_str!("fan_out_chunk.sql"))
+                .bind(id)
+                .bind(config.chunk_size)
+                .fetch_one(pool)
+                .await
+                .map_err(db(id))?;
+        if !live {
+            tracing::info!("cycle settled by another run");
+            return Ok(());
+        }
+        if scanned == 0 {
+            break;
+        }
+        chunks += 1;
+        tracing::debug!(scanned, inserted, processed, "chunk committed");
+    }
+    activate(pool, id).await?;
+    tracing::info!(
+        chunks,
+        seconds = started.elapsed().as_secs_f64(),
+        "fan-out finished; cycle is Active"
+    );
+    Ok(())
+}
+
+/// The cycle row as activation needs it.
+#[derive(sqlx::FromRow)]
+struct Settling {
+    status: CycleStatus,
+    code: String,
+    claim_reference: String,
+    tier_id: i64,
+    amount_minor: i64,
+    currency: String,
+    processed: i64,
+    deadline: chrono::DateTime<chrono::Utc>,
+}
+
+/// `Initializing` → `Active` with the final totals, and one notification job per agent with
+/// members in the cycle, in one transaction.
+async fn activate(pool: &PgPool, id: CycleId) -> Result<(), CycleError> {
+    let db = CycleError::database;
+    let mut tx = pool.begin().await.map_err(db(id))?;
+    let cycle: Settling = sqlx::query_as(
+        "SELECT status, code, claim_reference, tier_id, amount_minor, currency, processed, deadline \
+         FROM contribution_cycles WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db(id))?
+    .ok_or(CycleError::NotFound { id })?;
+    if cycle.status != CycleStatus::Initializing {
+        return Ok(());
+    }
+    let target =
+        cycle
+            .amount_minor
+            .checked_mul(cycle.processed)
+            .ok_or(CycleError::TargetOverflow {
+                id,
+                members: cycle.processed,
+                amount_minor: cycle.amount_minor,
+            })?;
+    sqlx::query(
+        "UPDATE contribution_cycles \
+         SET status = 'Active', total = processed, target_minor = $2, activated_at = now(), \
+             updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(target)
+    .execute(&mut *tx)
+    .await
+    .map_err(db(id))?;
+
+    let agents: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT agent_id, members, amount_minor FROM contribution_cycle_agents \
+         WHERE cycle_id = $1 ORDER BY agent_id",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db(id))?;
+    let currency =
+        Currency::parse(&cycle.currency).ok_or_else(|| CycleError::UnsupportedCurrency {
+            id,
+            currency: cycle.currency.clone(),
+        })?;
+    let jobs: Vec<_> = agents
+        .into_iter()
+        .map(|(agent_id, members, amount_minor)| {
+            AgentSummaryJob {
+                cycle_id: id,
+                cycle_code: cycle.code.clone(),
+                claim_reference: cycle.claim_reference.clone(),
+                tier_id: cycle.tier_id,
+                agent_id,
+                members,
+                contribution: Money {
+                    currency,
+                    value_minor: cycle.amount_minor,
+                },
+                total: Money {
+                    currency,
+                    value_minor: amount_minor,
+                },
+                deadline: cycle.deadline,
+            }
+            .to_job()
+        })
+        .collect();
+    enqueue_many(&mut tx, &jobs)
+        .await
+        .map_err(|source| CycleError::Enqueue { id, source })?;
+    tx.commit().await.map_err(db(id))?;
+    tracing::info!(
+        contributions = cycle.processed,
+        agents = jobs.len(),
+        "cycle activated"
+    );
+    Ok(())
+}
+
+async fn mark_failed(pool: &PgPool, id: CycleId, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE contribution_cycles \
+         SET status = 'Failed', error = $2, failed_at = now(), updated_at = now() \
+         WHERE id = $1 AND status = 'Initializing'",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// `error: cause: cause…`, for the cycle's `error` column.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

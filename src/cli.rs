@@ -51,6 +51,11 @@ pub struct RunArgs {
     /// At most this many jobs per claim statement.
     #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 100)]
     pub batch_size: usize,
+    /// Jobs a claim may take beyond the free slots, waiting in this worker under lease. 0 sizes
+    /// claims to the free slots exactly (a replica never holds jobs its peers could run); more
+    /// means fewer claims when jobs are very short.
+    #[arg(long, env = "WORKER_PREFETCH", default_value_t = 0)]
+    pub prefetch: usize,
     /// Apply pending migrations at start instead of refusing an unmigrated database.
     #[arg(long, env = "WORKER_MIGRATE")]
     pub migrate: bool,

@@ -32,6 +32,8 @@ pub struct WorkerOptions {
     /// Handler slots per queue (every queue of `queues` has an entry).
     pub concurrency: BTreeMap<String, usize>,
     pub batch_size: usize,
+    /// Jobs a claim may take beyond the free slots (0: claims are sized to the free slots).
+    pub prefetch: usize,
     pub engine: EngineConfig,
     pub shutdown_grace: Duration,
     pub handler_connections: Option<u32>,
@@ -55,6 +57,7 @@ impl WorkerOptions {
                 .map(|q| (q.to_string(), concurrency))
                 .collect(),
             batch_size: 100,
+            prefetch: 0,
             engine: EngineConfig::default(),
             shutdown_grace: Duration::from_secs(30),
             handler_connections: None,
@@ -136,6 +139,7 @@ impl WorkerOptions {
             queues,
             concurrency,
             batch_size: args.batch_size,
+            prefetch: args.prefetch,
             engine,
             shutdown_grace: args.shutdown_grace,
             handler_connections: args.handler_connections,
@@ -214,6 +218,7 @@ pub async fn run_workers(
             queue: queue.clone(),
             concurrency: options.concurrency[queue],
             batch_size: options.batch_size,
+            prefetch: options.prefetch,
         };
         monitor = match queue.as_str() {
             probe::QUEUE => {

@@ -60,6 +60,11 @@ pub struct BenchArgs {
     /// Jobs per claim statement in the workers (`worker --batch-size`).
     #[arg(long, default_value_t = 1_000)]
     pub batch_size: usize,
+    /// Jobs a worker may claim beyond its free slots (`worker --prefetch`; the workers' own
+    /// default is 0). Reported with every result: like graphile-worker's local queue, it
+    /// trades fairness between replicas for fewer claims when jobs are no-ops.
+    #[arg(long, default_value_t = 984)]
+    pub prefetch: usize,
     /// w3: jobs enqueued per second, one at a time.
     #[arg(long, default_value_t = 200)]
     pub rate: u32,
@@ -291,6 +296,7 @@ impl Workers {
                 .args(["--queues", probe::QUEUE])
                 .args(["--concurrency", &args.concurrency.to_string()])
                 .args(["--batch-size", &args.batch_size.to_string()])
+                .args(["--prefetch", &args.prefetch.to_string()])
                 // C + 2 connections: one for handlers (the no-op probe uses none), C for the
                 // engine pool, one for the maintenance lock.
                 .args(["--handler-connections", "1"])

@@ -38,6 +38,7 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
                     "concurrency": args.concurrency,
                     "connections_per_proc": args.concurrency + 2,
                     "batch_size": args.batch_size,
+                    "prefetch": args.prefetch,
                     "completed": completed,
                     "distinct": check.distinct, "duplicates": check.duplicates,
                     "missing": check.missing,

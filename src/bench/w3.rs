@@ -59,7 +59,8 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
                 "max_ms": round3(latencies.last().copied().unwrap_or(f64::NAN)),
                 "distinct": check.distinct, "duplicates": check.duplicates,
                 "missing": check.missing,
-                "ok": ok,
+                "prefetch": args.prefetch,
+                    "ok": ok,
             }))
         })
         .await?;

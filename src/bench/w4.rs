@@ -43,7 +43,8 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
                 "runs_recorded": entries.len(),
                 "distinct": check.distinct, "duplicates": check.duplicates,
                 "missing": check.missing,
-                "ok": ok,
+                "prefetch": args.prefetch,
+                    "ok": ok,
             }))
         })
         .await?;

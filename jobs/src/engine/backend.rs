@@ -65,9 +65,14 @@ pub struct BackendSettings {
     pub queue: String,
     /// Handler slots: at most this many jobs run at once.
     pub concurrency: usize,
-    /// At most this many jobs per claim statement. A claim asks for the free slots only; slots
-    /// that free up while a claim is on its way are taken together by the next one.
+    /// At most this many jobs per claim statement. A claim asks for the free slots (plus the
+    /// prefetch); slots that free up while a claim is on its way are taken by the next one.
     pub batch_size: usize,
+    /// Jobs a claim may take beyond the free slots, to wait in the worker under lease (renewed,
+    /// and released at shutdown). 0, the default, sizes claims to the free slots exactly, so a
+    /// replica never holds jobs its peers could run; more trades that for fewer claims when
+    /// jobs are very short.
+    pub prefetch: usize,
 }
 
 pub struct PgBackend<Args> {
@@ -267,9 +272,7 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBacke
                     Some(async move { signal.wait_since(seen, poll_interval).await }.boxed());
                 continue;
             }
-            // Claims are sized to the free slots: a replica never holds jobs it cannot start,
-            // so its peers can run them.
-            self.start_claim(free.min(self.settings.batch_size));
+            self.start_claim((free + self.settings.prefetch).min(self.settings.batch_size));
         }
     }
 

@@ -68,6 +68,7 @@ async fn never_more_handlers_run_at_once_than_the_concurrency() {
             queue: PROBE_QUEUE.to_owned(),
             concurrency: 4,
             batch_size: 100,
+            prefetch: 0,
         };
         Monitor::new()
             .register(move |_| {
@@ -110,6 +111,7 @@ async fn closing_a_backend_releases_claimed_jobs_that_never_started_without_spen
         queue: PROBE_QUEUE.to_owned(),
         concurrency: 4,
         batch_size: 100,
+        prefetch: 0,
     });
     let worker = WorkerContext::new("release-test");
     // Take one job, as a worker would, leaving the rest of the claim (3) unstarted.
@@ -184,6 +186,7 @@ async fn apalis_task_sink_pushes_durable_jobs_and_honours_idempotency_keys() {
         queue: PROBE_QUEUE.to_owned(),
         concurrency: 1,
         batch_size: 1,
+        prefetch: 0,
     });
     backend.push(ProbeJob::new(1)).await.unwrap();
     backend

@@ -75,6 +75,7 @@ impl ProbeWorker {
                 queue: poda_jobs::probe::QUEUE.to_owned(),
                 concurrency,
                 batch_size: 100,
+                prefetch: 0,
             };
             let monitor = Monitor::new().register(move |_| {
                 WorkerBuilder::new("probe-test")

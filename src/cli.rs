@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Handler slots per queue: at most this many jobs of a queue run at once.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
+    /// Handler slots of the tickets queue: ticket jobs only wait for their batch, so many run
+    /// at once and batches fill.
+    #[arg(long, env = "WORKER_TICKET_CONCURRENCY", default_value_t = poda_jobs::ticket::DEFAULT_CONCURRENCY)]
+    pub ticket_concurrency: usize,
     /// At most this many jobs per claim statement.
     #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 100)]
     pub batch_size: usize,

@@ -90,6 +90,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let worker_options = WorkerOptions {
         queues: vec![probe::QUEUE.to_owned()],
         concurrency: 16,
+        ticket_concurrency: poda_jobs::ticket::DEFAULT_CONCURRENCY,
+        ticket_batcher: Default::default(),
         batch_size: 100,
         engine: Default::default(),
         shutdown_grace: Duration::from_secs(10),

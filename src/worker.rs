@@ -10,18 +10,25 @@ use poda_jobs::engine::{
     BackendSettings, Engine, EngineConfig, JobError, JobMeta, Outcome, RescuerConfig,
 };
 use poda_jobs::probe::{self, ProbeJob};
+use poda_jobs::ticket::{self, TicketBatchHandle, TicketBatcher, TicketBatcherConfig, TicketJob};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 
 /// Queues this build has handlers for.
-pub const KNOWN_QUEUES: &[&str] = &[probe::QUEUE];
+pub const KNOWN_QUEUES: &[&str] = &[probe::QUEUE, ticket::QUEUE];
+
+/// After the workers stop, how long the ticket batcher may take to write its last batches.
+const TICKET_BATCHER_DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     pub queues: Vec<String>,
     pub concurrency: usize,
+    /// Handler slots of the tickets queue.
+    pub ticket_concurrency: usize,
+    pub ticket_batcher: TicketBatcherConfig,
     pub batch_size: usize,
     pub engine: EngineConfig,
     pub shutdown_grace: Duration,
@@ -49,6 +56,9 @@ impl WorkerOptions {
         if args.concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
+        if args.ticket_concurrency == 0 {
+            bail!("--ticket-concurrency must be at least 1");
+        }
         if args.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
@@ -64,15 +74,26 @@ impl WorkerOptions {
         Ok(WorkerOptions {
             queues,
             concurrency: args.concurrency,
+            ticket_concurrency: args.ticket_concurrency,
+            ticket_batcher: TicketBatcherConfig::default(),
             batch_size: args.batch_size,
             engine,
             shutdown_grace: args.shutdown_grace,
         })
     }
 
-    /// Connections the handlers may use at once.
+    /// Connections the handlers may use at once. Ticket handlers use none of their own: the
+    /// ticket batcher writes with one connection per batch in flight.
     pub fn handler_connections(&self) -> u32 {
-        (self.concurrency * self.queues.len()).clamp(2, 64) as u32
+        let wanted: usize = self
+            .queues
+            .iter()
+            .map(|queue| match queue.as_str() {
+                ticket::QUEUE => self.ticket_batcher.in_flight + 1,
+                _ => self.concurrency,
+            })
+            .sum();
+        wanted.clamp(2, 64) as u32
     }
 
     /// Connections for claims, completions, leases, rescue and the listener.
@@ -93,6 +114,13 @@ pub async fn run_workers(
     let engine = handle.engine().clone();
     tracing::info!(queues = ?options.queues, concurrency = options.concurrency, owner = %engine.owner(),
         "worker started");
+
+    // One ticket batcher per process, shared by the tickets worker's handlers.
+    let tickets = options
+        .queues
+        .iter()
+        .any(|q| q == ticket::QUEUE)
+        .then(|| TicketBatcher::start(handler_pool.clone(), options.ticket_batcher));
 
     let grace = options.shutdown_grace;
     // The grace timer starts when shutdown starts (a lazy future), not when the monitor is built.
@@ -116,6 +144,24 @@ pub async fn run_workers(
                         .build(run_probe)
                 })
             }
+            ticket::QUEUE => {
+                let engine = engine.clone();
+                let batcher = match &tickets {
+                    Some((handle, _)) => handle.clone(),
+                    None => bail!("the ticket batcher was not started"),
+                };
+                let settings = BackendSettings {
+                    concurrency: options.ticket_concurrency,
+                    ..settings
+                };
+                monitor.register(move |i| {
+                    WorkerBuilder::new(format!("{}-{}-{i}", ticket::QUEUE, engine.owner()))
+                        .backend(engine.backend::<TicketJob>(settings.clone()))
+                        .data(batcher.clone())
+                        .enable_tracing()
+                        .build(run_ticket)
+                })
+            }
             other => bail!("no handler for queue {other:?}"),
         };
     }
@@ -128,6 +174,18 @@ pub async fn run_workers(
         .run_with_signal(signal)
         .await
         .context("running workers");
+    if let Some((batcher, writing)) = tickets {
+        // The handlers are done; the batcher ends once its last batches are written.
+        drop(batcher);
+        if tokio::time::timeout(TICKET_BATCHER_DRAIN, writing)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the ticket batcher did not finish in time; unwritten tickets run again"
+            );
+        }
+    }
     handle.shutdown().await;
     tracing::info!("worker stopped");
     result
@@ -135,6 +193,14 @@ pub async fn run_workers(
 
 async fn run_probe(job: ProbeJob, meta: JobMeta, pool: Data<PgPool>) -> Result<Outcome, JobError> {
     probe::handle(&pool, &meta, job).await
+}
+
+async fn run_ticket(
+    job: TicketJob,
+    meta: JobMeta,
+    batcher: Data<TicketBatchHandle>,
+) -> Result<Outcome, JobError> {
+    ticket::handler::handle(&batcher, &meta, job).await
 }
 
 /// Serves Prometheus metrics (the engine's counters and histograms) on `addr`.

@@ -9,5 +9,6 @@ mod health;
 mod ops;
 mod process;
 mod shutdown;
+mod tickets;
 mod webhooks;
 mod worker_process;

@@ -286,7 +286,8 @@ fn payment(i: usize) -> TicketJob {
         company_id: format!("co-{company}"),
         route_id: format!("rt-{company}-{}", (i / COMPANIES) % ROUTES_PER_COMPANY),
         passenger_phone: format!("+2327{:07}", i % 10_000_000),
-        payment_code: (i % CODE_EVERY == 0)
+        payment_code: i
+            .is_multiple_of(CODE_EVERY)
             .then(|| format!("CODE-{company}-{}", (i / COMPANIES) % CODES_PER_COMPANY)),
         financial_transaction_reference: Some(format!("txn-bench-{i:08}")),
     }

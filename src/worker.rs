@@ -116,11 +116,12 @@ pub async fn run_workers(
         "worker started");
 
     // One ticket batcher per process, shared by the tickets worker's handlers.
-    let tickets = options
-        .queues
-        .iter()
-        .any(|q| q == ticket::QUEUE)
-        .then(|| TicketBatcher::start(handler_pool.clone(), options.ticket_batcher));
+    let tickets = options.queues.iter().any(|q| q == ticket::QUEUE).then(|| {
+        let stop = CancellationToken::new();
+        let (handle, writing) =
+            TicketBatcher::start(handler_pool.clone(), options.ticket_batcher, stop.clone());
+        (handle, writing, stop)
+    });
 
     let grace = options.shutdown_grace;
     // The grace timer starts when shutdown starts (a lazy future), not when the monitor is built.
@@ -147,7 +148,7 @@ pub async fn run_workers(
             ticket::QUEUE => {
                 let engine = engine.clone();
                 let batcher = match &tickets {
-                    Some((handle, _)) => handle.clone(),
+                    Some((handle, _, _)) => handle.clone(),
                     None => bail!("the ticket batcher was not started"),
                 };
                 let settings = BackendSettings {
@@ -174,9 +175,10 @@ pub async fn run_workers(
         .run_with_signal(signal)
         .await
         .context("running workers");
-    if let Some((batcher, writing)) = tickets {
+    if let Some((batcher, writing, stop)) = tickets {
         // The handlers are done; the batcher ends once its last batches are written.
         drop(batcher);
+        stop.cancel();
         if tokio::time::timeout(TICKET_BATCHER_DRAIN, writing)
             .await
             .is_err()

@@ -14,6 +14,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::error::TicketError;
 use super::issue::{issue_many, Issued};
@@ -77,8 +78,8 @@ impl TicketBatchHandle {
     }
 }
 
-/// The task that gathers and writes batches. It ends when every handle is dropped, after
-/// writing what it holds.
+/// The task that gathers and writes batches. It ends when every handle is dropped or its stop
+/// token is cancelled, after writing what it holds.
 pub struct TicketBatcher {
     rx: mpsc::Receiver<Request>,
     pool: PgPool,
@@ -97,17 +98,31 @@ impl TicketBatcher {
         (TicketBatcher { rx, pool, config }, TicketBatchHandle { tx })
     }
 
-    /// Starts the batcher task on `pool`.
-    pub fn start(pool: PgPool, config: TicketBatcherConfig) -> (TicketBatchHandle, JoinHandle<()>) {
+    /// Starts the batcher task on `pool`; cancelling `stop` ends it once the tickets already
+    /// sent are written (later ones are refused with [`TicketError::Stopped`]).
+    pub fn start(
+        pool: PgPool,
+        config: TicketBatcherConfig,
+        stop: CancellationToken,
+    ) -> (TicketBatchHandle, JoinHandle<()>) {
         let (batcher, handle) = TicketBatcher::new(pool, config);
-        (handle, tokio::spawn(batcher.run()))
+        (handle, tokio::spawn(batcher.run(stop)))
     }
 
-    pub async fn run(mut self) {
+    pub async fn run(mut self, stop: CancellationToken) {
         let writers = Arc::new(Semaphore::new(self.config.in_flight));
         loop {
             // Wait for the first ticket of a batch, then gather until full or the delay ends.
-            let Some(first) = self.rx.recv().await else {
+            let first = tokio::select! {
+                biased;
+                request = self.rx.recv() => request,
+                _ = stop.cancelled() => {
+                    // Refuse new tickets; what is queued is still written.
+                    self.rx.close();
+                    self.rx.recv().await
+                }
+            };
+            let Some(first) = first else {
                 break;
             };
             let mut batch = Vec::with_capacity(self.config.batch);

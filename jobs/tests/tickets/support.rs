@@ -35,7 +35,9 @@ impl TicketWorker {
         let signal = stop.clone();
         let pool = pool.clone();
         let running = tokio::spawn(async move {
-            let (batch_handle, writing) = TicketBatcher::start(pool.clone(), batcher);
+            let batcher_stop = CancellationToken::new();
+            let (batch_handle, writing) =
+                TicketBatcher::start(pool.clone(), batcher, batcher_stop.clone());
             let settings = BackendSettings {
                 queue: ticket::QUEUE.to_owned(),
                 concurrency,
@@ -56,6 +58,7 @@ impl TicketWorker {
                 .await
                 .unwrap();
             drop(batch_handle);
+            batcher_stop.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), writing).await;
             handle
         });

@@ -49,6 +49,15 @@ pub struct RunArgs {
     /// at once and batches fill.
     #[arg(long, env = "WORKER_TICKET_CONCURRENCY", default_value_t = poda_jobs::ticket::DEFAULT_CONCURRENCY)]
     pub ticket_concurrency: usize,
+    /// Ticket batcher: at most this many tickets per transaction.
+    #[arg(long, env = "WORKER_TICKET_BATCH_SIZE", default_value_t = poda_jobs::ticket::batcher::DEFAULT_TICKET_BATCH)]
+    pub ticket_batch_size: usize,
+    /// Ticket batcher: how long the first ticket of a batch waits for company.
+    #[arg(long, env = "WORKER_TICKET_BATCH_DELAY", default_value = "2ms", value_parser = parse_duration)]
+    pub ticket_batch_delay: Duration,
+    /// Ticket batcher: batches being written at once.
+    #[arg(long, env = "WORKER_TICKET_BATCHES_IN_FLIGHT", default_value_t = poda_jobs::ticket::batcher::DEFAULT_TICKET_BATCHES_IN_FLIGHT)]
+    pub ticket_batches_in_flight: usize,
     /// At most this many jobs per claim statement.
     #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 100)]
     pub batch_size: usize,

@@ -59,6 +59,9 @@ impl WorkerOptions {
         if args.ticket_concurrency == 0 {
             bail!("--ticket-concurrency must be at least 1");
         }
+        if args.ticket_batch_size == 0 || args.ticket_batches_in_flight == 0 {
+            bail!("--ticket-batch-size and --ticket-batches-in-flight must be at least 1");
+        }
         if args.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
@@ -75,7 +78,12 @@ impl WorkerOptions {
             queues,
             concurrency: args.concurrency,
             ticket_concurrency: args.ticket_concurrency,
-            ticket_batcher: TicketBatcherConfig::default(),
+            ticket_batcher: TicketBatcherConfig {
+                batch: args.ticket_batch_size,
+                delay: args.ticket_batch_delay,
+                in_flight: args.ticket_batches_in_flight,
+                ..TicketBatcherConfig::default()
+            },
             batch_size: args.batch_size,
             engine,
             shutdown_grace: args.shutdown_grace,

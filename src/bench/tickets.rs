@@ -25,8 +25,9 @@ pub const DEFAULT_TICKETS_N: usize = 100_000;
 const COMPANIES: usize = 10;
 const ROUTES_PER_COMPANY: usize = 10;
 const CODES_PER_COMPANY: usize = 10;
-/// Every this many payments uses a payment code.
-const CODE_EVERY: usize = 10;
+/// Every this many payments uses a payment code (coprime with COMPANIES, so every company's
+/// codes are used).
+const CODE_EVERY: usize = 7;
 const ENQUEUE_CHUNK: usize = 5_000;
 
 #[derive(Debug, Clone)]
@@ -289,9 +290,12 @@ fn payment(i: usize) -> TicketJob {
         company_id: format!("co-{company}"),
         route_id: format!("rt-{company}-{}", (i / COMPANIES) % ROUTES_PER_COMPANY),
         passenger_phone: format!("+2327{:07}", i % 10_000_000),
-        payment_code: i
-            .is_multiple_of(CODE_EVERY)
-            .then(|| format!("CODE-{company}-{}", (i / COMPANIES) % CODES_PER_COMPANY)),
+        payment_code: i.is_multiple_of(CODE_EVERY).then(|| {
+            format!(
+                "CODE-{company}-{}",
+                (i / CODE_EVERY / COMPANIES) % CODES_PER_COMPANY
+            )
+        }),
         financial_transaction_reference: Some(format!("txn-bench-{i:08}")),
     }
 }
@@ -332,6 +336,7 @@ fn spawn_worker(exe: &PathBuf, url: &str, concurrency: usize) -> anyhow::Result<
     Command::new(exe)
         .args(["--queues", ticket::QUEUE, "--ticket-concurrency"])
         .arg(concurrency.to_string())
+        .args(extra_worker_args())
         .env("DATABASE_URL", url)
         .env(
             "RUST_LOG",
@@ -342,6 +347,13 @@ fn spawn_worker(exe: &PathBuf, url: &str, concurrency: usize) -> anyhow::Result<
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))
+}
+
+/// Extra flags for the workers, for tuning runs: `BENCH_WORKER_ARGS="--ticket-batch-delay 5ms"`.
+fn extra_worker_args() -> Vec<String> {
+    std::env::var("BENCH_WORKER_ARGS")
+        .map(|args| args.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// SIGTERM, then SIGKILL if it has not exited within 10 s.

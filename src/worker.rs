@@ -74,6 +74,10 @@ impl WorkerOptions {
         };
         engine.poll_interval = args.poll_interval;
         engine.listen = !args.poll_only;
+        // Slots free up as soon as an outcome is queued, so the backlog bounds how many jobs
+        // a process holds beyond its slots; a small one keeps completion and lease renewal
+        // cheap when handlers outrun the completer (ticket batches do).
+        engine.completer.backlog = args.completion_backlog.max(1);
         Ok(WorkerOptions {
             queues,
             concurrency: args.concurrency,

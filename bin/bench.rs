@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use poda::bench::fanout::{run_fanout, FanoutOptions};
 use poda::bench::ingest::{run_ingest, IngestOptions};
+use poda::bench::tickets::{run_tickets, TicketsOptions};
 use poda::bench::{self, report::Summary, BenchArgs, DEFAULT_BENCH_SERVER_URL};
 use poda::config::{Secret, DEFAULT_DATABASE_URL};
 use poda::demo::{self, DemoOptions};
@@ -41,10 +42,32 @@ enum Scenario {
     /// Webhook ingest: signed payment.completed webhooks over keep-alive connections at fixed
     /// concurrency, then a burst of fresh connections; req/s and latency percentiles.
     Ingest(IngestArgs),
+    /// Ticket creation: N queued ticket jobs (default 100,000) drained into tickets, code uses
+    /// and transfer jobs by worker processes; tickets/s and an exact-count check.
+    Tickets(TicketsArgs),
     /// Contribution-cycle fan-out: one cycle per member count; contributions/s and wall time.
     Fanout(FanoutArgs),
     /// Poda end to end on the local Postgres (database poda_demo), with progress and a summary.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct TicketsArgs {
+    /// Measured runs per process count.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Ticket jobs per run.
+    #[arg(long, default_value_t = poda::bench::tickets::DEFAULT_TICKETS_N)]
+    n: usize,
+    /// Worker process counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    procs: Vec<usize>,
+    /// Handler slots of each worker's tickets queue.
+    #[arg(long, default_value_t = poda_jobs::ticket::DEFAULT_CONCURRENCY)]
+    ticket_concurrency: usize,
+    /// Postgres server URL; bench_poda_* databases are created there and dropped afterwards.
+    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL)]
+    database_url: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -128,6 +151,7 @@ async fn main() -> ExitCode {
                 Scenario::All(args) => run(args, &mut summary, bench::Workload::ALL).await,
                 Scenario::Ingest(args) => ingest(args, &mut summary).await,
                 Scenario::Fanout(args) => fanout(args, &mut summary).await,
+                Scenario::Tickets(args) => tickets(args, &mut summary).await,
                 Scenario::Demo(_) => unreachable!("handled above"),
             };
             run.map(Some)
@@ -212,6 +236,36 @@ async fn fanout(args: &FanoutArgs, summary: &mut Summary) -> anyhow::Result<()> 
     .await?;
     for result in results {
         let config = format!("fanout members={}", result["members"]);
+        for figure in ["seconds", "per_s"] {
+            if let Some(value) = result[figure].as_f64() {
+                summary.add(&config, figure, value);
+            }
+        }
+        summary.add_check(result["ok"].as_bool().unwrap_or(false));
+    }
+    Ok(())
+}
+
+async fn tickets(args: &TicketsArgs, summary: &mut Summary) -> anyhow::Result<()> {
+    if args.runs == 0
+        || args.n == 0
+        || args.ticket_concurrency == 0
+        || args.procs.is_empty()
+        || args.procs.contains(&0)
+    {
+        anyhow::bail!("--runs, --n, --ticket-concurrency and every --procs must be at least 1");
+    }
+    let results = run_tickets(TicketsOptions {
+        server_url: args.database_url.clone(),
+        n: args.n,
+        runs: args.runs,
+        procs: args.procs.clone(),
+        ticket_concurrency: args.ticket_concurrency,
+        ..TicketsOptions::default()
+    })
+    .await?;
+    for result in results {
+        let config = format!("tickets procs={}", result["procs"]);
         for figure in ["seconds", "per_s"] {
             if let Some(value) = result[figure].as_f64() {
                 summary.add(&config, figure, value);

@@ -10,6 +10,11 @@ use poda_jobs::JobId;
 use crate::config::{parse_duration, DatabaseSettings, Secret, DEFAULT_DATABASE_URL};
 use crate::telemetry::LogFormat;
 
+/// The worker's completion backlog (the engine's library default is larger): measured with
+/// `bench tickets`, a backlog of 10,000 let a process hold ~11,000 jobs and made every
+/// completion and lease renewal scan them.
+pub const DEFAULT_WORKER_COMPLETION_BACKLOG: usize = 1_000;
+
 /// Settings every binary shares.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
@@ -48,6 +53,23 @@ pub struct RunArgs {
     /// Handler slots for single queues, overriding --concurrency: `tickets=64,commission_transfers=32`.
     #[arg(long, env = "WORKER_QUEUE_CONCURRENCY", value_delimiter = ',', value_parser = parse_queue_concurrency)]
     pub queue_concurrency: Vec<(String, usize)>,
+    /// Handler slots of the tickets queue: ticket jobs only wait for their batch, so many run
+    /// at once and batches fill.
+    #[arg(long, env = "WORKER_TICKET_CONCURRENCY", default_value_t = poda_jobs::ticket::DEFAULT_CONCURRENCY)]
+    pub ticket_concurrency: usize,
+    /// Ticket batcher: at most this many tickets per transaction.
+    #[arg(long, env = "WORKER_TICKET_BATCH_SIZE", default_value_t = poda_jobs::ticket::batcher::DEFAULT_TICKET_BATCH)]
+    pub ticket_batch_size: usize,
+    /// Ticket batcher: how long the first ticket of a batch waits for company.
+    #[arg(long, env = "WORKER_TICKET_BATCH_DELAY", default_value = "2ms", value_parser = parse_duration)]
+    pub ticket_batch_delay: Duration,
+    /// Ticket batcher: batches being written at once.
+    #[arg(long, env = "WORKER_TICKET_BATCHES_IN_FLIGHT", default_value_t = poda_jobs::ticket::batcher::DEFAULT_TICKET_BATCHES_IN_FLIGHT)]
+    pub ticket_batches_in_flight: usize,
+    /// Job outcomes waiting to be written before handlers wait. Slots free up when an outcome
+    /// is queued, so this bounds the jobs a process holds beyond its slots.
+    #[arg(long, env = "WORKER_COMPLETION_BACKLOG", default_value_t = DEFAULT_WORKER_COMPLETION_BACKLOG)]
+    pub completion_backlog: usize,
     /// At most this many jobs per claim statement.
     #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 100)]
     pub batch_size: usize,

@@ -17,6 +17,7 @@ use poda_jobs::engine::{
 };
 use poda_jobs::notification::{self, AgentSummaryJob, Notifier, NotifierConfig};
 use poda_jobs::probe::{self, ProbeJob};
+use poda_jobs::ticket::{self, TicketBatchHandle, TicketBatcher, TicketBatcherConfig, TicketJob};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -24,13 +25,22 @@ use crate::cli::RunArgs;
 use crate::tally::ProbeTally;
 
 /// Queues this build has handlers for.
-pub const KNOWN_QUEUES: &[&str] = &[probe::QUEUE, cycle::QUEUE, notification::QUEUE];
+pub const KNOWN_QUEUES: &[&str] = &[
+    probe::QUEUE,
+    ticket::QUEUE,
+    cycle::QUEUE,
+    notification::QUEUE,
+];
+
+/// After the workers stop, how long the ticket batcher may take to write its last batches.
+const TICKET_BATCHER_DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     pub queues: Vec<String>,
     /// Handler slots per queue (every queue of `queues` has an entry).
     pub concurrency: BTreeMap<String, usize>,
+    pub ticket_batcher: TicketBatcherConfig,
     pub batch_size: usize,
     /// Jobs a claim may take beyond the free slots (0: claims are sized to the free slots).
     pub prefetch: usize,
@@ -66,6 +76,7 @@ impl WorkerOptions {
             announce_ready: false,
             cycle: CycleConfig::default(),
             notifier: NotifierConfig::default(),
+            ticket_batcher: TicketBatcherConfig::default(),
         }
     }
 
@@ -90,9 +101,23 @@ impl WorkerOptions {
         if args.concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
+        if args.ticket_concurrency == 0 {
+            bail!("--ticket-concurrency must be at least 1");
+        }
+        if args.ticket_batch_size == 0 || args.ticket_batches_in_flight == 0 {
+            bail!("--ticket-batch-size and --ticket-batches-in-flight must be at least 1");
+        }
+        // Ticket jobs only wait for their batch, so the tickets queue gets many slots.
         let mut concurrency: BTreeMap<String, usize> = queues
             .iter()
-            .map(|q| (q.clone(), args.concurrency))
+            .map(|q| {
+                let slots = if q == ticket::QUEUE {
+                    args.ticket_concurrency
+                } else {
+                    args.concurrency
+                };
+                (q.clone(), slots)
+            })
             .collect();
         for (queue, n) in &args.queue_concurrency {
             match concurrency.get_mut(queue) {
@@ -135,9 +160,18 @@ impl WorkerOptions {
         if args.handler_connections == Some(0) || args.engine_connections == Some(0) {
             bail!("--handler-connections and --engine-connections must be at least 1");
         }
+        // Slots free up as soon as an outcome is queued, so the backlog bounds how many jobs
+        // a process holds beyond its slots.
+        engine.completer.backlog = args.completion_backlog.max(1);
         Ok(WorkerOptions {
             queues,
             concurrency,
+            ticket_batcher: TicketBatcherConfig {
+                batch: args.ticket_batch_size,
+                delay: args.ticket_batch_delay,
+                in_flight: args.ticket_batches_in_flight,
+                ..TicketBatcherConfig::default()
+            },
             batch_size: args.batch_size,
             prefetch: args.prefetch,
             engine,
@@ -159,10 +193,20 @@ impl WorkerOptions {
         })
     }
 
-    /// Connections the handlers may use at once.
+    /// Connections the handlers may use at once. Ticket handlers use none of their own: the
+    /// ticket batcher writes with one connection per batch in flight.
     pub fn handler_connections(&self) -> u32 {
-        self.handler_connections
-            .unwrap_or_else(|| self.concurrency.values().sum::<usize>().clamp(2, 64) as u32)
+        self.handler_connections.unwrap_or_else(|| {
+            let wanted: usize = self
+                .concurrency
+                .iter()
+                .map(|(queue, slots)| match queue.as_str() {
+                    ticket::QUEUE => self.ticket_batcher.in_flight + 1,
+                    _ => *slots,
+                })
+                .sum();
+            wanted.clamp(2, 64) as u32
+        })
     }
 
     /// Connections for claims, completions, leases, rescue and the listener.
@@ -209,6 +253,15 @@ pub async fn run_workers(
 
     let notifier =
         Notifier::new(options.notifier.clone()).context("building the notification client")?;
+
+    // One ticket batcher per process, shared by the tickets worker's handlers.
+    let tickets = options.queues.iter().any(|q| q == ticket::QUEUE).then(|| {
+        let stop = CancellationToken::new();
+        let (handle, writing) =
+            TicketBatcher::start(handler_pool.clone(), options.ticket_batcher, stop.clone());
+        (handle, writing, stop)
+    });
+
     let grace = options.shutdown_grace;
     // The grace timer starts when shutdown starts (a lazy future), not when the monitor is built.
     let mut monitor =
@@ -258,6 +311,20 @@ pub async fn run_workers(
                         .build(run_notification)
                 })
             }
+            ticket::QUEUE => {
+                let engine = engine.clone();
+                let batcher = match &tickets {
+                    Some((handle, _, _)) => handle.clone(),
+                    None => bail!("the ticket batcher was not started"),
+                };
+                monitor.register(move |i| {
+                    WorkerBuilder::new(format!("{}-{}-{i}", ticket::QUEUE, engine.owner()))
+                        .backend(engine.backend::<TicketJob>(settings.clone()))
+                        .data(batcher.clone())
+                        .enable_tracing()
+                        .build(run_ticket)
+                })
+            }
             other => bail!("no handler for queue {other:?}"),
         };
     }
@@ -270,6 +337,19 @@ pub async fn run_workers(
         .run_with_signal(signal)
         .await
         .context("running workers");
+    if let Some((batcher, writing, stop)) = tickets {
+        // The handlers are done; the batcher ends once its last batches are written.
+        drop(batcher);
+        stop.cancel();
+        if tokio::time::timeout(TICKET_BATCHER_DRAIN, writing)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the ticket batcher did not finish in time; unwritten tickets run again"
+            );
+        }
+    }
     handle.shutdown().await;
     if let Some(path) = &options.probe_tally {
         tally.write_to(path)?;
@@ -312,6 +392,14 @@ async fn run_notification(
     notifier: Data<Notifier>,
 ) -> Result<Outcome, JobError> {
     notification::handle(&notifier, &meta, job).await
+}
+
+async fn run_ticket(
+    job: TicketJob,
+    meta: JobMeta,
+    batcher: Data<TicketBatchHandle>,
+) -> Result<Outcome, JobError> {
+    ticket::handler::handle(&batcher, &meta, job).await
 }
 
 /// Serves Prometheus metrics (the engine's counters and histograms) on `addr`.

@@ -12,5 +12,6 @@ mod ops;
 mod process;
 mod queue_ops;
 mod shutdown;
+mod tickets;
 mod webhooks;
 mod worker_process;

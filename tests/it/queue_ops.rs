@@ -111,13 +111,25 @@ async fn prune_deletes_old_finished_jobs_and_keeps_the_rest() {
 #[tokio::test]
 async fn queue_concurrency_must_name_a_queue_the_worker_runs() {
     let db = TestDb::new().await;
-    let out = worker_command(&db.url, &["--queue-concurrency", "tickets=64"]);
+    // A worker of the probe queue only is told that `tickets` is not among its queues.
+    let out = worker_command(
+        &db.url,
+        &[
+            "--queues",
+            probe::QUEUE,
+            "--queue-concurrency",
+            "tickets=64",
+        ],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("--queue-concurrency") && stderr.contains("tickets"),
         "{stderr}"
     );
-    let out = worker_command(&db.url, &["--queue-concurrency", "tickets"]);
+    let out = worker_command(
+        &db.url,
+        &["--queues", probe::QUEUE, "--queue-concurrency", "tickets"],
+    );
     assert!(!out.status.success());
 }

@@ -3,8 +3,8 @@
 -- $5 error[] (NULL = none), $6 refund[] (true gives the attempt back: snooze, release),
 -- $7 owner.
 -- Only rows still running under the same owner and attempt change: a late outcome from a
--- worker whose lease was taken over changes nothing. Rows are locked in id order so two
--- batches can never deadlock. Returns the ids that changed, their queue, and whether the job
+-- worker whose lease was taken over changes nothing. Rows are found by id (the primary key)
+-- and locked in id order so two batches can never deadlock. Returns the ids that changed, their queue, and whether the job
 -- is runnable again (retry, snooze, release) so the caller can wake its idle workers.
 WITH outcome AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::text[], $6::bool[])
@@ -14,7 +14,7 @@ locked AS (
     SELECT j.id
     FROM jobs j
     JOIN outcome o ON o.id = j.id
-    WHERE j.state = 'running' AND j.lease_owner = $7 AND j.attempt = o.attempt
+    WHERE j.id = ANY($1) AND j.state = 'running' AND j.lease_owner = $7 AND j.attempt = o.attempt
     ORDER BY j.id
     FOR UPDATE OF j
 )

@@ -1,15 +1,47 @@
 //! The ticket job kind: one completed Monime payment becomes exactly one ticket.
 //!
 //! The enqueuer writes a [`TicketJob`] in queue [`QUEUE`] with kind [`KIND`] and the payment id
-//! as its unique key, so however often Monime delivers the payment there is one job. The
-//! handler (which turns the job into a ticket row) lives beside this payload type.
+//! as its unique key, so however often Monime delivers the payment there is one job.
+//!
+//! The `tickets` worker issues tickets in batches: [`handler::handle`] hands each job's ticket
+//! to the process's [`batcher::TicketBatcher`], which writes the tickets of jobs that run at
+//! the same time in one transaction ([`issue::issue_many`]): one multi-row
+//! `INSERT … ON CONFLICT (payment_id) DO NOTHING`, the payment codes' usage, and one
+//! commission-transfer job per new ticket. [`error::TicketError`] says what went wrong in the
+//! domain's words and decides retryable or permanent.
+
+pub mod batcher;
+pub mod error;
+pub mod handler;
+pub mod issue;
 
 use serde::{Deserialize, Serialize};
+
+use crate::engine::NewJob;
+
+pub use batcher::{TicketBatchHandle, TicketBatcher, TicketBatcherConfig};
+pub use error::TicketError;
+pub use issue::{issue_many, Issued};
 
 /// The queue ticket jobs are enqueued in.
 pub const QUEUE: &str = "tickets";
 /// The job kind of a ticket job.
 pub const KIND: &str = "ticket";
+/// Handler slots of the `tickets` worker by default: enough jobs in flight that batches fill.
+pub const DEFAULT_CONCURRENCY: usize = 200;
+
+/// A ticket's commission in minor units: `amount × bps / 10 000`, rounded half up, in integer
+/// arithmetic: `(amount_minor × commission_bps + 5 000) div 10 000`.
+///
+/// This is the one rounding rule for commissions. For the positive amounts tickets have,
+/// half up means a commission of exactly half a minor unit or more rounds up (1 minor unit at
+/// 5 000 bps → 1; at 4 999 bps → 0). The product is computed in 128 bits, so no amount
+/// overflows; with `0 ≤ bps ≤ 10 000` the commission is between 0 and the amount.
+pub fn commission_minor(amount_minor: i64, commission_bps: i32) -> i64 {
+    let bps = i128::from(commission_bps.clamp(0, 10_000));
+    let amount = i128::from(amount_minor.max(0));
+    ((amount * bps + 5_000) / 10_000) as i64
+}
 
 /// Currencies Poda accepts from Monime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -75,11 +107,50 @@ impl TicketJob {
     pub fn unique_key(&self) -> &str {
         &self.payment_id
     }
+
+    /// The job that issues this ticket, keyed by payment id (as the enqueuer writes it).
+    pub fn to_job(&self) -> NewJob {
+        NewJob::new(
+            QUEUE,
+            KIND,
+            serde_json::to_value(self).expect("a ticket job serialises"),
+        )
+        .with_unique_key(self.unique_key())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commission_rounds_half_up_in_minor_units() {
+        // (amount, bps) -> commission
+        let cases = [
+            (1, 0, 0),
+            (1, 1, 0),
+            (1, 4_999, 0),
+            (1, 5_000, 1), // exactly half a minor unit rounds up
+            (1, 10_000, 1),
+            (3, 5_000, 2), // 1.5 -> 2
+            (5, 5_000, 3), // 2.5 -> 3 (half up, not half even)
+            (50_000, 250, 1_250),
+            (19_999, 250, 500), // 499.975 -> 500
+            (20_002, 250, 500), // 500.05 -> 500
+            (20_020, 250, 501), // 500.5 -> 501
+            (20_019, 250, 500), // 500.475 -> 500
+            (123_456, 10_000, 123_456),
+            (123_456, 0, 0),
+            (i64::MAX, 10_000, i64::MAX),
+        ];
+        for (amount, bps, expected) in cases {
+            assert_eq!(
+                commission_minor(amount, bps),
+                expected,
+                "commission of {amount} at {bps} bps"
+            );
+        }
+    }
 
     #[test]
     fn ticket_job_round_trips_through_json() {

@@ -1,0 +1,446 @@
+//! `tickets`: N queued ticket jobs drained by real `worker` processes into tickets, each with
+//! its payment-code use and its commission-transfer job. Reports tickets/s from the moment the
+//! queue is opened to the moment the database shows every job finished, and checks that
+//! there are exactly N tickets and N transfer jobs.
+//!
+//! Each run creates its own database (`bench_poda_<uuid>`), seeds companies, routes and
+//! payment codes, enqueues the jobs with the queue paused, starts the workers (the `worker`
+//! binary next to the running executable) and waits until they listen, then opens the queue
+//! and starts the clock. The database is dropped afterwards, whatever happened.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use tokio::process::{Child, Command};
+
+use poda_jobs::engine::{enqueue_many, notify::NOTIFY_CHANNEL, NewJob};
+use poda_jobs::ticket::{self, Currency, Money, TicketJob};
+
+pub const DEFAULT_TICKETS_N: usize = 100_000;
+const COMPANIES: usize = 10;
+const ROUTES_PER_COMPANY: usize = 10;
+const CODES_PER_COMPANY: usize = 10;
+/// Every this many payments uses a payment code (coprime with COMPANIES, so every company's
+/// codes are used).
+const CODE_EVERY: usize = 7;
+const ENQUEUE_CHUNK: usize = 5_000;
+
+#[derive(Debug, Clone)]
+pub struct TicketsOptions {
+    /// The Postgres server (the database part is ignored).
+    pub server_url: String,
+    /// Ticket jobs per run.
+    pub n: usize,
+    pub runs: usize,
+    /// Worker processes per run; one result per entry and run.
+    pub procs: Vec<usize>,
+    /// Handler slots of each worker's tickets queue.
+    pub ticket_concurrency: usize,
+    /// The `worker` binary; default: next to the running executable (or one directory up,
+    /// for examples).
+    pub worker_exe: Option<PathBuf>,
+    /// How long one run may take before it is abandoned.
+    pub timeout: Duration,
+}
+
+impl Default for TicketsOptions {
+    fn default() -> Self {
+        TicketsOptions {
+            server_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            n: DEFAULT_TICKETS_N,
+            runs: 3,
+            procs: vec![1],
+            ticket_concurrency: ticket::DEFAULT_CONCURRENCY,
+            worker_exe: None,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Runs the scenario; prints and returns one `RESULT` object per run.
+pub async fn run_tickets(opts: TicketsOptions) -> anyhow::Result<Vec<Value>> {
+    let worker = match &opts.worker_exe {
+        Some(path) => path.clone(),
+        None => find_worker_binary()?,
+    };
+    let server: PgConnectOptions = opts
+        .server_url
+        .parse()
+        .context("parsing the Postgres server URL")?;
+    let server = server.database("postgres").disable_statement_logging();
+    let mut results = Vec::new();
+    for run in 1..=opts.runs {
+        for &procs in &opts.procs {
+            let result = run_once(&opts, &server, &worker, run, procs.max(1)).await?;
+            println!("RESULT {result}");
+            results.push(result);
+        }
+    }
+    Ok(results)
+}
+
+async fn run_once(
+    opts: &TicketsOptions,
+    server: &PgConnectOptions,
+    worker: &PathBuf,
+    run: usize,
+    procs: usize,
+) -> anyhow::Result<Value> {
+    let name = format!("bench_poda_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect_with(server)
+        .await
+        .context("connecting to Postgres")?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .with_context(|| format!("creating database {name}"))?;
+
+    let result = measure(
+        opts,
+        server.clone().database(&name),
+        &name,
+        worker,
+        run,
+        procs,
+    )
+    .await;
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .with_context(|| format!("dropping database {name}"))?;
+    admin.close().await.ok();
+    result
+}
+
+async fn measure(
+    opts: &TicketsOptions,
+    db: PgConnectOptions,
+    name: &str,
+    worker: &PathBuf,
+    run: usize,
+    procs: usize,
+) -> anyhow::Result<Value> {
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(db)
+        .await
+        .context("connecting to the bench database")?;
+    poda_jobs::engine::migrate::run_migrations(&pool)
+        .await
+        .context("migrating the bench database")?;
+    seed(&pool).await.context("seeding companies and routes")?;
+    sqlx::query("UPDATE job_queues SET paused_at = now() WHERE name = $1")
+        .bind(ticket::QUEUE)
+        .execute(&pool)
+        .await
+        .context("pausing the tickets queue")?;
+    enqueue(&pool, opts.n)
+        .await
+        .context("enqueueing ticket jobs")?;
+    sqlx::query("ANALYZE")
+        .execute(&pool)
+        .await
+        .context("analyzing")?;
+
+    let url = database_url(&opts.server_url, name);
+    let mut workers = Vec::with_capacity(procs);
+    for _ in 0..procs {
+        workers.push(spawn_worker(worker, &url, opts.ticket_concurrency)?);
+    }
+    let outcome = async {
+        wait_listening(&pool, procs).await?;
+        let started = Instant::now();
+        sqlx::query(
+            "WITH opened AS (UPDATE job_queues SET paused_at = NULL WHERE name = $1 RETURNING name) \
+             SELECT pg_notify($2, name) FROM opened",
+        )
+        .bind(ticket::QUEUE)
+        .bind(NOTIFY_CHANNEL)
+        .execute(&pool)
+        .await
+        .context("opening the tickets queue")?;
+        loop {
+            // Cheap while the run lasts: stops at the first unfinished job in the claim or
+            // running index, instead of counting them.
+            let unfinished: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'available') \
+                     OR EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'running')",
+            )
+            .bind(ticket::QUEUE)
+            .fetch_one(&pool)
+            .await?;
+            if !unfinished {
+                break;
+            }
+            if started.elapsed() > opts.timeout {
+                bail!("ticket jobs still unfinished after {:?}", opts.timeout);
+            }
+            if let Some(exited) = workers.iter_mut().find_map(|w| w.try_wait().ok().flatten()) {
+                bail!("a worker exited early: {exited}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok::<_, anyhow::Error>(started.elapsed().as_secs_f64())
+    }
+    .await;
+    for worker in &mut workers {
+        stop_worker(worker).await;
+    }
+    let seconds = outcome?;
+
+    let (tickets, distinct, transfers, orphans, completed): (i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM tickets), \
+                    (SELECT count(DISTINCT payment_id) FROM tickets), \
+                    (SELECT count(*) FROM jobs WHERE queue = 'commission_transfers'), \
+                    (SELECT count(*) FROM tickets t WHERE NOT EXISTS (SELECT 1 FROM jobs j \
+                        WHERE j.queue = 'commission_transfers' AND j.unique_key = 'ticket:' || t.id)), \
+                    (SELECT count(*) FROM jobs WHERE queue = 'tickets' AND state = 'completed')",
+        )
+        .fetch_one(&pool)
+        .await
+        .context("checking the tickets")?;
+    let code_uses_exact: bool = sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM payment_codes c WHERE c.used_count <> \
+             (SELECT count(*) FROM tickets t WHERE t.payment_code = c.code))",
+    )
+    .fetch_one(&pool)
+    .await?;
+    pool.close().await;
+    let n = opts.n as i64;
+    let ok = tickets == n
+        && distinct == n
+        && transfers == n
+        && orphans == 0
+        && completed == n
+        && code_uses_exact;
+    let per_s = n as f64 / seconds;
+    eprintln!(
+        "tickets run {run}, {procs} proc(s): {n} tickets in {seconds:.2} s = {per_s:.0}/s, ok = {ok}"
+    );
+    Ok(json!({
+        "scenario": "tickets",
+        "run": run,
+        "procs": procs,
+        "n": n,
+        "seconds": round2(seconds),
+        "per_s": per_s.round(),
+        "ok": ok,
+        "tickets": tickets,
+        "transfer_jobs": transfers,
+        "concurrency": opts.ticket_concurrency,
+    }))
+}
+
+/// Companies (two of them selling in USD), routes, and payment codes whose limits the run
+/// never reaches.
+async fn seed(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO companies (id, name, monime_account_id, commission_bps, currency) \
+         SELECT 'co-' || c, 'Company ' || c, 'fa-co-' || c, 100 + 50 * c, \
+                CASE WHEN c >= $1 - 2 THEN 'USD' ELSE 'SLE' END \
+         FROM generate_series(0, $1 - 1) c",
+    )
+    .bind(COMPANIES as i32)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO routes (id, company_id, origin, destination) \
+         SELECT 'rt-' || c || '-' || r, 'co-' || c, 'Freetown', 'Town ' || r \
+         FROM generate_series(0, $1 - 1) c, generate_series(0, $2 - 1) r",
+    )
+    .bind(COMPANIES as i32)
+    .bind(ROUTES_PER_COMPANY as i32)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO payment_codes (code, company_id, usage_limit) \
+         SELECT 'CODE-' || c || '-' || k, 'co-' || c, 1000000000 \
+         FROM generate_series(0, $1 - 1) c, generate_series(0, $2 - 1) k",
+    )
+    .bind(COMPANIES as i32)
+    .bind(CODES_PER_COMPANY as i32)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+fn payment(i: usize) -> TicketJob {
+    let company = i % COMPANIES;
+    let currency = if company >= COMPANIES - 2 {
+        Currency::Usd
+    } else {
+        Currency::Sle
+    };
+    TicketJob {
+        payment_id: format!("pay-bench-{i:08}"),
+        event_id: format!("evt-bench-{i:08}"),
+        amount: Money {
+            currency,
+            value_minor: 1_000 + (i as i64 * 7_919) % 99_000,
+        },
+        company_id: format!("co-{company}"),
+        route_id: format!("rt-{company}-{}", (i / COMPANIES) % ROUTES_PER_COMPANY),
+        passenger_phone: format!("+2327{:07}", i % 10_000_000),
+        payment_code: i.is_multiple_of(CODE_EVERY).then(|| {
+            format!(
+                "CODE-{company}-{}",
+                (i / CODE_EVERY / COMPANIES) % CODES_PER_COMPANY
+            )
+        }),
+        financial_transaction_reference: Some(format!("txn-bench-{i:08}")),
+    }
+}
+
+async fn enqueue(pool: &PgPool, n: usize) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    let mut start = 0;
+    while start < n {
+        let end = (start + ENQUEUE_CHUNK).min(n);
+        let jobs: Vec<NewJob> = (start..end).map(|i| payment(i).to_job()).collect();
+        enqueue_many(&mut conn, &jobs).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Waits until every worker listens for notifications (its engine is up), at most 30 s.
+async fn wait_listening(pool: &PgPool, procs: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_one(pool)
+        .await?;
+        if listening >= procs as i64 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {listening} of {procs} workers came up within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn spawn_worker(exe: &PathBuf, url: &str, concurrency: usize) -> anyhow::Result<Child> {
+    Command::new(exe)
+        .args(["--queues", ticket::QUEUE, "--ticket-concurrency"])
+        .arg(concurrency.to_string())
+        .args(extra_worker_args())
+        .env("DATABASE_URL", url)
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .env_remove("WORKER_QUEUES")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))
+}
+
+/// Extra flags for the workers, for tuning runs: `BENCH_WORKER_ARGS="--ticket-batch-delay 5ms"`.
+fn extra_worker_args() -> Vec<String> {
+    std::env::var("BENCH_WORKER_ARGS")
+        .map(|args| args.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within 10 s.
+async fn stop_worker(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// The `worker` binary beside the running executable (target/<profile>/), or one directory
+/// up when running as an example (target/<profile>/examples/).
+fn find_worker_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let name = format!("worker{}", std::env::consts::EXE_SUFFIX);
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join(&name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no `worker` binary next to {}; build it first (cargo build --release --bin worker)",
+        exe.display()
+    )
+}
+
+/// The URL of database `name` on the server of `server_url`.
+fn database_url(server_url: &str, name: &str) -> String {
+    match url_split(server_url) {
+        Some((prefix, query)) => format!("{prefix}/{name}{query}"),
+        None => format!("{server_url}/{name}"),
+    }
+}
+
+/// (scheme://authority, ?query) of a Postgres URL.
+fn url_split(url: &str) -> Option<(&str, &str)> {
+    let authority_start = url.find("://")? + 3;
+    let path_start = url[authority_start..]
+        .find('/')
+        .map(|i| i + authority_start);
+    let query_start = url.find('?');
+    let prefix_end = path_start.or(query_start).unwrap_or(url.len());
+    let query = query_start.map(|q| &url[q..]).unwrap_or("");
+    Some((&url[..prefix_end], query))
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_replaces_the_database_and_keeps_the_query() {
+        assert_eq!(
+            database_url(
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "bench_poda_x"
+            ),
+            "postgres://postgres@127.0.0.1:5432/bench_poda_x"
+        );
+        assert_eq!(
+            database_url("postgres://u:p@h:1/db?sslmode=disable", "b"),
+            "postgres://u:p@h:1/b?sslmode=disable"
+        );
+        assert_eq!(database_url("postgres://h", "b"), "postgres://h/b");
+    }
+
+    #[test]
+    fn bench_payments_fit_their_company() {
+        for i in 0..100 {
+            let p = payment(i);
+            assert!(p
+                .route_id
+                .starts_with(&format!("rt-{}-", &p.company_id[3..])));
+            assert!(p.amount.value_minor > 0);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The tickets queue in real `worker` processes: duplicates raced by two processes, and a
+//! `kill -9` while batches are being written.
+
+use std::time::Duration;
+
+use poda_jobs::engine::{enqueue_many_pooled, NewJob};
+use poda_jobs::testing::tickets::{
+    seed_one_company, seed_payment_code, ticket_counts, ticket_job, ticket_job_states, TicketCounts,
+};
+use poda_jobs::testing::{wait_until, TestDb};
+use poda_jobs::ticket::{self, TicketJob};
+use sqlx::PgPool;
+
+use crate::support::process::spawn_worker;
+
+const TICKETS_FAST_RESCUE: &[&str] = &[
+    "--queues",
+    "tickets",
+    "--lease",
+    "2s",
+    "--rescue-interval",
+    "1s",
+];
+
+/// `n` payments of company co-1; every third uses one of the codes CODE-0..CODE-2.
+fn payments(n: usize) -> Vec<TicketJob> {
+    (0..n)
+        .map(|i| {
+            let mut t = ticket_job(&format!("pay-{i:06}"), "co-1", "rt-1", 10_000 + i as i64);
+            if i % 3 == 0 {
+                t.payment_code = Some(format!("CODE-{}", i % 9 / 3));
+            }
+            t
+        })
+        .collect()
+}
+
+async fn seed(pool: &PgPool) {
+    seed_one_company(pool).await;
+    for code in 0..3 {
+        seed_payment_code(pool, &format!("CODE-{code}"), "co-1", 1_000_000).await;
+    }
+}
+
+/// Codes whose used_count differs from the number of tickets issued with them (must be 0).
+async fn miscounted_codes(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM payment_codes c \
+         WHERE c.used_count <> (SELECT count(*) FROM tickets t WHERE t.payment_code = c.code)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn wait_all_completed(pool: &PgPool, n: i64, timeout: Duration) {
+    wait_until(
+        &format!("{n} ticket jobs completed"),
+        timeout,
+        || ticket_job_states(pool),
+        |(completed, _, _)| *completed == n,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn tickets_duplicate_payments_raced_by_two_worker_processes_yield_one_ticket_each() {
+    let db = TestDb::new().await;
+    seed(&db.pool).await;
+    let payments = payments(1_000);
+    // Each payment three times, as jobs without the unique key (redeliveries the key did not
+    // catch), so both processes get copies of the same payment.
+    let jobs: Vec<NewJob> = (0..3)
+        .flat_map(|_| payments.iter())
+        .map(|t| {
+            NewJob::new(
+                ticket::QUEUE,
+                ticket::KIND,
+                serde_json::to_value(t).unwrap(),
+            )
+        })
+        .collect();
+    enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
+
+    let a = spawn_worker(&db.url, &["--queues", "tickets"]);
+    let b = spawn_worker(&db.url, &["--queues", "tickets"]);
+    wait_all_completed(&db.pool, 3_000, Duration::from_secs(120)).await;
+    drop((a, b));
+
+    assert_eq!(
+        ticket_counts(&db.pool).await,
+        TicketCounts {
+            tickets: 1_000,
+            distinct_payments: 1_000,
+            transfer_jobs: 1_000,
+            tickets_without_transfer: 0,
+            transfers_without_ticket: 0,
+        }
+    );
+    assert_eq!(miscounted_codes(&db.pool).await, 0);
+    let code_uses: i64 = sqlx::query_scalar("SELECT sum(used_count) FROM payment_codes")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(code_uses, 334, "each payment with a code used it once");
+}
+
+#[tokio::test]
+async fn tickets_kill_9_mid_batch_leaves_no_half_written_batch_and_a_survivor_finishes() {
+    let db = TestDb::new().await;
+    seed(&db.pool).await;
+    const N: i64 = 10_000;
+    let jobs: Vec<NewJob> = payments(N as usize).iter().map(TicketJob::to_job).collect();
+    enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
+
+    let victim = spawn_worker(&db.url, TICKETS_FAST_RESCUE);
+    // Kill it while it is writing batches.
+    wait_until(
+        "the victim to be issuing tickets",
+        Duration::from_secs(60),
+        || ticket_counts(&db.pool),
+        |c| c.tickets >= 500,
+    )
+    .await;
+    victim.sigkill();
+    // What it committed is whole: every ticket has its transfer job and its code use.
+    let at_kill = ticket_counts(&db.pool).await;
+    assert!(
+        at_kill.tickets < N,
+        "the victim was killed before it finished"
+    );
+    assert_eq!(at_kill.tickets_without_transfer, 0);
+    assert_eq!(at_kill.transfers_without_ticket, 0);
+    assert_eq!(at_kill.tickets, at_kill.transfer_jobs);
+    assert_eq!(miscounted_codes(&db.pool).await, 0);
+
+    let survivor = spawn_worker(&db.url, TICKETS_FAST_RESCUE);
+    wait_all_completed(&db.pool, N, Duration::from_secs(120)).await;
+    drop(survivor);
+
+    assert_eq!(
+        ticket_counts(&db.pool).await,
+        TicketCounts {
+            tickets: N,
+            distinct_payments: N,
+            transfer_jobs: N,
+            tickets_without_transfer: 0,
+            transfers_without_ticket: 0,
+        }
+    );
+    assert_eq!(miscounted_codes(&db.pool).await, 0);
+    let failed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE queue = 'tickets' AND state <> 'completed'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(failed, 0);
+    // The victim's claimed jobs were rescued and ran again.
+    let rescued: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE queue = 'tickets' AND attempt >= 2")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(rescued > 0, "some of the victim's jobs were rescued");
+}

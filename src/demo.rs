@@ -93,6 +93,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         batch_size: 100,
         engine: Default::default(),
         shutdown_grace: Duration::from_secs(10),
+        transfers: None,
     };
     let engine_pool = database.connect_async_commit().await?;
     let stop_workers = CancellationToken::new();

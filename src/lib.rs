@@ -8,6 +8,7 @@ pub mod demo;
 pub mod enqueuer;
 pub mod http;
 pub mod ops;
+pub mod sandbox;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

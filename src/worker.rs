@@ -1,6 +1,7 @@
 //! The worker runtime: one apalis worker per queue, all on one engine (one owner id, one
 //! completer, one lease renewer, one rescuer and one listener per process).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -10,13 +11,110 @@ use poda_jobs::engine::{
     BackendSettings, Engine, EngineConfig, JobError, JobMeta, Outcome, RescuerConfig,
 };
 use poda_jobs::probe::{self, ProbeJob};
+use poda_jobs::transfer::breaker::{Breaker, BreakerConfig, DEFAULT_FAILURE_RATE};
+use poda_jobs::transfer::monime::{ApiToken, MonimeClient, MonimeConfig, DEFAULT_CONNECT_TIMEOUT};
+use poda_jobs::transfer::rate_limit::{GlobalRateLimit, RateLimitConfig, TRANSFER_BUCKET};
+use poda_jobs::transfer::{self, TransferContext, TransferJob, TransferSettings};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::RunArgs;
+use crate::cli::{MonimeArgs, RunArgs, TransferArgs};
 
 /// Queues this build has handlers for.
-pub const KNOWN_QUEUES: &[&str] = &[probe::QUEUE];
+pub const KNOWN_QUEUES: &[&str] = &[probe::QUEUE, transfer::QUEUE];
+
+/// What the `commission_transfers` queue needs: Monime, and how to pace calls to it.
+#[derive(Debug, Clone)]
+pub struct TransferOptions {
+    pub monime: MonimeConfig,
+    pub settings: TransferSettings,
+    pub breaker: BreakerConfig,
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+impl TransferOptions {
+    /// `Ok(None)` when Monime is not configured at all; an error naming the missing settings
+    /// when it is configured in part.
+    pub fn from_args(monime: &MonimeArgs, args: &TransferArgs) -> anyhow::Result<Option<Self>> {
+        let Some((config, platform_account_id)) = monime_config(monime)? else {
+            return Ok(None);
+        };
+        if args.transfer_poll_initial.is_zero()
+            || args.transfer_poll_max < args.transfer_poll_initial
+        {
+            bail!("--transfer-poll-initial must be positive and at most --transfer-poll-max");
+        }
+        if args.breaker_min_calls == 0 || args.breaker_reset.is_zero() {
+            bail!("--breaker-min-calls and --breaker-reset must be positive");
+        }
+        let rate_limit = (args.transfer_rate_limit > 0).then(|| {
+            let burst = if args.transfer_rate_burst == 0 {
+                (args.transfer_rate_limit / 60).max(1)
+            } else {
+                args.transfer_rate_burst
+            };
+            RateLimitConfig::per_minute(args.transfer_rate_limit, burst)
+        });
+        Ok(Some(TransferOptions {
+            monime: config,
+            settings: TransferSettings {
+                platform_account_id,
+                poll_initial: args.transfer_poll_initial,
+                poll_max: args.transfer_poll_max,
+            },
+            breaker: BreakerConfig {
+                window: args.breaker_window,
+                min_calls: args.breaker_min_calls,
+                failure_rate: DEFAULT_FAILURE_RATE,
+                reset: args.breaker_reset,
+            },
+            rate_limit,
+        }))
+    }
+}
+
+/// The Monime client settings and the platform account, or `None` when none is set.
+pub fn monime_config(args: &MonimeArgs) -> anyhow::Result<Option<(MonimeConfig, String)>> {
+    let settings = [
+        ("MONIME_API_URL", args.monime_api_url.is_some()),
+        ("MONIME_API_TOKEN", args.monime_api_token.is_some()),
+        ("MONIME_SPACE_ID", args.monime_space_id.is_some()),
+        (
+            "MONIME_PLATFORM_ACCOUNT_ID",
+            args.monime_platform_account_id.is_some(),
+        ),
+    ];
+    let missing: Vec<&str> = settings
+        .iter()
+        .filter(|(_, set)| !set)
+        .map(|(n, _)| *n)
+        .collect();
+    if missing.len() == settings.len() {
+        return Ok(None);
+    }
+    if !missing.is_empty() {
+        bail!(
+            "Monime is configured in part: set {} too",
+            missing.join(", ")
+        );
+    }
+    let url = args.monime_api_url.clone().unwrap_or_default();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("MONIME_API_URL must be an http(s) URL, not {url:?}");
+    }
+    let token = args.monime_api_token.clone().unwrap_or_default();
+    Ok(Some((
+        MonimeConfig {
+            base_url: url,
+            token: ApiToken::new(token.expose()),
+            space_id: args.monime_space_id.clone().unwrap_or_default(),
+            version: args.monime_version.clone(),
+            timeout: args.monime_timeout,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT.min(args.monime_timeout),
+        },
+        args.monime_platform_account_id.clone().unwrap_or_default(),
+    )))
+}
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -25,12 +123,19 @@ pub struct WorkerOptions {
     pub batch_size: usize,
     pub engine: EngineConfig,
     pub shutdown_grace: Duration,
+    /// Required when `queues` holds `commission_transfers`.
+    pub transfers: Option<TransferOptions>,
 }
 
 impl WorkerOptions {
-    pub fn from_args(args: &RunArgs) -> anyhow::Result<Self> {
+    pub fn from_args(args: &RunArgs, monime: &MonimeArgs) -> anyhow::Result<Self> {
+        let transfers = TransferOptions::from_args(monime, &args.transfers)?;
         let queues: Vec<String> = if args.queues.is_empty() {
-            KNOWN_QUEUES.iter().map(|q| q.to_string()).collect()
+            KNOWN_QUEUES
+                .iter()
+                .filter(|q| **q != transfer::QUEUE || transfers.is_some())
+                .map(|q| q.to_string())
+                .collect()
         } else {
             args.queues
                 .iter()
@@ -45,6 +150,12 @@ impl WorkerOptions {
                     KNOWN_QUEUES.join(", ")
                 );
             }
+        }
+        if queues.iter().any(|q| q == transfer::QUEUE) && transfers.is_none() {
+            bail!(
+                "the {} queue needs Monime: set MONIME_API_URL, MONIME_API_TOKEN, MONIME_SPACE_ID and MONIME_PLATFORM_ACCOUNT_ID",
+                transfer::QUEUE
+            );
         }
         if args.concurrency == 0 {
             bail!("--concurrency must be at least 1");
@@ -67,6 +178,7 @@ impl WorkerOptions {
             batch_size: args.batch_size,
             engine,
             shutdown_grace: args.shutdown_grace,
+            transfers,
         })
     }
 
@@ -116,6 +228,20 @@ pub async fn run_workers(
                         .build(run_probe)
                 })
             }
+            transfer::QUEUE => {
+                let Some(transfers) = &options.transfers else {
+                    bail!("the {} queue needs Monime settings", transfer::QUEUE);
+                };
+                let context = Arc::new(transfer_context(&handler_pool, transfers)?);
+                let engine = engine.clone();
+                monitor.register(move |i| {
+                    WorkerBuilder::new(format!("{}-{}-{i}", transfer::QUEUE, engine.owner()))
+                        .backend(engine.backend::<TransferJob>(settings.clone()))
+                        .data(context.clone())
+                        .enable_tracing()
+                        .build(run_transfer)
+                })
+            }
             other => bail!("no handler for queue {other:?}"),
         };
     }
@@ -131,6 +257,34 @@ pub async fn run_workers(
     handle.shutdown().await;
     tracing::info!("worker stopped");
     result
+}
+
+/// The shared state of this process's transfer handlers: one Monime client (its connection
+/// pool), one circuit breaker, and the global rate limit if one is set.
+pub fn transfer_context(
+    pool: &PgPool,
+    options: &TransferOptions,
+) -> anyhow::Result<TransferContext> {
+    let client = MonimeClient::new(options.monime.clone()).context("building the Monime client")?;
+    tracing::info!(monime = %options.monime.base_url, rate_limit_per_s = ?options.rate_limit.map(|r| r.per_second),
+        "commission transfers enabled");
+    Ok(TransferContext {
+        pool: pool.clone(),
+        client,
+        breaker: Breaker::new(options.breaker),
+        rate_limit: options
+            .rate_limit
+            .map(|config| GlobalRateLimit::new(pool.clone(), TRANSFER_BUCKET, config)),
+        settings: options.settings.clone(),
+    })
+}
+
+async fn run_transfer(
+    job: TransferJob,
+    meta: JobMeta,
+    context: Data<Arc<TransferContext>>,
+) -> Result<Outcome, JobError> {
+    transfer::handle(&context, &meta, job).await
 }
 
 async fn run_probe(job: ProbeJob, meta: JobMeta, pool: Data<PgPool>) -> Result<Outcome, JobError> {

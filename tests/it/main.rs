@@ -9,5 +9,6 @@ mod health;
 mod ops;
 mod process;
 mod shutdown;
+mod transfers;
 mod webhooks;
 mod worker_process;

@@ -133,8 +133,10 @@ async fn run_once(
         token: Some(BENCH_TOKEN.into()),
     })
     .await?;
-    let mut engine = EngineConfig::default();
-    engine.poll_interval = Duration::from_millis(50);
+    let engine = EngineConfig {
+        poll_interval: Duration::from_millis(50),
+        ..EngineConfig::default()
+    };
     let options = WorkerOptions {
         queues: vec![transfer::QUEUE.to_owned()],
         concurrency: opts.concurrency,

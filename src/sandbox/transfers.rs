@@ -64,8 +64,8 @@ async fn create(
 ) -> Response {
     state.counters.creates.fetch_add(1, Ordering::Relaxed);
     let settings = state.settings();
-    if let Err(response) = check_headers(&state, &headers) {
-        return response;
+    if let Err(refusal) = check_headers(&state, &headers) {
+        return refusal.into_response();
     }
     let Some(key) = headers
         .get("Idempotency-Key")
@@ -137,7 +137,7 @@ async fn create(
             state.counters.faults.fetch_add(1, Ordering::Relaxed);
             error(StatusCode::INTERNAL_SERVER_ERROR, "injected fault")
         }
-        (_, Some(Err(response))) => response,
+        (_, Some(Err(refusal))) => refusal.into_response(),
         (Some(FaultKind::AfterUnavailable), _) => {
             state.counters.faults.fetch_add(1, Ordering::Relaxed);
             error(StatusCode::SERVICE_UNAVAILABLE, "injected fault")
@@ -165,12 +165,12 @@ fn execute(
     body: &Bytes,
     parsed: &Value,
     source: String,
-) -> Result<StoredTransfer, Response> {
+) -> Result<StoredTransfer, Refusal> {
     if let Some(existing) = store.by_key.get(key) {
         if existing.body == *body {
             return Ok(existing.clone());
         }
-        return Err(error(
+        return Err(Refusal(
             StatusCode::CONFLICT,
             "this Idempotency-Key was used with a different request body",
         ));
@@ -198,8 +198,8 @@ async fn read(
 ) -> Response {
     state.counters.reads.fetch_add(1, Ordering::Relaxed);
     let settings = state.settings();
-    if let Err(response) = check_headers(&state, &headers) {
-        return response;
+    if let Err(refusal) = check_headers(&state, &headers) {
+        return refusal.into_response();
     }
     tokio::time::sleep(settings.latency).await;
     if settings.outage {
@@ -230,7 +230,7 @@ async fn executions(State(state): State<Arc<SandboxState>>) -> Json<Value> {
     }))
 }
 
-fn check_headers(state: &SandboxState, headers: &HeaderMap) -> Result<(), Response> {
+fn check_headers(state: &SandboxState, headers: &HeaderMap) -> Result<(), Refusal> {
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -238,10 +238,10 @@ fn check_headers(state: &SandboxState, headers: &HeaderMap) -> Result<(), Respon
         .unwrap_or_default();
     let expected = state.token.as_deref();
     if bearer.is_empty() || expected.is_some_and(|t| t != bearer) {
-        return Err(error(StatusCode::UNAUTHORIZED, "invalid API token"));
+        return Err(Refusal(StatusCode::UNAUTHORIZED, "invalid API token"));
     }
     if headers.get("Monime-Space-Id").is_none() {
-        return Err(error(
+        return Err(Refusal(
             StatusCode::BAD_REQUEST,
             "Monime-Space-Id is required",
         ));
@@ -293,6 +293,15 @@ fn ok(state: &SandboxState, transfer: &StoredTransfer) -> Response {
         result["failureDetail"] = failure;
     }
     Json(json!({"success": true, "messages": [], "result": result})).into_response()
+}
+
+/// A request the sandbox refuses, as Monime would.
+pub struct Refusal(StatusCode, &'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

@@ -4,6 +4,10 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    poda::telemetry::init_with_default(
+        poda::telemetry::LogFormat::Pretty,
+        "warn,apalis=off,poda_jobs::engine::ack=off",
+    );
     let mut opts = poda::bench::transfers::TransfersOptions::default();
     if let Ok(url) = std::env::var("POSTGRES_ADMIN_URL") {
         opts.server_url = url;

@@ -112,6 +112,10 @@ pub struct TransferArgs {
     /// First status poll after Monime accepted a transfer; later polls wait twice as long.
     #[arg(long, env = "TRANSFER_POLL_INITIAL", default_value = "500ms", value_parser = parse_duration)]
     pub transfer_poll_initial: Duration,
+    /// After Monime accepted a transfer as pending, wait this long in the handler and read its
+    /// status once before snoozing (0: snooze at once).
+    #[arg(long, env = "TRANSFER_POLL_INLINE", default_value = "250ms", value_parser = parse_duration)]
+    pub transfer_poll_inline: Duration,
     /// Longest wait between status polls.
     #[arg(long, env = "TRANSFER_POLL_MAX", default_value = "30s", value_parser = parse_duration)]
     pub transfer_poll_max: Duration,

@@ -15,6 +15,7 @@ use poda_jobs::transfer::breaker::{Breaker, BreakerConfig, DEFAULT_FAILURE_RATE}
 use poda_jobs::transfer::monime::{ApiToken, MonimeClient, MonimeConfig, DEFAULT_CONNECT_TIMEOUT};
 use poda_jobs::transfer::rate_limit::{GlobalRateLimit, RateLimitConfig, TRANSFER_BUCKET};
 use poda_jobs::transfer::{self, TransferContext, TransferJob, TransferSettings};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +62,7 @@ impl TransferOptions {
                 platform_account_id,
                 poll_initial: args.transfer_poll_initial,
                 poll_max: args.transfer_poll_max,
+                poll_inline: args.transfer_poll_inline,
             },
             breaker: BreakerConfig {
                 window: args.breaker_window,
@@ -268,8 +270,18 @@ pub fn transfer_context(
     let client = MonimeClient::new(options.monime.clone()).context("building the Monime client")?;
     tracing::info!(monime = %options.monime.base_url, rate_limit_per_s = ?options.rate_limit.map(|r| r.per_second),
         "commission transfers enabled");
+    // Status updates commit asynchronously (see TransferContext); they are short, so a few
+    // connections serve every handler.
+    let status_options = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    let status_pool = PgPoolOptions::new()
+        .max_connections(pool.options().get_max_connections().clamp(1, 8))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(status_options);
     Ok(TransferContext {
         pool: pool.clone(),
+        status_pool,
         client,
         breaker: Breaker::new(options.breaker),
         rate_limit: options

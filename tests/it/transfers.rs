@@ -6,6 +6,10 @@ use std::time::{Duration, Instant};
 use poda::sandbox::{FaultConfig, FaultKind, Sandbox, SandboxConfig};
 use poda_jobs::engine::enqueue_many_pooled;
 use poda_jobs::testing::{wait_until, TestDb};
+use poda_jobs::transfer::monime::{
+    ApiToken, IdempotencyKey, MonimeClient, MonimeConfig, MonimeError, TransferStatus,
+    DEFAULT_VERSION,
+};
 use poda_jobs::transfer::{self, TransferJob};
 use poda_jobs::RetryPolicy;
 use sqlx::PgPool;
@@ -552,4 +556,119 @@ async fn reconcile_finds_a_transfer_monime_disagrees_with() {
     assert!(!ok, "a disagreement needs attention: {text}");
     assert!(text.contains("disagreements: 1"), "{text}");
     assert!(text.contains(&tickets[1].to_string()), "{text}");
+}
+
+fn client_for(sandbox: &Sandbox, token: &str) -> MonimeClient {
+    MonimeClient::new(MonimeConfig {
+        base_url: sandbox.base_url.clone(),
+        token: ApiToken::new(token),
+        space_id: "spc-test".into(),
+        version: DEFAULT_VERSION.into(),
+        timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(1),
+    })
+    .unwrap()
+}
+
+fn body(value: i64) -> String {
+    format!(
+        r#"{{"amount":{{"currency":"SLE","value":{value}}},"sourceFinancialAccount":{{"id":"fa-co"}},"destinationFinancialAccount":{{"id":"{PLATFORM}"}},"description":"d","metadata":{{}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn sandbox_answers_a_repeated_key_with_the_original_transfer_and_another_body_with_409() {
+    let sandbox = sandbox(SandboxConfig {
+        completion_delay: Duration::from_secs(60),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let client = client_for(&sandbox, TOKEN);
+    let key = IdempotencyKey::parse("poda-commission-1-g1").unwrap();
+    let first = client
+        .create_internal_transfer(&key, &body(1250))
+        .await
+        .unwrap();
+    assert_eq!(first.status, TransferStatus::Pending);
+    let again = client
+        .create_internal_transfer(&key, &body(1250))
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id);
+    match client.create_internal_transfer(&key, &body(9999)).await {
+        Err(MonimeError::Status { status: 409, .. }) => {}
+        other => panic!("expected 409, got {other:?}"),
+    }
+    let read = client.get_internal_transfer(&first.id).await.unwrap();
+    assert_eq!(read.id, first.id);
+    match client.get_internal_transfer("trf-unknown").await {
+        Err(MonimeError::Status { status: 404, .. }) => {}
+        other => panic!("expected 404, got {other:?}"),
+    }
+    match client_for(&sandbox, "wrong-token")
+        .create_internal_transfer(&key, &body(1250))
+        .await
+    {
+        Err(e @ MonimeError::Status { status: 401, .. }) => assert!(!e.is_transient()),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    assert_eq!(sandbox.counts.total_executions(), 1);
+    let report: serde_json::Value =
+        reqwest::get(format!("{}/_sandbox/executions", sandbox.base_url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(report["total"], 1);
+    assert_eq!(report["by_key"][key.as_str()], 1);
+}
+
+#[tokio::test]
+async fn sandbox_faults_reach_the_client_as_transient_errors() {
+    let sandbox = sandbox(SandboxConfig::default()).await;
+    let client = client_for(&sandbox, TOKEN);
+    for (kind, expect) in [
+        (FaultKind::TooManyRequests, "429"),
+        (FaultKind::ServerError, "500"),
+        (FaultKind::AfterUnavailable, "503"),
+        (FaultKind::AfterReset, "reached"),
+    ] {
+        sandbox.counts.set_faults(FaultConfig {
+            transient_rate: 1.0,
+            max_per_key: 1,
+            kinds: vec![kind],
+            ..FaultConfig::default()
+        });
+        let key = IdempotencyKey::parse(format!("fault-{kind:?}")).unwrap();
+        let error = client
+            .create_internal_transfer(&key, &body(100))
+            .await
+            .expect_err("a fault");
+        assert!(error.is_transient(), "{kind:?}: {error}");
+        assert!(format!("{error}").contains(expect), "{kind:?}: {error}");
+        if let MonimeError::Status {
+            status: 429,
+            retry_after,
+            ..
+        } = error
+        {
+            assert_eq!(retry_after, Some(Duration::from_secs(1)));
+        }
+        // The second create of the key succeeds: with the original transfer if the fault
+        // came after the execution.
+        client
+            .create_internal_transfer(&key, &body(100))
+            .await
+            .unwrap();
+    }
+    // Executed once per key, whether the fault came before or after.
+    assert_eq!(sandbox.counts.total_executions(), 4);
+    sandbox.counts.set_outage(true);
+    let key = IdempotencyKey::parse("outage").unwrap();
+    let error = client
+        .create_internal_transfer(&key, &body(100))
+        .await
+        .expect_err("an outage");
+    assert!(error.is_transient());
 }

@@ -27,6 +27,7 @@ use crate::engine::{JobError, JobMeta, Outcome};
 
 pub const DEFAULT_POLL_INITIAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
+pub const DEFAULT_POLL_INLINE: Duration = Duration::from_millis(250);
 
 pub const HELD_BACK: &str = "poda_transfer_held_back_total";
 pub const MONIME_CALLS: &str = "poda_transfer_monime_calls_total";
@@ -48,13 +49,21 @@ pub struct TransferSettings {
     /// First status poll after Monime accepted a transfer; each later poll waits twice as long.
     pub poll_initial: Duration,
     pub poll_max: Duration,
+    /// After a create Monime answered `pending`, wait this long in the handler and read the
+    /// status once before snoozing (most transfers finish within it, which saves a claim and a
+    /// completion); zero snoozes at once.
+    pub poll_inline: Duration,
 }
 
-/// What every transfer handler of a process shares: the pool, one Monime client (one
+/// What every transfer handler of a process shares: the pools, one Monime client (one
 /// connection pool), one circuit breaker and the global rate limit.
 #[derive(Clone)]
 pub struct TransferContext {
+    /// Durable writes: the row with its key and body before the first call, and failures.
     pub pool: PgPool,
+    /// Status updates that may commit asynchronously (`synchronous_commit = off`): losing one
+    /// in a server crash only makes the job ask Monime again under the same key.
+    pub status_pool: PgPool,
     pub client: MonimeClient,
     pub breaker: Breaker,
     pub rate_limit: Option<GlobalRateLimit>,
@@ -154,12 +163,18 @@ pub async fn handle(
     permit.record(!transient);
     metrics::counter!(MONIME_CALLS, "call" => call, "result" => outcome_label(&result))
         .increment(1);
+    let result = match result {
+        Ok(transfer) if call == "create" && is_unfinished(transfer.status) => {
+            Ok(poll_inline(ctx, transfer).await)
+        }
+        other => other,
+    };
 
     match result {
         Ok(transfer) => on_answer(ctx, ticket_id, &row, transfer).await,
         Err(error) if error.is_transient() => {
             let last = meta.attempt >= meta.retry.max_attempts;
-            record_transient(&ctx.pool, row.id, &error, last)
+            record_transient(&ctx.status_pool, row.id, &error, last)
                 .await
                 .map_err(|e| TransferError::database(ticket_id, e))?;
             Err(TransferError::Transient {
@@ -187,6 +202,29 @@ pub async fn handle(
     }
 }
 
+fn is_unfinished(status: TransferStatus) -> bool {
+    matches!(status, TransferStatus::Pending | TransferStatus::Processing)
+}
+
+/// One status read after `poll_inline`, if the circuit allows; any trouble keeps the answer
+/// Monime gave to the create (the job then snoozes and polls later).
+async fn poll_inline(ctx: &TransferContext, accepted: InternalTransfer) -> InternalTransfer {
+    if ctx.settings.poll_inline.is_zero() {
+        return accepted;
+    }
+    tokio::time::sleep(ctx.settings.poll_inline).await;
+    let Ok(permit) = ctx.breaker.acquire() else {
+        return accepted;
+    };
+    let read = ctx.client.get_internal_transfer(&accepted.id).await;
+    permit.record(!matches!(&read, Err(e) if e.is_transient()));
+    metrics::counter!(MONIME_CALLS, "call" => "get", "result" => outcome_label(&read)).increment(1);
+    match read {
+        Ok(transfer) if transfer.id == accepted.id => transfer,
+        _ => accepted,
+    }
+}
+
 async fn on_answer(
     ctx: &TransferContext,
     ticket_id: i64,
@@ -203,7 +241,7 @@ async fn on_answer(
             )
             .bind(row.id)
             .bind(&transfer.id)
-            .execute(&ctx.pool)
+            .execute(&ctx.status_pool)
             .await
             .map_err(db)?;
             Ok(Outcome::Done)
@@ -218,7 +256,7 @@ async fn on_answer(
             .bind(row.id)
             .bind(&transfer.id)
             .bind(transfer.status.as_str())
-            .fetch_one(&ctx.pool)
+            .fetch_one(&ctx.status_pool)
             .await
             .map_err(db)?;
             Ok(Outcome::Snooze(poll_delay(&ctx.settings, polls)))
@@ -433,6 +471,7 @@ mod tests {
             platform_account_id: "fa".into(),
             poll_initial: Duration::from_millis(100),
             poll_max: Duration::from_millis(1000),
+            poll_inline: Duration::ZERO,
         };
         let d1 = poll_delay(&settings, 1).as_millis();
         let d3 = poll_delay(&settings, 3).as_millis();

@@ -276,7 +276,7 @@ pub fn transfer_context(
         .clone()
         .options([("synchronous_commit", "off")]);
     let status_pool = PgPoolOptions::new()
-        .max_connections(pool.options().get_max_connections().clamp(1, 8))
+        .max_connections((pool.options().get_max_connections() / 4).clamp(2, 8))
         .acquire_timeout(Duration::from_secs(10))
         .connect_lazy_with(status_options);
     Ok(TransferContext {

@@ -59,10 +59,10 @@ impl Default for TransfersOptions {
             latency: Duration::from_millis(20),
             transient_rate: 0.10,
             completion_delay: Duration::from_millis(40),
-            concurrency: 128,
+            concurrency: 256,
             retry: transfer::RETRY_POLICY,
             client_timeout: Duration::from_millis(500),
-            poll_initial: Duration::from_millis(50),
+            poll_initial: Duration::from_millis(30),
         }
     }
 }

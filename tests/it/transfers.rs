@@ -476,6 +476,8 @@ async fn global_rate_limit_holds_across_two_worker_processes() {
     enqueue_transfers(&db.pool, &tickets, FAST_RETRY).await;
     // 600 a minute = 10 a second, burst 5, shared by both processes.
     let args = [
+        "--concurrency",
+        "8",
         "--transfer-rate-limit",
         "600",
         "--transfer-rate-burst",

@@ -674,3 +674,63 @@ async fn sandbox_faults_reach_the_client_as_transient_errors() {
         .expect_err("an outage");
     assert!(error.is_transient());
 }
+
+#[tokio::test]
+async fn transient_errors_exhaust_the_retries_then_an_operator_retry_keeps_the_key() {
+    let db = TestDb::new().await;
+    let sandbox = sandbox(SandboxConfig {
+        completion_delay: Duration::from_millis(10),
+        ..SandboxConfig::default()
+    })
+    .await;
+    sandbox.counts.set_outage(true);
+    let ticket = seed_tickets(&db.pool, "co-down", "fa-down", 1).await[0];
+    let retry = RetryPolicy::new(3, Duration::from_millis(50), Duration::from_millis(100));
+    enqueue_transfers(&db.pool, &[ticket], retry).await;
+    let _worker = spawn_transfer_worker(
+        &db,
+        &sandbox,
+        &[
+            "--breaker-min-calls",
+            "1000",
+            "--transfer-poll-initial",
+            "20ms",
+            "--poll-interval",
+            "100ms",
+        ],
+    );
+    wait_until(
+        "the job to fail after its last attempt",
+        Duration::from_secs(30),
+        || count_jobs(&db.pool, "failed"),
+        |n| *n == 1,
+    )
+    .await;
+    let (status, code, retries, error): (String, Option<String>, i32, String) = sqlx::query_as(
+        "SELECT status::text, failure_code, retry_count, last_error FROM commission_transfers",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), code.as_deref(), retries),
+        ("failed", Some("retries_exhausted"), 3)
+    );
+    assert!(error.contains("503"), "{error}");
+    let key = key_of(&db.pool, ticket).await;
+    assert_eq!(sandbox.counts.create_requests_for(&key), 3);
+
+    // Monime's outcome is unknown: the operator retry keeps the key, and completes it.
+    sandbox.counts.set_outage(false);
+    let retried = poda::ops::retry_transfer(&db.pool, ticket).await.unwrap();
+    assert!(!retried.new_key);
+    assert_eq!(retried.idempotency_key, key);
+    wait_until(
+        "the retried transfer completed",
+        Duration::from_secs(30),
+        || count_transfers(&db.pool, "completed"),
+        |n| *n == 1,
+    )
+    .await;
+    assert_eq!(sandbox.counts.total_executions(), 1);
+}

@@ -30,6 +30,8 @@ CREATE TABLE commission_transfers (
     -- Status polls so far (the poll delay grows with it).
     polls                   integer     NOT NULL DEFAULT 0,
     last_error              text,
+    -- A slot reserved under the global rate limit: the create may be sent from then on.
+    call_not_before         timestamptz,
     created_at              timestamptz NOT NULL DEFAULT now(),
     updated_at              timestamptz NOT NULL DEFAULT now(),
     -- When the status last changed: reconcile reports rows stuck in one status.
@@ -43,13 +45,14 @@ CREATE INDEX commission_transfers_unfinished_idx ON commission_transfers (status
 CREATE INDEX commission_transfers_completed_idx ON commission_transfers (completed_at)
     WHERE status = 'completed';
 
--- A global token bucket per name, shared by every worker replica: `take_rate_token` refills it
--- from the time elapsed and takes one token in one atomic UPDATE.
+-- A global rate limit per name, shared by every worker replica (GCRA): calls get slots spaced
+-- 1/rate apart, and `next_at` may lag behind now by the burst window, so up to `burst` calls go
+-- at once. `reserve_rate_slot` hands out one slot in one atomic upsert (the row lock
+-- serialises every replica); a caller whose slot lies ahead waits for it, without asking again.
 CREATE TABLE rate_limit_buckets (
-    name        text             PRIMARY KEY,
-    tokens      double precision NOT NULL,
-    granted     boolean          NOT NULL,
-    updated_at  timestamptz      NOT NULL
+    name        text        PRIMARY KEY,
+    next_at     timestamptz NOT NULL,
+    updated_at  timestamptz NOT NULL
 );
 
 CREATE VIEW commission_transfer_stats AS

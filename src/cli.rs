@@ -102,7 +102,7 @@ pub struct RunArgs {
 /// How commission transfers are paced (the `commission_transfers` queue).
 #[derive(Debug, Clone, Args)]
 pub struct TransferArgs {
-    /// Transfers created at Monime per minute across ALL worker replicas (a token bucket in
+    /// Transfers created at Monime per minute across ALL worker replicas (call slots reserved from
     /// Postgres); 0 turns the limit off.
     #[arg(long, env = "TRANSFER_RATE_LIMIT", default_value_t = 0)]
     pub transfer_rate_limit: u32,

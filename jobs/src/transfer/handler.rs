@@ -84,6 +84,7 @@ struct Loaded {
     monime_transfer_id: Option<String>,
     monime_status: Option<String>,
     last_error: Option<String>,
+    slot_in_s: Option<f64>,
 }
 
 /// The row as the handler works with it.
@@ -96,6 +97,8 @@ struct Row {
     monime_transfer_id: Option<String>,
     monime_status: Option<String>,
     last_error: Option<String>,
+    /// Seconds until the rate-limit slot this transfer holds (negative: it has come).
+    slot_in_s: Option<f64>,
 }
 
 /// Runs one step of `job`'s transfer.
@@ -140,16 +143,13 @@ pub async fn handle(
         Some(id) => ("get", ctx.client.get_internal_transfer(id).await),
         None => {
             if let Some(limit) = &ctx.rate_limit {
-                let wait = limit
-                    .take()
+                if let Some(wait) = pace(ctx, limit, &row)
                     .await
-                    .map_err(|e| TransferError::database(ticket_id, e))?;
-                if let Some(wait) = wait {
+                    .map_err(|e| TransferError::database(ticket_id, e))?
+                {
                     drop(permit);
                     metrics::counter!(HELD_BACK, "reason" => "rate_limit").increment(1);
-                    // Spread the waiters so they do not all come back at the same moment.
-                    let spread = rand::rng().random_range(1.0..2.0);
-                    return Ok(Outcome::Snooze(wait.mul_f64(spread)));
+                    return Ok(Outcome::Snooze(wait));
                 }
             }
             let created = ctx
@@ -200,6 +200,41 @@ pub async fn handle(
             .into())
         }
     }
+}
+
+/// Under the global rate limit: `None` to create now, or how long to wait for the slot this
+/// transfer holds. A reserved slot is kept in the row (`call_not_before`), so a waiting job
+/// asks the limit once per call, however long the backlog.
+async fn pace(
+    ctx: &TransferContext,
+    limit: &GlobalRateLimit,
+    row: &Row,
+) -> Result<Option<Duration>, sqlx::Error> {
+    match row.slot_in_s {
+        // Woken before its slot: wait for the rest.
+        Some(s) if s > 0.001 => return Ok(Some(Duration::from_secs_f64(s))),
+        // Its slot has come: use it, once.
+        Some(_) => {
+            sqlx::query("UPDATE commission_transfers SET call_not_before = NULL WHERE id = $1")
+                .bind(row.id)
+                .execute(&ctx.status_pool)
+                .await?;
+            return Ok(None);
+        }
+        None => {}
+    }
+    let Some(wait) = limit.reserve().await? else {
+        return Ok(None);
+    };
+    sqlx::query(
+        "UPDATE commission_transfers \
+         SET call_not_before = now() + $2 * interval '1 second', updated_at = now() WHERE id = $1",
+    )
+    .bind(row.id)
+    .bind(wait.as_secs_f64())
+    .execute(&ctx.pool)
+    .await?;
+    Ok(Some(wait))
 }
 
 fn is_unfinished(status: TransferStatus) -> bool {
@@ -334,6 +369,7 @@ async fn load_or_create(
             monime_transfer_id: None,
             monime_status: None,
             last_error: None,
+            slot_in_s: None,
         })),
         // Another run wrote it meanwhile: use that one.
         None => {
@@ -358,6 +394,7 @@ fn row_of(loaded: &Loaded) -> Option<Row> {
         monime_transfer_id: loaded.monime_transfer_id.clone(),
         monime_status: loaded.monime_status.clone(),
         last_error: loaded.last_error.clone(),
+        slot_in_s: loaded.slot_in_s,
     })
 }
 

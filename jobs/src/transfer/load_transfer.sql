@@ -13,7 +13,8 @@ SELECT t.id                     AS ticket_id,
        ct.request_body,
        ct.monime_transfer_id,
        ct.monime_status,
-       ct.last_error
+       ct.last_error,
+       extract(epoch FROM ct.call_not_before - now())::float8 AS slot_in_s
 FROM tickets t
 JOIN companies c ON c.id = t.company_id
 LEFT JOIN commission_transfers ct ON ct.ticket_id = t.id

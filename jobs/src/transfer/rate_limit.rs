@@ -1,5 +1,7 @@
-//! A rate limit shared by every worker replica: a token bucket row in Postgres, refilled and
-//! taken from in one atomic statement. Over the limit, the caller is told how long to wait.
+//! A rate limit shared by every worker replica: one row per limit in Postgres, from which each
+//! call reserves a slot in one atomic statement (GCRA: slots 1/rate apart, bursts up to
+//! `burst`). Over the limit, the caller is given a slot in the future and waits for it without
+//! asking again, so a long backlog does not poll the row.
 
 use std::time::Duration;
 
@@ -43,20 +45,20 @@ impl GlobalRateLimit {
         }
     }
 
-    /// Takes one token: `Ok(None)` when granted, `Ok(Some(wait))` when over the limit.
-    pub async fn take(&self) -> Result<Option<Duration>, sqlx::Error> {
-        let (granted, tokens): (bool, f64) = sqlx::query_as(include_str!("take_rate_token.sql"))
+    /// Reserves one call slot: `Ok(None)` to call now, `Ok(Some(wait))` when the slot starts
+    /// after `wait` (the caller keeps it: it must not reserve again for that call).
+    pub async fn reserve(&self) -> Result<Option<Duration>, sqlx::Error> {
+        let per_second = self.config.per_second.max(1e-6);
+        let wait_s: f64 = sqlx::query_scalar(include_str!("reserve_rate_slot.sql"))
             .bind(&self.name)
-            .bind(self.config.per_second)
-            .bind(self.config.burst)
+            .bind(1.0 / per_second)
+            .bind((self.config.burst - 1.0).max(0.0) / per_second)
             .fetch_one(&self.pool)
             .await?;
-        if granted {
+        if wait_s <= 0.0 {
             return Ok(None);
         }
         metrics::counter!(RATE_LIMITED).increment(1);
-        let missing = (1.0 - tokens).max(0.0);
-        let wait = missing / self.config.per_second.max(1e-6);
-        Ok(Some(Duration::from_secs_f64(wait.clamp(0.01, 3600.0))))
+        Ok(Some(Duration::from_secs_f64(wait_s.min(86_400.0))))
     }
 }

@@ -146,7 +146,7 @@ async fn transfers_complete_exactly_once_when_a_fifth_of_calls_fail_transiently(
         &sandbox,
         &[
             "--concurrency",
-            "32",
+            "16",
             "--monime-timeout",
             "400ms",
             "--transfer-poll-initial",

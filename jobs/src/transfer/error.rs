@@ -36,6 +36,9 @@ pub enum TransferError {
         code: String,
         message: Option<String>,
     },
+    /// The row exists but cannot be used (a column the handler needs is missing or invalid).
+    #[error("the transfer row of ticket {ticket_id} is unreadable; it needs an operator")]
+    UnreadableRow { ticket_id: i64 },
     /// The row is failed and waits for an operator; the job does nothing on its own.
     #[error("the transfer of ticket {ticket_id} failed earlier ({reason}); it needs an operator: `worker retry-transfer {ticket_id}`")]
     AwaitingOperator { ticket_id: i64, reason: String },
@@ -61,6 +64,7 @@ impl TransferError {
         matches!(
             self,
             TransferError::TicketNotFound { .. }
+                | TransferError::UnreadableRow { .. }
                 | TransferError::Rejected { .. }
                 | TransferError::FailedAtMonime { .. }
                 | TransferError::AwaitingOperator { .. }

@@ -336,8 +336,10 @@ async fn load_or_create(
         .await
         .map_err(db)?
         .ok_or(TransferError::TicketNotFound { ticket_id })?;
-    if let Some(row) = row_of(&loaded) {
-        return Ok(Some(row));
+    if loaded.transfer_id.is_some() {
+        return row_of(&loaded)
+            .map(Some)
+            .ok_or(TransferError::UnreadableRow { ticket_id });
     }
     if loaded.commission_minor == 0 {
         tracing::debug!(
@@ -378,7 +380,9 @@ async fn load_or_create(
                 .fetch_one(&ctx.pool)
                 .await
                 .map_err(db)?;
-            Ok(row_of(&again))
+            row_of(&again)
+                .map(Some)
+                .ok_or(TransferError::UnreadableRow { ticket_id })
         }
     }
 }

@@ -6,9 +6,12 @@ use clap::{Args, Parser, Subcommand};
 use poda::bench::fanout::{run_fanout, FanoutOptions};
 use poda::bench::ingest::{run_ingest, IngestOptions};
 use poda::bench::tickets::{run_tickets, TicketsOptions};
+use poda::bench::transfers::{run_transfers, TransfersOptions};
 use poda::bench::{self, report::Summary, BenchArgs, DEFAULT_BENCH_SERVER_URL};
+use poda::config::parse_duration;
 use poda::config::{Secret, DEFAULT_DATABASE_URL};
 use poda::demo::{self, DemoOptions};
+use poda::sandbox::{self, faults::FaultConfig, SandboxConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +48,11 @@ enum Scenario {
     /// Ticket creation: N queued ticket jobs (default 100,000) drained into tickets, code uses
     /// and transfer jobs by worker processes; tickets/s and an exact-count check.
     Tickets(TicketsArgs),
+    /// Commission transfers: N transfers against the in-process Monime sandbox (latency and
+    /// transient faults), with the real retry policy; wall time and an exactly-once check.
+    Transfers(TransfersArgs),
+    /// Run the Monime sandbox standalone (for the demo or manual tests) until Ctrl-C.
+    Sandbox(SandboxArgs),
     /// Contribution-cycle fan-out: one cycle per member count; contributions/s and wall time.
     Fanout(FanoutArgs),
     /// Poda end to end on the local Postgres (database poda_demo), with progress and a summary.
@@ -68,6 +76,44 @@ struct TicketsArgs {
     /// Postgres server URL; bench_poda_* databases are created there and dropped afterwards.
     #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL)]
     database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+struct TransfersArgs {
+    /// Measured runs.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Transfers per run.
+    #[arg(long, default_value_t = 10_000)]
+    n: usize,
+    /// The sandbox's latency per call.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    latency: std::time::Duration,
+    /// Share of transfers (0 to 1) whose first create meets a transient fault.
+    #[arg(long, default_value_t = 0.10)]
+    faults: f64,
+    /// Handler slots of the worker.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Postgres server URL; bench_poda_* databases are created there and dropped afterwards.
+    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL)]
+    database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+struct SandboxArgs {
+    /// Loopback address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: std::net::SocketAddr,
+    /// Latency added to every answer.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    latency: std::time::Duration,
+    /// Share of transfers (0 to 1) whose first create meets a transient fault.
+    #[arg(long, default_value_t = 0.0)]
+    faults: f64,
+    /// The API token to accept (default: any non-empty bearer token).
+    #[arg(long, env = "MONIME_API_TOKEN")]
+    token: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -152,6 +198,8 @@ async fn main() -> ExitCode {
                 Scenario::Ingest(args) => ingest(args, &mut summary).await,
                 Scenario::Fanout(args) => fanout(args, &mut summary).await,
                 Scenario::Tickets(args) => tickets(args, &mut summary).await,
+                Scenario::Transfers(args) => transfers(args, &mut summary).await,
+                Scenario::Sandbox(args) => serve_sandbox(args).await,
                 Scenario::Demo(_) => unreachable!("handled above"),
             };
             run.map(Some)
@@ -274,4 +322,51 @@ async fn tickets(args: &TicketsArgs, summary: &mut Summary) -> anyhow::Result<()
         summary.add_check(result["ok"].as_bool().unwrap_or(false));
     }
     Ok(())
+}
+
+async fn transfers(args: &TransfersArgs, summary: &mut Summary) -> anyhow::Result<()> {
+    if args.runs == 0 || args.n == 0 || args.concurrency == 0 || !(0.0..=1.0).contains(&args.faults)
+    {
+        anyhow::bail!(
+            "--runs, --n and --concurrency must be at least 1, and --faults a share from 0 to 1"
+        );
+    }
+    let results = run_transfers(TransfersOptions {
+        server_url: args.database_url.clone(),
+        n: args.n,
+        runs: args.runs,
+        latency: args.latency,
+        transient_rate: args.faults,
+        concurrency: args.concurrency,
+        ..TransfersOptions::default()
+    })
+    .await?;
+    for result in results {
+        for figure in ["seconds", "per_s", "retries"] {
+            if let Some(value) = result[figure].as_f64() {
+                summary.add("transfers", figure, value);
+            }
+        }
+        summary.add_check(result["ok"].as_bool().unwrap_or(false));
+    }
+    Ok(())
+}
+
+async fn serve_sandbox(args: &SandboxArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.faults) {
+        anyhow::bail!("--faults is a share from 0 to 1");
+    }
+    sandbox::serve(
+        args.listen,
+        SandboxConfig {
+            latency: args.latency,
+            faults: FaultConfig {
+                transient_rate: args.faults,
+                ..FaultConfig::default()
+            },
+            token: args.token.clone(),
+            ..SandboxConfig::default()
+        },
+    )
+    .await
 }

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use poda::cli::{WorkerCli, WorkerCommand};
-use poda::worker::{run_workers, WorkerOptions};
+use poda::worker::{monime_config, run_workers, WorkerOptions};
 use poda::{ops, shutdown, telemetry};
+use poda_jobs::transfer::monime::MonimeClient;
+use poda_jobs::transfer::reconcile::ReconcileConfig;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -24,7 +26,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
     let Some(command) = cli.command else {
-        let options = WorkerOptions::from_args(&cli.run)?;
+        let options = WorkerOptions::from_args(&cli.run, &cli.monime)?;
         let handlers = cli
             .common
             .database(options.handler_connections())
@@ -85,6 +87,43 @@ async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
             ops::ensure_schema(&pool, false).await?;
             let progress = poda::cycle_watch::watch_cycle(&pool, id, interval).await?;
             if progress.status == poda_jobs::cycle::CycleStatus::Failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        WorkerCommand::RetryTransfer { ticket_id } => {
+            let retried = ops::retry_transfer(&pool, ticket_id).await?;
+            println!(
+                "transfer of ticket {} is pending again under key {} ({}); job {} runs now",
+                retried.ticket_id,
+                retried.idempotency_key,
+                if retried.new_key {
+                    "a new key: Monime had failed it"
+                } else {
+                    "the same key: Monime answers with the original transfer if it has one"
+                },
+                retried.job_id
+            );
+        }
+        WorkerCommand::Reconcile {
+            stuck_after,
+            recent,
+        } => {
+            ops::ensure_schema(&pool, false).await?;
+            let Some((config, _)) = monime_config(&cli.monime)? else {
+                anyhow::bail!("reconcile needs Monime: set MONIME_API_URL, MONIME_API_TOKEN, MONIME_SPACE_ID and MONIME_PLATFORM_ACCOUNT_ID");
+            };
+            let client = MonimeClient::new(config).context("building the Monime client")?;
+            let (report, text) = ops::reconcile(
+                &pool,
+                &client,
+                ReconcileConfig {
+                    stuck_after,
+                    recent,
+                },
+            )
+            .await?;
+            println!("{text}");
+            if report.needs_attention() {
                 return Ok(ExitCode::FAILURE);
             }
         }

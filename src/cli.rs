@@ -37,8 +37,33 @@ pub struct WorkerCli {
     pub common: CommonArgs,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub monime: MonimeArgs,
     #[command(subcommand)]
     pub command: Option<WorkerCommand>,
+}
+
+/// How to reach Monime (commission transfers and `reconcile`).
+#[derive(Debug, Clone, Args)]
+pub struct MonimeArgs {
+    /// Monime API base URL (the sandbox's URL in tests and benchmarks).
+    #[arg(long, env = "MONIME_API_URL")]
+    pub monime_api_url: Option<String>,
+    /// Monime API token (never logged).
+    #[arg(long, env = "MONIME_API_TOKEN", hide_env_values = true)]
+    pub monime_api_token: Option<Secret>,
+    /// Monime space id (`Monime-Space-Id`).
+    #[arg(long, env = "MONIME_SPACE_ID")]
+    pub monime_space_id: Option<String>,
+    /// The platform's financial account: commissions move into it.
+    #[arg(long, env = "MONIME_PLATFORM_ACCOUNT_ID")]
+    pub monime_platform_account_id: Option<String>,
+    /// `Monime-Version` header.
+    #[arg(long, env = "MONIME_VERSION", default_value = poda_jobs::transfer::monime::DEFAULT_VERSION)]
+    pub monime_version: String,
+    /// Total timeout of one Monime call.
+    #[arg(long, env = "MONIME_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub monime_timeout: Duration,
 }
 
 /// How a worker process runs (used when no subcommand is given).
@@ -130,6 +155,39 @@ pub struct RunArgs {
     /// How long one notification delivery may take.
     #[arg(long, env = "NOTIFICATIONS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub notifications_timeout: Duration,
+    #[command(flatten)]
+    pub transfers: TransferArgs,
+}
+
+/// How commission transfers are paced (the `commission_transfers` queue).
+#[derive(Debug, Clone, Args)]
+pub struct TransferArgs {
+    /// Transfers created at Monime per minute across ALL worker replicas (call slots reserved from
+    /// Postgres); 0 turns the limit off.
+    #[arg(long, env = "TRANSFER_RATE_LIMIT", default_value_t = 0)]
+    pub transfer_rate_limit: u32,
+    /// Burst above the rate (0: one second's worth, at least 1).
+    #[arg(long, env = "TRANSFER_RATE_BURST", default_value_t = 0)]
+    pub transfer_rate_burst: u32,
+    /// First status poll after Monime accepted a transfer; later polls wait twice as long.
+    #[arg(long, env = "TRANSFER_POLL_INITIAL", default_value = "500ms", value_parser = parse_duration)]
+    pub transfer_poll_initial: Duration,
+    /// After Monime accepted a transfer as pending, wait this long in the handler and read its
+    /// status once before snoozing (0: snooze at once).
+    #[arg(long, env = "TRANSFER_POLL_INLINE", default_value = "250ms", value_parser = parse_duration)]
+    pub transfer_poll_inline: Duration,
+    /// Longest wait between status polls.
+    #[arg(long, env = "TRANSFER_POLL_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub transfer_poll_max: Duration,
+    /// Circuit breaker: the sliding window of Monime call outcomes.
+    #[arg(long, env = "TRANSFER_BREAKER_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub breaker_window: Duration,
+    /// Circuit breaker: calls in the window before it may open.
+    #[arg(long, env = "TRANSFER_BREAKER_MIN_CALLS", default_value_t = poda_jobs::transfer::breaker::DEFAULT_MIN_CALLS)]
+    pub breaker_min_calls: usize,
+    /// Circuit breaker: how long it stays open before a half-open probe.
+    #[arg(long, env = "TRANSFER_BREAKER_RESET", default_value = "5s", value_parser = parse_duration)]
+    pub breaker_reset: Duration,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -158,6 +216,18 @@ pub enum WorkerCommand {
         /// How often to look.
         #[arg(long, default_value = "500ms", value_parser = parse_duration)]
         interval: Duration,
+    },
+    /// Retry a failed commission transfer: under a new idempotency key if Monime failed it,
+    /// else under the same key; its job runs again with fresh attempts.
+    RetryTransfer { ticket_id: i64 },
+    /// Check commission transfers against Monime; exit code 1 when something needs attention.
+    Reconcile {
+        /// Tickets without a completed transfer, and transfers unfinished, for longer than this.
+        #[arg(long, default_value = "15m", value_parser = parse_duration)]
+        stuck_after: Duration,
+        /// Also check transfers completed within this long.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        recent: Duration,
     },
 }
 

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod enqueuer;
 pub mod http;
 pub mod ops;
+pub mod sandbox;
 pub mod shutdown;
 pub mod tally;
 pub mod telemetry;

@@ -5,6 +5,9 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use poda_jobs::engine::{
     admin, migrate, queue, JobId, JobSnapshot, PruneReport, Pruner, PrunerConfig, QueueStatus,
 };
+use poda_jobs::transfer::admin::{retry_failed_transfer, RetriedTransfer};
+use poda_jobs::transfer::monime::MonimeClient;
+use poda_jobs::transfer::reconcile::{self, ReconcileConfig, ReconcileReport};
 use sqlx::PgPool;
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
@@ -80,4 +83,102 @@ pub async fn pause(pool: &PgPool, queue: &str) -> anyhow::Result<QueueStatus> {
 
 pub async fn resume(pool: &PgPool, queue: &str) -> anyhow::Result<QueueStatus> {
     Ok(queue::resume_queue(pool, queue).await?)
+}
+
+/// Retries a failed commission transfer (see `transfer::admin::retry_failed_transfer`).
+pub async fn retry_transfer(pool: &PgPool, ticket_id: i64) -> anyhow::Result<RetriedTransfer> {
+    retry_failed_transfer(pool, ticket_id)
+        .await
+        .with_context(|| format!("retrying the transfer of ticket {ticket_id}"))
+}
+
+/// Reconciles commission transfers with Monime; returns the report and its text for people.
+pub async fn reconcile(
+    pool: &PgPool,
+    client: &MonimeClient,
+    config: ReconcileConfig,
+) -> anyhow::Result<(ReconcileReport, String)> {
+    let report = reconcile::reconcile(pool, client, config)
+        .await
+        .context("reading commission transfers")?;
+    let mut text = String::new();
+    let mut section = |title: String, header: Vec<&str>, rows: Vec<Vec<String>>| {
+        text.push_str(&title);
+        text.push('\n');
+        if !rows.is_empty() {
+            let mut table = Table::new();
+            table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+            for row in rows {
+                table.add_row(row);
+            }
+            text.push_str(&table.to_string());
+            text.push('\n');
+        }
+    };
+    section(
+        format!(
+            "tickets older than {}s without a completed transfer: {}",
+            config.stuck_after.as_secs(),
+            report.missing.len()
+        ),
+        vec!["ticket_id", "company_id", "transfer status", "last_error"],
+        report
+            .missing
+            .iter()
+            .map(|m| {
+                vec![
+                    m.ticket_id.to_string(),
+                    m.company_id.clone(),
+                    m.status.clone().unwrap_or_else(|| "(no transfer)".into()),
+                    m.last_error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect(),
+    );
+    section(
+        format!(
+            "transfers unfinished for longer than {}s: {}",
+            config.stuck_after.as_secs(),
+            report.stuck.len()
+        ),
+        vec!["ticket_id", "status", "for (s)", "last_error"],
+        report
+            .stuck
+            .iter()
+            .map(|s| {
+                vec![
+                    s.ticket_id.to_string(),
+                    s.status.clone(),
+                    s.stuck_for_s.to_string(),
+                    s.last_error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect(),
+    );
+    section(
+        format!(
+            "transfers checked against Monime: {}; disagreements: {}",
+            report.checked,
+            report.disagreements.len()
+        ),
+        vec!["ticket_id", "monime transfer", "ours", "monime"],
+        report
+            .disagreements
+            .iter()
+            .map(|d| {
+                vec![
+                    d.ticket_id.to_string(),
+                    d.monime_transfer_id.clone(),
+                    d.ours.clone(),
+                    d.monime.clone(),
+                ]
+            })
+            .collect(),
+    );
+    text.push_str(if report.needs_attention() {
+        "→ needs attention"
+    } else {
+        "→ all transfers agree"
+    });
+    Ok((report, text))
 }

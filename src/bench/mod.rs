@@ -11,6 +11,7 @@ pub mod fanout;
 pub mod ingest;
 pub mod report;
 pub mod tickets;
+pub mod transfers;
 pub mod w1;
 pub mod w2;
 pub mod w3;

@@ -13,5 +13,6 @@ mod process;
 mod queue_ops;
 mod shutdown;
 mod tickets;
+mod transfers;
 mod webhooks;
 mod worker_process;

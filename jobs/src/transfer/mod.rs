@@ -3,6 +3,22 @@
 //!
 //! Ticket creation enqueues one [`TransferJob`] per new ticket, in the same transaction as the
 //! ticket, with [`TransferJob::unique_key`] so a ticket never has two transfer jobs.
+//!
+//! [`handler`] runs the transfer at Monime ([`monime`]) with a stable idempotency key and the
+//! request body stored in `commission_transfers` before the first call; [`breaker`] holds calls
+//! back while Monime is failing and [`rate_limit`] caps creations across every replica;
+//! [`reconcile`] and [`admin`] serve operators.
+
+pub mod admin;
+pub mod breaker;
+pub mod error;
+pub mod handler;
+pub mod monime;
+pub mod rate_limit;
+pub mod reconcile;
+
+pub use error::TransferError;
+pub use handler::{handle, TransferContext, TransferSettings};
 
 use std::time::Duration;
 

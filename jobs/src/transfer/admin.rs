@@ -1,0 +1,95 @@
+//! Operator actions on commission transfers.
+
+use sqlx::PgPool;
+
+use super::monime::IdempotencyKey;
+use super::{TransferJob, QUEUE};
+use crate::engine::{enqueue_one, JobId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferAdminError {
+    #[error("ticket {ticket_id} has no commission transfer")]
+    NotFound { ticket_id: i64 },
+    #[error("the transfer of ticket {ticket_id} is {status}, not failed: nothing to retry")]
+    NotFailed { ticket_id: i64, status: String },
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("enqueueing the transfer job failed")]
+    Enqueue(#[from] crate::error::EngineError),
+}
+
+/// What an operator retry did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetriedTransfer {
+    pub ticket_id: i64,
+    pub job_id: JobId,
+    pub generation: i32,
+    pub idempotency_key: String,
+    /// True when Monime had failed the transfer: the retry makes a new transfer under a new
+    /// key. False when Monime's outcome is unknown or it never accepted the request: the same
+    /// key is reused, so Monime answers with the original transfer if it has one.
+    pub new_key: bool,
+}
+
+/// Puts a failed transfer back to work, in one transaction: the row becomes pending again
+/// (under a new generation and key only if Monime marked the transfer failed) and its job runs
+/// again now with fresh attempts.
+pub async fn retry_failed_transfer(
+    pool: &PgPool,
+    ticket_id: i64,
+) -> Result<RetriedTransfer, TransferAdminError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, i32, Option<String>)> = sqlx::query_as(
+        "SELECT status::text, generation, monime_status FROM commission_transfers \
+         WHERE ticket_id = $1 FOR UPDATE",
+    )
+    .bind(ticket_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (status, generation, monime_status) =
+        row.ok_or(TransferAdminError::NotFound { ticket_id })?;
+    if status != "failed" {
+        return Err(TransferAdminError::NotFailed { ticket_id, status });
+    }
+    let new_key = monime_status.as_deref() == Some("failed");
+    let generation = if new_key { generation + 1 } else { generation };
+    let key = IdempotencyKey::for_ticket(ticket_id, generation);
+    sqlx::query(
+        "UPDATE commission_transfers SET status = 'pending', generation = $2, idempotency_key = $3, \
+         monime_transfer_id = CASE WHEN $4 THEN NULL ELSE monime_transfer_id END, \
+         monime_status = CASE WHEN $4 THEN NULL ELSE monime_status END, \
+         failure_code = NULL, polls = 0, updated_at = now(), status_changed_at = now() \
+         WHERE ticket_id = $1",
+    )
+    .bind(ticket_id)
+    .bind(generation)
+    .bind(key.as_str())
+    .bind(new_key)
+    .execute(&mut *tx)
+    .await?;
+    let job = TransferJob { ticket_id };
+    let revived: Option<i64> = sqlx::query_scalar(
+        "UPDATE jobs SET state = 'available', attempt = 0, run_at = now(), finished_at = NULL, \
+         updated_at = now() \
+         WHERE queue = $1 AND unique_key = $2 AND state IN ('failed', 'cancelled', 'completed') \
+         RETURNING id",
+    )
+    .bind(QUEUE)
+    .bind(job.unique_key())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let job_id = match revived {
+        Some(id) => JobId(id),
+        // Pruned, or still waiting: enqueue returns the existing job or makes a new one.
+        None => enqueue_one(&mut tx, &job.to_job()).await?.id,
+    };
+    tx.commit().await?;
+    tracing::info!(ticket_id, generation, new_key, job.id = %job_id, "transfer retried by an operator");
+    Ok(RetriedTransfer {
+        ticket_id,
+        job_id,
+        generation,
+        idempotency_key: key.as_str().to_owned(),
+        new_key,
+    })
+}

@@ -1,0 +1,524 @@
+//! The `commission_transfers` handler: one run moves a ticket's transfer one step forward.
+//!
+//! 1. Load the ticket and its transfer row; write the row (with the idempotency key and the
+//!    exact request body) if there is none yet, before anything is sent.
+//! 2. Completed: done. Failed: waits for an operator (`worker retry-transfer`).
+//! 3. Circuit open, or the global rate limit reached: snooze (no attempt spent).
+//! 4. No Monime transfer id yet: `POST` the stored body under the stored key (a repeat after a
+//!    crash or a lost answer gets the original transfer back). Otherwise `GET` its status.
+//! 5. `pending`/`processing`: snooze and poll again after a growing delay. `completed`: record
+//!    it. `failed`: record it with Monime's reason, fail for good. Connection errors,
+//!    timeouts, 429 and 5xx: durable retry (429 after `Retry-After`). Other 4xx: fail for good.
+
+use std::time::Duration;
+
+use rand::Rng;
+use sqlx::PgPool;
+
+use super::breaker::Breaker;
+use super::error::TransferError;
+use super::monime::{
+    AccountRef, Amount, CreateTransfer, IdempotencyKey, InternalTransfer, MonimeClient,
+    MonimeError, TransferStatus,
+};
+use super::rate_limit::GlobalRateLimit;
+use super::TransferJob;
+use crate::engine::{JobError, JobMeta, Outcome};
+
+pub const DEFAULT_POLL_INITIAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
+pub const DEFAULT_POLL_INLINE: Duration = Duration::from_millis(250);
+
+pub const HELD_BACK: &str = "poda_transfer_held_back_total";
+pub const MONIME_CALLS: &str = "poda_transfer_monime_calls_total";
+
+/// The `commission_transfer_status` enum of the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "commission_transfer_status", rename_all = "lowercase")]
+pub enum RowStatus {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransferSettings {
+    /// `MONIME_PLATFORM_ACCOUNT_ID`: where commissions go.
+    pub platform_account_id: String,
+    /// First status poll after Monime accepted a transfer; each later poll waits twice as long.
+    pub poll_initial: Duration,
+    pub poll_max: Duration,
+    /// After a create Monime answered `pending`, wait this long in the handler and read the
+    /// status once before snoozing (most transfers finish within it, which saves a claim and a
+    /// completion); zero snoozes at once.
+    pub poll_inline: Duration,
+}
+
+/// What every transfer handler of a process shares: the pools, one Monime client (one
+/// connection pool), one circuit breaker and the global rate limit.
+#[derive(Clone)]
+pub struct TransferContext {
+    /// Durable writes: the row with its key and body before the first call, and failures.
+    pub pool: PgPool,
+    /// Status updates that may commit asynchronously (`synchronous_commit = off`): losing one
+    /// in a server crash only makes the job ask Monime again under the same key.
+    pub status_pool: PgPool,
+    pub client: MonimeClient,
+    pub breaker: Breaker,
+    pub rate_limit: Option<GlobalRateLimit>,
+    pub settings: TransferSettings,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct Loaded {
+    ticket_id: i64,
+    company_id: String,
+    commission_minor: i64,
+    currency: String,
+    monime_account_id: String,
+    transfer_id: Option<i64>,
+    status: Option<RowStatus>,
+    idempotency_key: Option<String>,
+    request_body: Option<String>,
+    monime_transfer_id: Option<String>,
+    monime_status: Option<String>,
+    last_error: Option<String>,
+    slot_in_s: Option<f64>,
+}
+
+/// The row as the handler works with it.
+#[derive(Debug)]
+struct Row {
+    id: i64,
+    status: RowStatus,
+    key: IdempotencyKey,
+    body: String,
+    monime_transfer_id: Option<String>,
+    monime_status: Option<String>,
+    last_error: Option<String>,
+    /// Seconds until the rate-limit slot this transfer holds (negative: it has come).
+    slot_in_s: Option<f64>,
+}
+
+/// Runs one step of `job`'s transfer.
+pub async fn handle(
+    ctx: &TransferContext,
+    meta: &JobMeta,
+    job: TransferJob,
+) -> Result<Outcome, JobError> {
+    let ticket_id = job.ticket_id;
+    let Some(row) = load_or_create(ctx, ticket_id).await? else {
+        return Ok(Outcome::Done);
+    };
+    match row.status {
+        RowStatus::Completed => return Ok(Outcome::Done),
+        RowStatus::Failed => {
+            return Err(TransferError::AwaitingOperator {
+                ticket_id,
+                reason: row
+                    .last_error
+                    .unwrap_or_else(|| "no reason kept".to_owned()),
+            }
+            .into())
+        }
+        RowStatus::Pending | RowStatus::Processing => {}
+    }
+
+    let permit = match ctx.breaker.acquire() {
+        Ok(permit) => permit,
+        Err(wait) => {
+            metrics::counter!(HELD_BACK, "reason" => "breaker").increment(1);
+            tracing::debug!(
+                ticket_id,
+                wait_ms = wait.as_millis() as u64,
+                "circuit open: transfer held back"
+            );
+            return Ok(Outcome::Snooze(jittered(
+                wait.max(Duration::from_millis(50)),
+            )));
+        }
+    };
+    let (call, result) = match row.monime_transfer_id.as_deref() {
+        Some(id) => ("get", ctx.client.get_internal_transfer(id).await),
+        None => {
+            if let Some(limit) = &ctx.rate_limit {
+                if let Some(wait) = pace(ctx, limit, &row)
+                    .await
+                    .map_err(|e| TransferError::database(ticket_id, e))?
+                {
+                    drop(permit);
+                    metrics::counter!(HELD_BACK, "reason" => "rate_limit").increment(1);
+                    return Ok(Outcome::Snooze(wait));
+                }
+            }
+            let created = ctx
+                .client
+                .create_internal_transfer(&row.key, &row.body)
+                .await;
+            ("create", created)
+        }
+    };
+    let transient = matches!(&result, Err(e) if e.is_transient());
+    permit.record(!transient);
+    metrics::counter!(MONIME_CALLS, "call" => call, "result" => outcome_label(&result))
+        .increment(1);
+    let result = match result {
+        Ok(transfer) if call == "create" && is_unfinished(transfer.status) => {
+            Ok(poll_inline(ctx, transfer).await)
+        }
+        other => other,
+    };
+
+    match result {
+        Ok(transfer) => on_answer(ctx, ticket_id, &row, transfer).await,
+        Err(error) if error.is_transient() => {
+            let last = meta.attempt >= meta.retry.max_attempts;
+            record_transient(&ctx.status_pool, row.id, &error, last)
+                .await
+                .map_err(|e| TransferError::database(ticket_id, e))?;
+            Err(TransferError::Transient {
+                ticket_id,
+                source: error,
+            }
+            .into())
+        }
+        Err(error) => {
+            record_failed(
+                &ctx.pool,
+                row.id,
+                row.monime_status.as_deref(),
+                "rejected",
+                &error.to_string(),
+            )
+            .await
+            .map_err(|e| TransferError::database(ticket_id, e))?;
+            Err(TransferError::Rejected {
+                ticket_id,
+                source: error,
+            }
+            .into())
+        }
+    }
+}
+
+/// Under the global rate limit: `None` to create now, or how long to wait for the slot this
+/// transfer holds. A reserved slot is kept in the row (`call_not_before`), so a waiting job
+/// asks the limit once per call, however long the backlog.
+async fn pace(
+    ctx: &TransferContext,
+    limit: &GlobalRateLimit,
+    row: &Row,
+) -> Result<Option<Duration>, sqlx::Error> {
+    match row.slot_in_s {
+        // Woken before its slot: wait for the rest.
+        Some(s) if s > 0.001 => return Ok(Some(Duration::from_secs_f64(s))),
+        // Its slot has come: use it, once.
+        Some(_) => {
+            sqlx::query("UPDATE commission_transfers SET call_not_before = NULL WHERE id = $1")
+                .bind(row.id)
+                .execute(&ctx.status_pool)
+                .await?;
+            return Ok(None);
+        }
+        None => {}
+    }
+    let Some(wait) = limit.reserve().await? else {
+        return Ok(None);
+    };
+    sqlx::query(
+        "UPDATE commission_transfers \
+         SET call_not_before = now() + $2 * interval '1 second', updated_at = now() WHERE id = $1",
+    )
+    .bind(row.id)
+    .bind(wait.as_secs_f64())
+    .execute(&ctx.pool)
+    .await?;
+    Ok(Some(wait))
+}
+
+fn is_unfinished(status: TransferStatus) -> bool {
+    matches!(status, TransferStatus::Pending | TransferStatus::Processing)
+}
+
+/// One status read after `poll_inline`, if the circuit allows; any trouble keeps the answer
+/// Monime gave to the create (the job then snoozes and polls later).
+async fn poll_inline(ctx: &TransferContext, accepted: InternalTransfer) -> InternalTransfer {
+    if ctx.settings.poll_inline.is_zero() {
+        return accepted;
+    }
+    tokio::time::sleep(ctx.settings.poll_inline).await;
+    let Ok(permit) = ctx.breaker.acquire() else {
+        return accepted;
+    };
+    let read = ctx.client.get_internal_transfer(&accepted.id).await;
+    permit.record(!matches!(&read, Err(e) if e.is_transient()));
+    metrics::counter!(MONIME_CALLS, "call" => "get", "result" => outcome_label(&read)).increment(1);
+    match read {
+        Ok(transfer) if transfer.id == accepted.id => transfer,
+        _ => accepted,
+    }
+}
+
+async fn on_answer(
+    ctx: &TransferContext,
+    ticket_id: i64,
+    row: &Row,
+    transfer: InternalTransfer,
+) -> Result<Outcome, JobError> {
+    let db = |e: sqlx::Error| TransferError::database(ticket_id, e);
+    match transfer.status {
+        TransferStatus::Completed => {
+            sqlx::query(
+                "UPDATE commission_transfers SET status = 'completed', monime_transfer_id = $2, \
+                 monime_status = 'completed', completed_at = now(), updated_at = now(), \
+                 status_changed_at = now() WHERE id = $1 AND status <> 'completed'",
+            )
+            .bind(row.id)
+            .bind(&transfer.id)
+            .execute(&ctx.status_pool)
+            .await
+            .map_err(db)?;
+            Ok(Outcome::Done)
+        }
+        TransferStatus::Pending | TransferStatus::Processing => {
+            let polls: i32 = sqlx::query_scalar(
+                "UPDATE commission_transfers SET status = 'processing', monime_transfer_id = $2, \
+                 monime_status = $3, polls = polls + 1, updated_at = now(), \
+                 status_changed_at = CASE WHEN status = 'processing' THEN status_changed_at ELSE now() END \
+                 WHERE id = $1 RETURNING polls",
+            )
+            .bind(row.id)
+            .bind(&transfer.id)
+            .bind(transfer.status.as_str())
+            .fetch_one(&ctx.status_pool)
+            .await
+            .map_err(db)?;
+            Ok(Outcome::Snooze(poll_delay(&ctx.settings, polls)))
+        }
+        TransferStatus::Failed => {
+            let (code, message) = match transfer.failure_detail {
+                Some(detail) => (detail.code, detail.message),
+                None => ("unknown".to_owned(), None),
+            };
+            let error = TransferError::FailedAtMonime {
+                ticket_id,
+                code: code.clone(),
+                message,
+            };
+            sqlx::query(
+                "UPDATE commission_transfers SET status = 'failed', monime_transfer_id = $2, \
+                 monime_status = 'failed', failure_code = $3, last_error = $4, updated_at = now(), \
+                 status_changed_at = now() WHERE id = $1",
+            )
+            .bind(row.id)
+            .bind(&transfer.id)
+            .bind(&code)
+            .bind(error.to_string())
+            .execute(&ctx.pool)
+            .await
+            .map_err(db)?;
+            Err(error.into())
+        }
+    }
+}
+
+/// Loads the ticket's transfer row, writing it first if there is none. `None`: nothing to
+/// transfer (a zero commission).
+async fn load_or_create(
+    ctx: &TransferContext,
+    ticket_id: i64,
+) -> Result<Option<Row>, TransferError> {
+    let db = |e: sqlx::Error| TransferError::database(ticket_id, e);
+    let loaded: Loaded = sqlx::query_as(include_str!("load_transfer.sql"))
+        .bind(ticket_id)
+        .fetch_optional(&ctx.pool)
+        .await
+        .map_err(db)?
+        .ok_or(TransferError::TicketNotFound { ticket_id })?;
+    if loaded.transfer_id.is_some() {
+        return row_of(&loaded)
+            .map(Some)
+            .ok_or(TransferError::UnreadableRow { ticket_id });
+    }
+    if loaded.commission_minor == 0 {
+        tracing::debug!(
+            ticket_id,
+            "no commission on this ticket: nothing to transfer"
+        );
+        return Ok(None);
+    }
+    let key = IdempotencyKey::for_ticket(ticket_id, 1);
+    let body = request_body(&loaded, &ctx.settings.platform_account_id);
+    let inserted: Option<i64> = sqlx::query_scalar(include_str!("insert_transfer.sql"))
+        .bind(ticket_id)
+        .bind(&loaded.company_id)
+        .bind(&loaded.monime_account_id)
+        .bind(&ctx.settings.platform_account_id)
+        .bind(loaded.commission_minor)
+        .bind(&loaded.currency)
+        .bind(key.as_str())
+        .bind(&body)
+        .fetch_optional(&ctx.pool)
+        .await
+        .map_err(db)?;
+    match inserted {
+        Some(id) => Ok(Some(Row {
+            id,
+            status: RowStatus::Pending,
+            key,
+            body,
+            monime_transfer_id: None,
+            monime_status: None,
+            last_error: None,
+            slot_in_s: None,
+        })),
+        // Another run wrote it meanwhile: use that one.
+        None => {
+            let again: Loaded = sqlx::query_as(include_str!("load_transfer.sql"))
+                .bind(ticket_id)
+                .fetch_one(&ctx.pool)
+                .await
+                .map_err(db)?;
+            row_of(&again)
+                .map(Some)
+                .ok_or(TransferError::UnreadableRow { ticket_id })
+        }
+    }
+}
+
+fn row_of(loaded: &Loaded) -> Option<Row> {
+    let id = loaded.transfer_id?;
+    Some(Row {
+        id,
+        status: loaded.status?,
+        // The stored key was valid when written (a CHECK bounds its length).
+        key: IdempotencyKey::parse(loaded.idempotency_key.clone()?).ok()?,
+        body: loaded.request_body.clone()?,
+        monime_transfer_id: loaded.monime_transfer_id.clone(),
+        monime_status: loaded.monime_status.clone(),
+        last_error: loaded.last_error.clone(),
+        slot_in_s: loaded.slot_in_s,
+    })
+}
+
+/// The create request's exact bytes: built once, when the row is written.
+fn request_body(loaded: &Loaded, platform_account_id: &str) -> String {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("ticket_id".into(), loaded.ticket_id.to_string().into());
+    metadata.insert("company_id".into(), loaded.company_id.clone().into());
+    let body = CreateTransfer {
+        amount: Amount {
+            currency: loaded.currency.clone(),
+            value: loaded.commission_minor,
+        },
+        source_financial_account: AccountRef {
+            id: loaded.monime_account_id.clone(),
+        },
+        destination_financial_account: AccountRef {
+            id: platform_account_id.to_owned(),
+        },
+        description: format!("Commission for ticket {}", loaded.ticket_id),
+        metadata,
+    };
+    serde_json::to_string(&body).expect("a transfer request serialises")
+}
+
+async fn record_transient(
+    pool: &PgPool,
+    id: i64,
+    error: &MonimeError,
+    last_attempt: bool,
+) -> Result<(), sqlx::Error> {
+    let text = error.to_string();
+    if last_attempt {
+        // Out of retries: the row waits for an operator. Monime may or may not have the
+        // transfer, so an operator retry keeps the same key (see `retry_failed_transfer`).
+        sqlx::query(
+            "UPDATE commission_transfers SET status = 'failed', failure_code = 'retries_exhausted', \
+             retry_count = retry_count + 1, last_error = $2, updated_at = now(), \
+             status_changed_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .bind(format!("no retries left: {text}"))
+        .execute(pool)
+        .await?;
+    } else {
+        sqlx::query(
+            "UPDATE commission_transfers SET retry_count = retry_count + 1, last_error = $2, \
+             updated_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .bind(text)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn record_failed(
+    pool: &PgPool,
+    id: i64,
+    monime_status: Option<&str>,
+    code: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE commission_transfers SET status = 'failed', monime_status = $2, failure_code = $3, \
+         last_error = $4, updated_at = now(), status_changed_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(monime_status)
+    .bind(code)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The wait before status poll number `polls` (1-based): doubles from the initial delay up to
+/// the cap, with jitter.
+pub fn poll_delay(settings: &TransferSettings, polls: i32) -> Duration {
+    let exponent = polls.saturating_sub(1).clamp(0, 20) as u32;
+    let nominal = settings
+        .poll_initial
+        .saturating_mul(1u32 << exponent)
+        .min(settings.poll_max);
+    jittered(nominal)
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.9..=1.1))
+}
+
+fn outcome_label(result: &Result<InternalTransfer, MonimeError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(MonimeError::Transport(_)) => "transport",
+        Err(MonimeError::Decode { .. }) => "decode",
+        Err(MonimeError::Status { status, .. }) if *status == 429 => "429",
+        Err(MonimeError::Status { status, .. }) if *status >= 500 => "5xx",
+        Err(MonimeError::Status { .. }) => "4xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_delay_grows_to_the_cap() {
+        let settings = TransferSettings {
+            platform_account_id: "fa".into(),
+            poll_initial: Duration::from_millis(100),
+            poll_max: Duration::from_millis(1000),
+            poll_inline: Duration::ZERO,
+        };
+        let d1 = poll_delay(&settings, 1).as_millis();
+        let d3 = poll_delay(&settings, 3).as_millis();
+        let d9 = poll_delay(&settings, 9).as_millis();
+        assert!((90..=110).contains(&d1), "{d1}");
+        assert!((360..=440).contains(&d3), "{d3}");
+        assert!((900..=1100).contains(&d9), "{d9}");
+    }
+}

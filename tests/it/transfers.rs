@@ -1,0 +1,736 @@
+//! Commission transfers against the Monime sandbox, run by real worker processes.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use poda::sandbox::{FaultConfig, FaultKind, Sandbox, SandboxConfig};
+use poda_jobs::engine::enqueue_many_pooled;
+use poda_jobs::testing::{wait_until, TestDb};
+use poda_jobs::transfer::monime::{
+    ApiToken, IdempotencyKey, MonimeClient, MonimeConfig, MonimeError, TransferStatus,
+    DEFAULT_VERSION,
+};
+use poda_jobs::transfer::{self, TransferJob};
+use poda_jobs::RetryPolicy;
+use sqlx::PgPool;
+
+use crate::support::process::{worker_command, WorkerProcess};
+
+const TOKEN: &str = "sandbox-test-token";
+const PLATFORM: &str = "fa-platform-test";
+
+/// A short schedule so retries take milliseconds, not seconds.
+const FAST_RETRY: RetryPolicy =
+    RetryPolicy::new(6, Duration::from_millis(100), Duration::from_millis(500));
+
+/// Inserts a company with `account`, a route and `n` tickets (commission 12.50 SLE each);
+/// returns the ticket ids.
+async fn seed_tickets(pool: &PgPool, company: &str, account: &str, n: i64) -> Vec<i64> {
+    sqlx::query(
+        "INSERT INTO companies (id, name, monime_account_id, commission_bps, currency) \
+         VALUES ($1, $1, $2, 250, 'SLE') ON CONFLICT DO NOTHING",
+    )
+    .bind(company)
+    .bind(account)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO routes (id, company_id, origin, destination) \
+         VALUES ($1 || '-route', $1, 'Freetown', 'Bo') ON CONFLICT DO NOTHING",
+    )
+    .bind(company)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query_scalar(
+        "INSERT INTO tickets (payment_id, event_id, company_id, route_id, passenger_phone, \
+                              amount_minor, commission_minor, currency) \
+         SELECT 'pay-' || $1 || '-' || g, 'evt-' || $1 || '-' || g, $1, $1 || '-route', \
+                '+23276000000', 50000, 1250, 'SLE' \
+         FROM generate_series(1, $2) g RETURNING id",
+    )
+    .bind(company)
+    .bind(n)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn enqueue_transfers(pool: &PgPool, tickets: &[i64], retry: RetryPolicy) {
+    let jobs: Vec<_> = tickets
+        .iter()
+        .map(|&ticket_id| TransferJob { ticket_id }.to_job().with_retry(retry))
+        .collect();
+    for chunk in jobs.chunks(1_000) {
+        enqueue_many_pooled(pool, chunk).await.unwrap();
+    }
+}
+
+/// A worker process working only the transfer queue against `sandbox`.
+fn spawn_transfer_worker(db: &TestDb, sandbox: &Sandbox, args: &[&str]) -> WorkerProcess {
+    let mut all = vec!["--queues", transfer::QUEUE];
+    all.extend_from_slice(args);
+    let child = worker_command(&db.url, &all)
+        .env("MONIME_API_URL", &sandbox.base_url)
+        .env("MONIME_API_TOKEN", TOKEN)
+        .env("MONIME_SPACE_ID", "spc-test")
+        .env("MONIME_PLATFORM_ACCOUNT_ID", PLATFORM)
+        .stdout(Stdio::null())
+        .stderr(if std::env::var("TEST_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the worker binary");
+    WorkerProcess { child }
+}
+
+async fn sandbox(config: SandboxConfig) -> Sandbox {
+    Sandbox::spawn(SandboxConfig {
+        token: Some(TOKEN.into()),
+        ..config
+    })
+    .await
+    .expect("start the sandbox")
+}
+
+async fn count_transfers(pool: &PgPool, status: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM commission_transfers WHERE status::text = $1")
+        .bind(status)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn count_jobs(pool: &PgPool, state: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE queue = $1 AND state::text = $2")
+        .bind(transfer::QUEUE)
+        .bind(state)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn key_of(pool: &PgPool, ticket_id: i64) -> String {
+    sqlx::query_scalar("SELECT idempotency_key FROM commission_transfers WHERE ticket_id = $1")
+        .bind(ticket_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn transfers_complete_exactly_once_when_a_fifth_of_calls_fail_transiently() {
+    let db = TestDb::new().await;
+    let sandbox = sandbox(SandboxConfig {
+        latency: Duration::from_millis(2),
+        completion_delay: Duration::from_millis(50),
+        faults: FaultConfig {
+            transient_rate: 0.2,
+            max_per_key: 2,
+            kinds: FaultKind::ALL.to_vec(),
+            retry_after_s: 1,
+            slow_for: Duration::from_millis(800),
+            ..FaultConfig::default()
+        },
+        token: None,
+    })
+    .await;
+    let tickets = seed_tickets(&db.pool, "co-busy", "fa-busy", 2_000).await;
+    enqueue_transfers(&db.pool, &tickets, FAST_RETRY).await;
+    let _worker = spawn_transfer_worker(
+        &db,
+        &sandbox,
+        &[
+            "--concurrency",
+            "16",
+            "--monime-timeout",
+            "400ms",
+            "--transfer-poll-initial",
+            "50ms",
+            "--poll-interval",
+            "100ms",
+        ],
+    );
+    wait_until(
+        "2,000 transfers completed",
+        Duration::from_secs(180),
+        || count_transfers(&db.pool, "completed"),
+        |n| *n == 2_000,
+    )
+    .await;
+    wait_until(
+        "every job completed",
+        Duration::from_secs(30),
+        || count_jobs(&db.pool, "completed"),
+        |n| *n == 2_000,
+    )
+    .await;
+
+    let counts = &sandbox.counts;
+    assert!(
+        counts.faults() >= 300,
+        "faults injected: {}",
+        counts.faults()
+    );
+    assert_eq!(counts.total_executions(), 2_000);
+    let executions = counts.executions();
+    assert_eq!(executions.len(), 2_000);
+    assert!(executions.values().all(|n| *n == 1));
+    let keys: Vec<String> = sqlx::query_scalar("SELECT idempotency_key FROM commission_transfers")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert!(keys.iter().all(|k| executions.contains_key(k)));
+    let retried: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM commission_transfers WHERE retry_count > 0")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(retried >= 300, "transfers retried: {retried}");
+    let mismatched_ids: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM commission_transfers WHERE monime_transfer_id IS NULL OR completed_at IS NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(mismatched_ids, 0);
+    let stats: (i64, i64, i64) = sqlx::query_as(
+        "SELECT total, completed, amount_completed_minor FROM commission_transfer_stats WHERE company_id = 'co-busy'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stats, (2_000, 2_000, 2_000 * 1_250));
+}
+
+#[tokio::test]
+async fn permanent_errors_fail_with_their_reason_and_are_not_retried() {
+    let db = TestDb::new().await;
+    let sandbox = sandbox(SandboxConfig {
+        completion_delay: Duration::from_millis(20),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let broke = seed_tickets(&db.pool, "co-broke", "fa-insufficient-1", 1).await[0];
+    let invalid = seed_tickets(&db.pool, "co-invalid", "fa-invalid-1", 1).await[0];
+    let declined = seed_tickets(&db.pool, "co-declined", "fa-declined-1", 1).await[0];
+    enqueue_transfers(&db.pool, &[broke, invalid, declined], FAST_RETRY).await;
+    let worker = spawn_transfer_worker(&db, &sandbox, &["--transfer-poll-initial", "20ms"]);
+    wait_until(
+        "three jobs failed",
+        Duration::from_secs(30),
+        || count_jobs(&db.pool, "failed"),
+        |n| *n == 3,
+    )
+    .await;
+
+    let rows: Vec<(i64, String, Option<String>, String, i32)> = sqlx::query_as(
+        "SELECT ticket_id, status::text, failure_code, last_error, retry_count \
+         FROM commission_transfers ORDER BY ticket_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let row = |t: i64| rows.iter().find(|r| r.0 == t).unwrap().clone();
+    let (_, status, code, error, retries) = row(broke);
+    assert_eq!(
+        (status.as_str(), code.as_deref(), retries),
+        ("failed", Some("fund_insufficient"), 0)
+    );
+    assert!(error.contains("fund_insufficient"), "{error}");
+    let (_, status, code, error, _) = row(invalid);
+    assert_eq!(
+        (status.as_str(), code.as_deref()),
+        ("failed", Some("rejected"))
+    );
+    assert!(error.contains("400"), "{error}");
+    let (_, _, code, _, _) = row(declined);
+    assert_eq!(code.as_deref(), Some("transfer_declined"));
+
+    // One attempt each, one create each: nothing was retried.
+    let attempts: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT attempt, jsonb_array_length(errors)::bigint FROM jobs WHERE queue = $1",
+    )
+    .bind(transfer::QUEUE)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(attempts.iter().all(|a| *a == (1, 1)), "{attempts:?}");
+    for ticket in [broke, invalid, declined] {
+        assert_eq!(
+            sandbox
+                .counts
+                .create_requests_for(&key_of(&db.pool, ticket).await),
+            1
+        );
+    }
+
+    // An operator retry: a new key only where Monime failed the transfer.
+    drop(worker);
+    let declined_key = key_of(&db.pool, declined).await;
+    let retried = poda::ops::retry_transfer(&db.pool, declined).await.unwrap();
+    assert!(retried.new_key);
+    assert_eq!(retried.generation, 2);
+    assert_ne!(retried.idempotency_key, declined_key);
+    assert_eq!(key_of(&db.pool, declined).await, retried.idempotency_key);
+    let retried = poda::ops::retry_transfer(&db.pool, invalid).await.unwrap();
+    assert!(!retried.new_key, "Monime never accepted it: same key");
+    assert!(poda::ops::retry_transfer(&db.pool, invalid).await.is_err());
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_monime_retry_after_not_the_backoff() {
+    let db = TestDb::new().await;
+    let sandbox = sandbox(SandboxConfig {
+        faults: FaultConfig {
+            retry_after_s: 7,
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    })
+    .await;
+    let ticket = seed_tickets(&db.pool, "co-throttled", "fa-throttle-1", 1).await[0];
+    enqueue_transfers(&db.pool, &[ticket], transfer::RETRY_POLICY).await;
+    let _worker = spawn_transfer_worker(&db, &sandbox, &[]);
+    let (attempt, wait_s, error): (i32, f64, String) = wait_until(
+        "the first attempt to be rate limited",
+        Duration::from_secs(20),
+        || async {
+            sqlx::query_as::<_, (i32, f64, String)>(
+                "SELECT attempt, extract(epoch FROM run_at - updated_at)::float8, last_error \
+                 FROM jobs WHERE queue = $1 AND state = 'available' AND last_error IS NOT NULL",
+            )
+            .bind(transfer::QUEUE)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+        },
+        |r| r.is_some(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(attempt, 1);
+    assert!((6.9..=7.1).contains(&wait_s), "run_at is now + {wait_s}s");
+    assert!(error.contains("429"), "{error}");
+    let retries: i32 =
+        sqlx::query_scalar("SELECT retry_count FROM commission_transfers WHERE ticket_id = $1")
+            .bind(ticket)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(retries, 1);
+}
+
+/// Reads one unlabelled series from a Prometheus text endpoint.
+async fn metric(addr: &str, name: &str) -> f64 {
+    let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn circuit_opens_during_an_outage_and_held_back_jobs_complete_after_it() {
+    let db = TestDb::new().await;
+    let sandbox = sandbox(SandboxConfig {
+        completion_delay: Duration::from_millis(20),
+        ..SandboxConfig::default()
+    })
+    .await;
+    sandbox.counts.set_outage(true);
+    let tickets = seed_tickets(&db.pool, "co-outage", "fa-outage", 40).await;
+    // Five attempts 100-200 ms apart: without the breaker the outage would exhaust them.
+    let retry = RetryPolicy::new(5, Duration::from_millis(100), Duration::from_millis(200));
+    enqueue_transfers(&db.pool, &tickets, retry).await;
+    let metrics_addr = free_loopback_addr();
+    let _worker = spawn_transfer_worker(
+        &db,
+        &sandbox,
+        &[
+            "--concurrency",
+            "8",
+            "--breaker-min-calls",
+            "5",
+            "--breaker-reset",
+            "500ms",
+            "--transfer-poll-initial",
+            "20ms",
+            "--poll-interval",
+            "100ms",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+    );
+    // Opened, probed after the reset, failed the probe and opened again.
+    wait_until(
+        "the circuit to open twice",
+        Duration::from_secs(30),
+        || metric(&metrics_addr, "poda_transfer_breaker_opened_total"),
+        |n| *n >= 2.0,
+    )
+    .await;
+    let creates_during_outage = sandbox.counts.create_requests();
+    sandbox.counts.set_outage(false);
+    wait_until(
+        "every transfer completed",
+        Duration::from_secs(60),
+        || count_transfers(&db.pool, "completed"),
+        |n| *n == 40,
+    )
+    .await;
+    // Without the breaker, 40 jobs would have called 5 times each during the outage.
+    assert!(
+        creates_during_outage < 40,
+        "{creates_during_outage} calls during the outage"
+    );
+    assert_eq!(count_jobs(&db.pool, "failed").await, 0);
+    wait_until(
+        "every job completed",
+        Duration::from_secs(10),
+        || count_jobs(&db.pool, "completed"),
+        |n| *n == 40,
+    )
+    .await;
+    // Held-back jobs spent no attempt: only the calls that reached Monime during the outage did.
+    let spent: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(attempt - 1), 0)::bigint FROM jobs WHERE queue = $1",
+    )
+    .bind(transfer::QUEUE)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        spent <= creates_during_outage as i64,
+        "{spent} attempts spent"
+    );
+    assert_eq!(sandbox.counts.total_executions(), 40);
+}
+
+#[tokio::test]
+async fn kill_9_of_a_worker_mid_call_makes_no_second_transfer() {
+    let db = TestDb::new().await;
+    // Monime executes at once but answers after 30 s: the worker is killed while waiting.
+    let sandbox = sandbox(SandboxConfig {
+        latency: Duration::from_secs(30),
+        completion_delay: Duration::from_millis(20),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let tickets = seed_tickets(&db.pool, "co-crash", "fa-crash", 10).await;
+    enqueue_transfers(&db.pool, &tickets, FAST_RETRY).await;
+    let fast_rescue = [
+        "--lease",
+        "2s",
+        "--rescue-interval",
+        "1s",
+        "--monime-timeout",
+        "60s",
+        "--transfer-poll-initial",
+        "20ms",
+    ];
+    let victim = spawn_transfer_worker(&db, &sandbox, &fast_rescue);
+    wait_until(
+        "the victim to be waiting on Monime for every transfer",
+        Duration::from_secs(30),
+        || async { sandbox.counts.total_executions() },
+        |n| *n == 10,
+    )
+    .await;
+    victim.sigkill();
+    sandbox.counts.set_latency(Duration::ZERO);
+    let _survivor = spawn_transfer_worker(&db, &sandbox, &fast_rescue);
+    wait_until(
+        "every transfer completed",
+        Duration::from_secs(60),
+        || count_transfers(&db.pool, "completed"),
+        |n| *n == 10,
+    )
+    .await;
+    // The survivor sent the same keys again and got the original transfers back.
+    assert!(sandbox.counts.create_requests() >= 20);
+    assert_eq!(sandbox.counts.total_executions(), 10);
+    assert_eq!(sandbox.counts.executions().len(), 10);
+}
+
+#[tokio::test]
+async fn global_rate_limit_holds_across_two_worker_processes() {
+    let db = TestDb::new().await;
+    let sandbox = sandbox(SandboxConfig {
+        completion_delay: Duration::from_millis(10),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let tickets = seed_tickets(&db.pool, "co-paced", "fa-paced", 40).await;
+    enqueue_transfers(&db.pool, &tickets, FAST_RETRY).await;
+    // 600 a minute = 10 a second, burst 5, shared by both processes.
+    let args = [
+        "--concurrency",
+        "8",
+        "--transfer-rate-limit",
+        "600",
+        "--transfer-rate-burst",
+        "5",
+        "--transfer-poll-initial",
+        "20ms",
+        "--poll-interval",
+        "100ms",
+    ];
+    let started = Instant::now();
+    let _a = spawn_transfer_worker(&db, &sandbox, &args);
+    let _b = spawn_transfer_worker(&db, &sandbox, &args);
+    wait_until(
+        "every transfer completed",
+        Duration::from_secs(60),
+        || count_transfers(&db.pool, "completed"),
+        |n| *n == 40,
+    )
+    .await;
+    let times = sandbox.counts.execution_times();
+    assert_eq!(times.len(), 40);
+    let span = times[39].duration_since(times[0]).as_secs_f64();
+    // (40 − 5) / 10 = 3.5 s at the shared limit; a per-process limit would take half that.
+    assert!(span >= 3.2, "40 transfers executed within {span:.2}s");
+    // No one-second window holds more than the burst plus a second's worth.
+    for (i, t) in times.iter().enumerate() {
+        let in_window = times[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 16, "{in_window} executions within 1 s");
+    }
+    assert!(started.elapsed() >= Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn reconcile_finds_a_transfer_monime_disagrees_with() {
+    let db = TestDb::new().await;
+    let sandbox = sandbox(SandboxConfig {
+        completion_delay: Duration::from_millis(10),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let tickets = seed_tickets(&db.pool, "co-audit", "fa-audit", 3).await;
+    enqueue_transfers(&db.pool, &tickets, FAST_RETRY).await;
+    let worker = spawn_transfer_worker(&db, &sandbox, &["--transfer-poll-initial", "20ms"]);
+    wait_until(
+        "three transfers completed",
+        Duration::from_secs(30),
+        || count_transfers(&db.pool, "completed"),
+        |n| *n == 3,
+    )
+    .await;
+    drop(worker);
+
+    let reconcile = |db_url: String, base_url: String| async move {
+        let out = worker_command(&db_url, &["reconcile", "--stuck-after", "1h"])
+            .env("MONIME_API_URL", base_url)
+            .env("MONIME_API_TOKEN", TOKEN)
+            .env("MONIME_SPACE_ID", "spc-test")
+            .env("MONIME_PLATFORM_ACCOUNT_ID", PLATFORM)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = reconcile(db.url.clone(), sandbox.base_url.clone()).await;
+    assert!(ok, "nothing to report yet: {text}");
+    assert!(text.contains("disagreements: 0"), "{text}");
+
+    // Plant a discrepancy: Monime now says the second transfer failed.
+    let key = key_of(&db.pool, tickets[1]).await;
+    assert!(sandbox.counts.force_status(&key, "failed"));
+    let (ok, text) = reconcile(db.url.clone(), sandbox.base_url.clone()).await;
+    assert!(!ok, "a disagreement needs attention: {text}");
+    assert!(text.contains("disagreements: 1"), "{text}");
+    assert!(text.contains(&tickets[1].to_string()), "{text}");
+}
+
+fn client_for(sandbox: &Sandbox, token: &str) -> MonimeClient {
+    MonimeClient::new(MonimeConfig {
+        base_url: sandbox.base_url.clone(),
+        token: ApiToken::new(token),
+        space_id: "spc-test".into(),
+        version: DEFAULT_VERSION.into(),
+        timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(1),
+    })
+    .unwrap()
+}
+
+fn body(value: i64) -> String {
+    format!(
+        r#"{{"amount":{{"currency":"SLE","value":{value}}},"sourceFinancialAccount":{{"id":"fa-co"}},"destinationFinancialAccount":{{"id":"{PLATFORM}"}},"description":"d","metadata":{{}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn sandbox_answers_a_repeated_key_with_the_original_transfer_and_another_body_with_409() {
+    let sandbox = sandbox(SandboxConfig {
+        completion_delay: Duration::from_secs(60),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let client = client_for(&sandbox, TOKEN);
+    let key = IdempotencyKey::parse("poda-commission-1-g1").unwrap();
+    let first = client
+        .create_internal_transfer(&key, &body(1250))
+        .await
+        .unwrap();
+    assert_eq!(first.status, TransferStatus::Pending);
+    let again = client
+        .create_internal_transfer(&key, &body(1250))
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id);
+    match client.create_internal_transfer(&key, &body(9999)).await {
+        Err(MonimeError::Status { status: 409, .. }) => {}
+        other => panic!("expected 409, got {other:?}"),
+    }
+    let read = client.get_internal_transfer(&first.id).await.unwrap();
+    assert_eq!(read.id, first.id);
+    match client.get_internal_transfer("trf-unknown").await {
+        Err(MonimeError::Status { status: 404, .. }) => {}
+        other => panic!("expected 404, got {other:?}"),
+    }
+    match client_for(&sandbox, "wrong-token")
+        .create_internal_transfer(&key, &body(1250))
+        .await
+    {
+        Err(e @ MonimeError::Status { status: 401, .. }) => assert!(!e.is_transient()),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    assert_eq!(sandbox.counts.total_executions(), 1);
+    let report: serde_json::Value =
+        reqwest::get(format!("{}/_sandbox/executions", sandbox.base_url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(report["total"], 1);
+    assert_eq!(report["by_key"][key.as_str()], 1);
+}
+
+#[tokio::test]
+async fn sandbox_faults_reach_the_client_as_transient_errors() {
+    let sandbox = sandbox(SandboxConfig::default()).await;
+    let client = client_for(&sandbox, TOKEN);
+    for (kind, expect) in [
+        (FaultKind::TooManyRequests, "429"),
+        (FaultKind::ServerError, "500"),
+        (FaultKind::AfterUnavailable, "503"),
+        (FaultKind::AfterReset, "reached"),
+    ] {
+        sandbox.counts.set_faults(FaultConfig {
+            transient_rate: 1.0,
+            max_per_key: 1,
+            kinds: vec![kind],
+            ..FaultConfig::default()
+        });
+        let key = IdempotencyKey::parse(format!("fault-{kind:?}")).unwrap();
+        let error = client
+            .create_internal_transfer(&key, &body(100))
+            .await
+            .expect_err("a fault");
+        assert!(error.is_transient(), "{kind:?}: {error}");
+        assert!(format!("{error}").contains(expect), "{kind:?}: {error}");
+        if let MonimeError::Status {
+            status: 429,
+            retry_after,
+            ..
+        } = error
+        {
+            assert_eq!(retry_after, Some(Duration::from_secs(1)));
+        }
+        // The second create of the key succeeds: with the original transfer if the fault
+        // came after the execution.
+        client
+            .create_internal_transfer(&key, &body(100))
+            .await
+            .unwrap();
+    }
+    // Executed once per key, whether the fault came before or after.
+    assert_eq!(sandbox.counts.total_executions(), 4);
+    sandbox.counts.set_outage(true);
+    let key = IdempotencyKey::parse("outage").unwrap();
+    let error = client
+        .create_internal_transfer(&key, &body(100))
+        .await
+        .expect_err("an outage");
+    assert!(error.is_transient());
+}
+
+#[tokio::test]
+async fn transient_errors_exhaust_the_retries_then_an_operator_retry_keeps_the_key() {
+    let db = TestDb::new().await;
+    let sandbox = sandbox(SandboxConfig {
+        completion_delay: Duration::from_millis(10),
+        ..SandboxConfig::default()
+    })
+    .await;
+    sandbox.counts.set_outage(true);
+    let ticket = seed_tickets(&db.pool, "co-down", "fa-down", 1).await[0];
+    let retry = RetryPolicy::new(3, Duration::from_millis(50), Duration::from_millis(100));
+    enqueue_transfers(&db.pool, &[ticket], retry).await;
+    let _worker = spawn_transfer_worker(
+        &db,
+        &sandbox,
+        &[
+            "--breaker-min-calls",
+            "1000",
+            "--transfer-poll-initial",
+            "20ms",
+            "--poll-interval",
+            "100ms",
+        ],
+    );
+    wait_until(
+        "the job to fail after its last attempt",
+        Duration::from_secs(30),
+        || count_jobs(&db.pool, "failed"),
+        |n| *n == 1,
+    )
+    .await;
+    let (status, code, retries, error): (String, Option<String>, i32, String) = sqlx::query_as(
+        "SELECT status::text, failure_code, retry_count, last_error FROM commission_transfers",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), code.as_deref(), retries),
+        ("failed", Some("retries_exhausted"), 3)
+    );
+    assert!(error.contains("503"), "{error}");
+    let key = key_of(&db.pool, ticket).await;
+    assert_eq!(sandbox.counts.create_requests_for(&key), 3);
+
+    // Monime's outcome is unknown: the operator retry keeps the key, and completes it.
+    sandbox.counts.set_outage(false);
+    let retried = poda::ops::retry_transfer(&db.pool, ticket).await.unwrap();
+    assert!(!retried.new_key);
+    assert_eq!(retried.idempotency_key, key);
+    wait_until(
+        "the retried transfer completed",
+        Duration::from_secs(30),
+        || count_transfers(&db.pool, "completed"),
+        |n| *n == 1,
+    )
+    .await;
+    assert_eq!(sandbox.counts.total_executions(), 1);
+}

@@ -157,12 +157,12 @@ struct IngestArgs {
 
 #[derive(Debug, Clone, Args)]
 struct DemoArgs {
-    /// Jobs to drain.
-    #[arg(long, default_value_t = 10_000)]
-    jobs: usize,
-    /// Signed payment webhooks to send.
-    #[arg(long, default_value_t = 200)]
-    webhooks: usize,
+    /// Payments to send as signed webhooks (each becomes a ticket and a commission transfer).
+    #[arg(long, default_value_t = 1_000)]
+    payments: usize,
+    /// Members of the tier whose contribution cycle the demo runs.
+    #[arg(long, default_value_t = 5_000)]
+    members: i64,
     /// Any Postgres URL on the server to use; the demo works in its own database poda_demo.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     database_url: Secret,
@@ -181,8 +181,8 @@ async fn main() -> ExitCode {
             );
             demo::run(DemoOptions {
                 server_url: args.database_url.clone(),
-                jobs: args.jobs,
-                webhooks: args.webhooks,
+                payments: args.payments,
+                members: args.members,
             })
             .await
             .map(|()| None)

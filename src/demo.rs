@@ -1,93 +1,118 @@
-//! The demo: Poda end to end on the local Postgres, with progress and a summary.
+//! The demo: Poda's whole flow on the local Postgres, with progress and a summary.
 //!
-//! It recreates the `poda_demo` database, starts the enqueuer and the workers in this process,
-//! sends signed Monime webhooks (each becomes a durable ticket job), and drains a batch of
-//! probe jobs of which some fail once (durable retry) and a few fail for good.
+//! It recreates the `poda_demo` database and seeds three transport companies, their routes, a
+//! payment code with a usage limit and a mutual-aid tier. Then, in this process, it starts the
+//! Monime sandbox (with latency and transient faults), the enqueuer and the workers, and:
+//! sends signed `payment.completed` webhooks (with redeliveries) → tickets → commission
+//! transfers at the sandbox; and creates a contribution cycle through the admin API, whose
+//! fan-out creates one pending contribution per eligible member and notifies each agent.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
-use poda_jobs::engine::{enqueue_many, JobState, RetryPolicy};
-use poda_jobs::probe::{self, ProbeJob};
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use poda_jobs::transfer::monime::{
+    ApiToken, MonimeConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_VERSION,
+};
+use poda_jobs::{cycle, notification, ticket, transfer};
+use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::ingest::payment_completed_body;
 use crate::config::{DatabaseSettings, Secret};
 use crate::enqueuer::{Enqueuer, EnqueuerSettings};
 use crate::http::webhooks::signature::sign;
 use crate::ops;
-use crate::worker::{run_workers, WorkerOptions};
+use crate::sandbox::{faults::FaultConfig, Sandbox, SandboxConfig};
+use crate::worker::{run_workers, TransferOptions, WorkerOptions};
 
 pub const DEMO_DATABASE: &str = "poda_demo";
 const DEMO_SECRET: &str = "whsec_demo_only";
+const DEMO_ADMIN_TOKEN: &str = "demo-admin-token";
+const DEMO_MONIME_TOKEN: &str = "demo-monime-token";
+const PLATFORM_ACCOUNT: &str = "fa-platform-demo";
+/// The payment code half of the first company's payments use; its limit runs out first.
+const DEMO_CODE: &str = "FREETOWN-BO";
+const DEMO_CODE_LIMIT: i32 = 150;
+const COMPANIES: usize = 3;
+const AGENTS: i64 = 40;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Any database URL on the server to use; the demo works in its own `poda_demo` database.
     pub server_url: Secret,
-    pub jobs: usize,
-    pub webhooks: usize,
+    /// Payments to send as webhooks (each becomes a ticket and a commission transfer).
+    pub payments: usize,
+    /// Members of the tier whose contribution cycle the demo runs.
+    pub members: i64,
 }
 
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
+    if options.payments == 0 || options.members < 2 {
+        bail!("the demo needs at least 1 payment and 2 members");
+    }
     let server = DatabaseSettings::new(options.server_url.clone(), 1);
-    let demo_url = recreate_database(&server).await?;
-    let database = DatabaseSettings::new(demo_url, 40);
+    let database = DatabaseSettings::new(recreate_database(&server).await?, 40);
     let pool = database.connect().await?;
     ops::migrate(&pool).await?;
+    let (tier, deceased) = seed(&pool, options.members).await?;
     println!(
-        "▸ database {DEMO_DATABASE} on {} recreated and migrated",
-        server.target()
+        "▸ database {DEMO_DATABASE} on {} recreated, migrated and seeded: {COMPANIES} companies, \
+         payment code {DEMO_CODE} (limit {DEMO_CODE_LIMIT}), a tier of {} members",
+        server.target(),
+        options.members
     );
 
-    // 1. Signed webhooks → durable ticket jobs, acknowledged only after COMMIT.
+    // The Monime sandbox: 20 ms per call, one transfer in ten meets a transient fault first.
+    let sandbox = Sandbox::spawn(SandboxConfig {
+        latency: Duration::from_millis(20),
+        completion_delay: Duration::from_millis(40),
+        faults: FaultConfig {
+            transient_rate: 0.10,
+            ..FaultConfig::default()
+        },
+        token: Some(DEMO_MONIME_TOKEN.into()),
+    })
+    .await?;
+    println!(
+        "▸ Monime sandbox on {} (20 ms latency, 10 % transient faults)",
+        sandbox.base_url
+    );
+
     let shutdown = CancellationToken::new();
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
-    let enqueuer = Enqueuer::build_with_pool(
-        EnqueuerSettings::new(addr, database.clone(), vec![Secret::new(DEMO_SECRET)]),
-        pool.clone(),
-    )
-    .await?;
-    let url = format!("http://127.0.0.1:{}/webhooks/monime", enqueuer.port());
+    let mut settings =
+        EnqueuerSettings::new(addr, database.clone(), vec![Secret::new(DEMO_SECRET)]);
+    settings.admin_token = Secret::new(DEMO_ADMIN_TOKEN);
+    let enqueuer = Enqueuer::build_with_pool(settings, pool.clone()).await?;
+    let base = format!("http://127.0.0.1:{}", enqueuer.port());
     let server_task = tokio::spawn(enqueuer.run_until_stopped(shutdown.clone()));
-    let (accepted, duplicates) = send_webhooks(&url, options.webhooks).await?;
-    println!(
-        "▸ webhooks: {accepted} payments accepted (202), {duplicates} redeliveries answered with the same job (200)"
-    );
-    let ticket_jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE queue = $1")
-        .bind(poda_jobs::ticket::QUEUE)
-        .fetch_one(&pool)
-        .await?;
-    println!("  {ticket_jobs} ticket jobs are durable in the `tickets` queue (one per payment)");
 
-    // 2. A batch of jobs drained by the workers, with durable retries.
-    let retry = RetryPolicy::new(3, Duration::from_millis(200), Duration::from_secs(2));
-    let jobs: Vec<_> = (0..options.jobs as i64)
-        .map(|n| {
-            let probe = ProbeJob {
-                fail_times: i32::from(n % 10 == 0),
-                permanent: n % 500 == 499,
-                ..ProbeJob::new(n)
-            };
-            probe.to_job(retry)
-        })
-        .collect();
-    let mut conn = pool.acquire().await?;
-    for chunk in jobs.chunks(1_000) {
-        enqueue_many(&mut conn, chunk).await?;
-    }
-    drop(conn);
-    println!(
-        "▸ enqueued {} jobs: every 10th fails once and retries after ~200 ms, every 500th fails for good",
-        options.jobs
-    );
-
-    let started = Instant::now();
-    let worker_options = WorkerOptions::for_queues(&[probe::QUEUE], 16);
+    let worker_options = WorkerOptions {
+        transfers: Some(TransferOptions::new(
+            MonimeConfig {
+                base_url: sandbox.base_url.clone(),
+                token: ApiToken::new(DEMO_MONIME_TOKEN),
+                space_id: "spc-demo".into(),
+                version: DEFAULT_VERSION.into(),
+                timeout: Duration::from_secs(5),
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            },
+            PLATFORM_ACCOUNT.into(),
+        )),
+        ..WorkerOptions::for_queues(
+            &[
+                ticket::QUEUE,
+                transfer::QUEUE,
+                cycle::QUEUE,
+                notification::QUEUE,
+            ],
+            64,
+        )
+    };
     let engine_pool = database.connect_async_commit().await?;
     let stop_workers = CancellationToken::new();
     let workers = tokio::spawn(run_workers(
@@ -96,74 +121,322 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         worker_options,
         stop_workers.clone(),
     ));
+    let started = Instant::now();
 
-    let bar = ProgressBar::new(options.jobs as u64).with_style(
-        ProgressStyle::with_template("  {bar:40} {pos}/{len} finished  {per_sec}  {msg}")
-            .expect("a progress template"),
+    // 1. Signed webhooks, 32 at a time, with a redelivery of every tenth payment.
+    let client = reqwest::Client::new();
+    let (accepted, duplicates) = send_webhooks(&client, &base, options.payments).await?;
+    println!(
+        "▸ webhooks: {accepted} payments accepted (202 after COMMIT), {duplicates} redeliveries \
+         answered with the first delivery's job (200)"
     );
-    loop {
-        let (finished, retrying): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE state IN ('completed', 'failed')), \
-                    count(*) FILTER (WHERE state = 'available' AND last_error IS NOT NULL) \
-             FROM jobs WHERE queue = $1",
-        )
-        .bind(probe::QUEUE)
-        .fetch_one(&pool)
+
+    // 2. A contribution cycle through the admin API.
+    let created: serde_json::Value = client
+        .post(format!("{base}/contribution-cycles"))
+        .bearer_auth(DEMO_ADMIN_TOKEN)
+        .header("Idempotency-Key", "demo-cycle-1")
+        .json(&json!({
+            "tier_id": tier,
+            "deceased_member_id": deceased,
+            "claim_reference": "CLAIM-DEMO-1",
+            "contribution": {"currency": "SLE", "value": 2_500},
+            "duration_days": 14
+        }))
+        .send()
+        .await
+        .context("creating the contribution cycle")?
+        .error_for_status()
+        .context("the enqueuer refused the contribution cycle")?
+        .json()
         .await?;
-        bar.set_position(finished as u64);
-        bar.set_message(format!("{retrying} waiting to retry"));
-        if finished as usize >= options.jobs {
-            break;
+    let cycle_id = created["cycle_id"]
+        .as_i64()
+        .context("the answer carries a cycle_id")?;
+    println!(
+        "▸ contribution cycle {cycle_id} created ({}): progress at {}",
+        created["status"], created["progress_url"]
+    );
+
+    // 3. Progress until every job has settled.
+    let bars = Bars::new(accepted as u64, options.members as u64 - 1);
+    let outcome = loop {
+        let now = Progress::read(&pool, cycle_id).await?;
+        bars.show(&now);
+        if now.settled(accepted as i64) {
+            break now;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("the demo did not settle within 5 minutes: {now:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bar.finish();
+    };
+    bars.finish();
     let elapsed = started.elapsed();
     stop_workers.cancel();
     workers.await.context("the worker task")??;
     shutdown.cancel();
     server_task.await.context("the enqueuer task")??;
 
-    // 3. Summary.
-    let count = |state: JobState| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM jobs WHERE queue = $1 AND state = $2",
-            )
-            .bind(probe::QUEUE)
-            .bind(state)
-            .fetch_one(&pool)
-            .await
-        }
-    };
-    let completed = count(JobState::Completed).await?;
-    let failed = count(JobState::Failed).await?;
-    let retried: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'completed' AND attempt > 1",
-    )
-    .bind(probe::QUEUE)
-    .fetch_one(&pool)
-    .await?;
+    // 4. Summary, read from Postgres and the sandbox.
+    let executions = sandbox.counts.executions();
+    let executed_once = executions.values().all(|n| *n == 1);
+    println!("\n▸ everything settled in {:.1} s", elapsed.as_secs_f64());
     println!(
-        "▸ drained in {:.2} s ({:.0} jobs/s): {completed} completed ({retried} after a retry), {failed} failed for good",
-        elapsed.as_secs_f64(),
-        options.jobs as f64 / elapsed.as_secs_f64()
+        "  tickets: {} issued, {} refused for good (payment code {DEMO_CODE} exhausted after {DEMO_CODE_LIMIT} uses)",
+        outcome.tickets, outcome.tickets_failed
     );
+    println!(
+        "  commission transfers: {} completed at Monime, each executed exactly once: {} \
+         ({} creates for {} transfers; {} transient faults met and retried durably)",
+        outcome.transfers_completed,
+        if executed_once && executions.len() as i64 == outcome.transfers_completed {
+            "yes"
+        } else {
+            "NO"
+        },
+        sandbox.counts.create_requests(),
+        executions.len(),
+        sandbox.counts.faults()
+    );
+    println!(
+        "  contribution cycle {cycle_id}: {} — {} pending contributions (the deceased and inactive \
+         members excluded), {} agents notified",
+        outcome.cycle_status, outcome.contributions, outcome.notifications
+    );
+    println!("\nSELECT * FROM commission_transfer_stats;");
+    for (company, total, completed, amount) in sqlx::query_as::<_, (String, i64, i64, i64)>(
+        "SELECT company_id, total, completed, amount_completed_minor FROM commission_transfer_stats ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await?
+    {
+        println!("  {company}: {completed}/{total} completed, {amount} minor units of commission");
+    }
     println!(
         "\nSELECT * FROM job_queue_stats;\n{}",
         ops::stats_table(&pool).await?
     );
-    let failures: Vec<(i64, String)> =
-        sqlx::query_as("SELECT id, last_error FROM job_failures ORDER BY id LIMIT 3")
-            .fetch_all(&pool)
-            .await?;
-    println!("\nSELECT id, last_error FROM job_failures LIMIT 3;");
-    for (id, error) in failures {
-        println!("  {id}  {error}");
+    if let Some((id, error)) = sqlx::query_as::<_, (i64, String)>(
+        "SELECT id, last_error FROM job_failures WHERE queue = $1 ORDER BY id LIMIT 1",
+    )
+    .bind(ticket::QUEUE)
+    .fetch_optional(&pool)
+    .await?
+    {
+        println!("\nSELECT id, last_error FROM job_failures LIMIT 1;\n  {id}  {error}");
     }
     println!("\nExplore it: psql {DEMO_DATABASE}, or DATABASE_URL=…/{DEMO_DATABASE} worker stats");
+    sandbox.shutdown().await;
+    if !executed_once {
+        bail!("a transfer was executed more than once at the sandbox");
+    }
     Ok(())
+}
+
+/// Three companies with their Monime accounts and commission rates, two routes each, the
+/// demo payment code, and a tier of `members` (one in fifty inactive) plus the deceased
+/// member whose death opens the cycle. Returns the tier and the deceased member.
+async fn seed(pool: &PgPool, members: i64) -> anyhow::Result<(i64, i64)> {
+    sqlx::query(
+        "INSERT INTO companies (id, name, monime_account_id, commission_bps, currency) VALUES \
+         ('co-0', 'Freetown Express', 'fa-freetown-express', 250, 'SLE'), \
+         ('co-1', 'Bo Coaches', 'fa-bo-coaches', 300, 'SLE'), \
+         ('co-2', 'Kenema Lines', 'fa-kenema-lines', 500, 'SLE')",
+    )
+    .execute(pool)
+    .await
+    .context("seeding companies")?;
+    sqlx::query(
+        "INSERT INTO routes (id, company_id, origin, destination) \
+         SELECT 'rt-' || c || '-' || r, 'co-' || c, 'Freetown', (ARRAY['Bo', 'Kenema'])[r + 1] \
+         FROM generate_series(0, 2) c, generate_series(0, 1) r",
+    )
+    .execute(pool)
+    .await
+    .context("seeding routes")?;
+    sqlx::query(
+        "INSERT INTO payment_codes (code, company_id, usage_limit) VALUES ($1, 'co-0', $2)",
+    )
+    .bind(DEMO_CODE)
+    .bind(DEMO_CODE_LIMIT)
+    .execute(pool)
+    .await
+    .context("seeding the payment code")?;
+    let tier: i64 = sqlx::query_scalar(
+        "INSERT INTO tiers (name, currency) VALUES ('Gold', 'SLE') RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .context("seeding the tier")?;
+    let deceased: i64 = sqlx::query_scalar(
+        "WITH m AS ( \
+           INSERT INTO members (tier_id, status, agent_id, wallet_id) \
+           SELECT $1, CASE WHEN g % 50 = 0 THEN 'inactive' ELSE 'active' END::member_status, \
+                  'agent-' || (g % $3), 'wallet-' || g \
+           FROM generate_series(1, $2) g \
+           RETURNING id) \
+         SELECT min(id) FROM m",
+    )
+    .bind(tier)
+    .bind(members)
+    .bind(AGENTS)
+    .fetch_one(pool)
+    .await
+    .context("seeding members")?;
+    Ok((tier, deceased))
+}
+
+/// A `payment.completed` envelope as Monime sends it, for demo payment `i`.
+fn payment_body(i: usize) -> Vec<u8> {
+    let company = i % COMPANIES;
+    let payment = format!("pay-demo-{i:06}");
+    let code = (company == 0 && i % 2 == 0).then_some(DEMO_CODE);
+    serde_json::to_vec(&json!({
+        "apiVersion": "caph.2025-08-23",
+        "event": {"id": format!("evt-demo-{i:06}"), "name": "payment.completed",
+                  "timestamp": chrono::Utc::now().to_rfc3339()},
+        "object": {"id": payment, "type": "payment"},
+        "data": {"id": payment, "status": "completed",
+                 "amount": {"currency": "SLE", "value": 5_000 + 2_500 * (i % 7) as i64},
+                 "financialTransactionReference": format!("txn-demo-{i:06}"),
+                 "metadata": {"company_id": format!("co-{company}"),
+                              "route_id": format!("rt-{company}-{}", i % 2),
+                              "passenger_phone": format!("+23276{:06}", i % 1_000_000),
+                              "payment_code": code}}
+    }))
+    .expect("a JSON body")
+}
+
+/// Sends every payment, plus a redelivery of every tenth; returns (202s, duplicate 200s).
+async fn send_webhooks(
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+) -> anyhow::Result<(usize, usize)> {
+    let url = format!("{base}/webhooks/monime");
+    let deliveries = (0..n).chain((0..n).step_by(10));
+    let statuses: Vec<anyhow::Result<u16>> = futures::stream::iter(deliveries)
+        .map(|i| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let body = payment_body(i);
+                let signature = sign(DEMO_SECRET, chrono::Utc::now().timestamp(), &body);
+                let response = client
+                    .post(&url)
+                    .header("Monime-Signature", signature)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .context("sending a webhook to the enqueuer")?;
+                match response.status().as_u16() {
+                    status @ (200 | 202) => Ok(status),
+                    other => bail!(
+                        "the enqueuer answered {other}: {}",
+                        response.text().await.unwrap_or_default()
+                    ),
+                }
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    let mut accepted = 0;
+    let mut duplicates = 0;
+    for status in statuses {
+        match status? {
+            202 => accepted += 1,
+            _ => duplicates += 1,
+        }
+    }
+    Ok((accepted, duplicates))
+}
+
+/// What the database shows at one moment.
+#[derive(Debug, sqlx::FromRow)]
+struct Progress {
+    ticket_jobs_done: i64,
+    tickets: i64,
+    tickets_failed: i64,
+    transfers_completed: i64,
+    transfer_jobs_open: i64,
+    cycle_status: String,
+    contributions: i64,
+    notifications: i64,
+    notifications_open: i64,
+}
+
+impl Progress {
+    async fn read(pool: &PgPool, cycle_id: i64) -> anyhow::Result<Progress> {
+        Ok(sqlx::query_as(
+            "SELECT \
+               (SELECT count(*) FROM jobs WHERE queue = 'tickets' AND state IN ('completed', 'failed')) AS ticket_jobs_done, \
+               (SELECT count(*) FROM tickets) AS tickets, \
+               (SELECT count(*) FROM jobs WHERE queue = 'tickets' AND state = 'failed') AS tickets_failed, \
+               (SELECT count(*) FROM commission_transfers WHERE status = 'completed') AS transfers_completed, \
+               (SELECT count(*) FROM jobs WHERE queue = 'commission_transfers' AND state IN ('available', 'running')) AS transfer_jobs_open, \
+               (SELECT status::text FROM contribution_cycles WHERE id = $1) AS cycle_status, \
+               (SELECT processed FROM contribution_cycles WHERE id = $1) AS contributions, \
+               (SELECT count(*) FROM jobs WHERE queue = 'notifications') AS notifications, \
+               (SELECT count(*) FROM jobs WHERE queue = 'notifications' AND state IN ('available', 'running')) AS notifications_open",
+        )
+        .bind(cycle_id)
+        .fetch_one(pool)
+        .await?)
+    }
+
+    /// Every ticket job finished, every transfer and notification settled, the cycle final.
+    fn settled(&self, payments: i64) -> bool {
+        self.ticket_jobs_done == payments
+            && self.transfer_jobs_open == 0
+            && self.transfers_completed == self.tickets
+            && matches!(self.cycle_status.as_str(), "Active" | "Failed")
+            && self.notifications > 0
+            && self.notifications_open == 0
+    }
+}
+
+struct Bars {
+    tickets: ProgressBar,
+    transfers: ProgressBar,
+    cycle: ProgressBar,
+}
+
+impl Bars {
+    fn new(payments: u64, members: u64) -> Self {
+        let all = MultiProgress::new();
+        let style = ProgressStyle::with_template("  {prefix:<22} {bar:36} {pos}/{len} {msg}")
+            .expect("a template");
+        let bar = |prefix: &'static str, len: u64| {
+            let bar = all.add(ProgressBar::new(len).with_style(style.clone()));
+            bar.set_prefix(prefix);
+            bar
+        };
+        Bars {
+            tickets: bar("tickets", payments),
+            transfers: bar("commission transfers", payments),
+            cycle: bar("contributions", members),
+        }
+    }
+
+    fn show(&self, p: &Progress) {
+        self.tickets.set_position(p.ticket_jobs_done as u64);
+        self.tickets.set_message(format!(
+            "{} issued, {} refused",
+            p.tickets, p.tickets_failed
+        ));
+        self.transfers.set_length(p.tickets.max(1) as u64);
+        self.transfers.set_position(p.transfers_completed as u64);
+        self.cycle.set_position(p.contributions as u64);
+        self.cycle.set_message(p.cycle_status.clone());
+    }
+
+    fn finish(&self) {
+        for bar in [&self.tickets, &self.transfers, &self.cycle] {
+            bar.finish();
+        }
+    }
 }
 
 /// Drops and creates the demo database; returns its URL.
@@ -197,33 +470,4 @@ async fn recreate_database(server: &DatabaseSettings) -> anyhow::Result<Secret> 
         _ => base,
     };
     Ok(Secret::new(format!("{prefix}/{DEMO_DATABASE}")))
-}
-
-/// Sends `n` signed payments plus a redelivery of every tenth; returns (202s, duplicate 200s).
-async fn send_webhooks(url: &str, n: usize) -> anyhow::Result<(usize, usize)> {
-    let client = reqwest::Client::new();
-    let mut accepted = 0;
-    let mut duplicates = 0;
-    let redeliveries = (0..n).step_by(10);
-    for i in (0..n).chain(redeliveries) {
-        let body = payment_completed_body("demo", i);
-        let signature = sign(DEMO_SECRET, chrono::Utc::now().timestamp(), &body);
-        let response = client
-            .post(url)
-            .header("Monime-Signature", signature)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .context("sending a webhook to the enqueuer")?;
-        match response.status().as_u16() {
-            202 => accepted += 1,
-            200 => duplicates += 1,
-            other => anyhow::bail!(
-                "the enqueuer answered {other}: {}",
-                response.text().await.unwrap_or_default()
-            ),
-        }
-    }
-    Ok((accepted, duplicates))
 }

@@ -52,6 +52,22 @@ pub struct TransferOptions {
 }
 
 impl TransferOptions {
+    /// Monime at `monime`, commissions to `platform_account_id`, and every other setting at
+    /// the worker's defaults (the demo).
+    pub fn new(monime: MonimeConfig, platform_account_id: String) -> Self {
+        TransferOptions {
+            monime,
+            settings: TransferSettings {
+                platform_account_id,
+                poll_initial: Duration::from_millis(500),
+                poll_max: Duration::from_secs(30),
+                poll_inline: Duration::from_millis(250),
+            },
+            breaker: BreakerConfig::default(),
+            rate_limit: None,
+        }
+    }
+
     /// `Ok(None)` when Monime is not configured at all; an error naming the missing settings
     /// when it is configured in part.
     pub fn from_args(monime: &MonimeArgs, args: &TransferArgs) -> anyhow::Result<Option<Self>> {

@@ -291,7 +291,7 @@ async fn seed(pool: &PgPool, members: i64) -> anyhow::Result<(i64, i64)> {
 fn payment_body(i: usize) -> Vec<u8> {
     let company = i % COMPANIES;
     let payment = format!("pay-demo-{i:06}");
-    let code = (company == 0 && i % 2 == 0).then_some(DEMO_CODE);
+    let code = (company == 0 && i.is_multiple_of(2)).then_some(DEMO_CODE);
     serde_json::to_vec(&json!({
         "apiVersion": "caph.2025-08-23",
         "event": {"id": format!("evt-demo-{i:06}"), "name": "payment.completed",

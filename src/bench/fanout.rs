@@ -10,12 +10,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::bench::scratch::with_scratch_database;
 use anyhow::{ensure, Context};
 use poda_jobs::cycle::{self, create_cycle, CycleConfig, CycleId, CycleStatus, NewCycle};
 use poda_jobs::ticket::{Currency, Money};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::worker::{run_workers, WorkerOptions};
@@ -64,31 +65,12 @@ pub async fn run_fanout(opts: FanoutOptions) -> anyhow::Result<Vec<Value>> {
         opts.chunk_size >= 1,
         "fanout: the chunk size must be positive"
     );
-    let server: PgConnectOptions = opts
-        .server_url
-        .parse()
-        .context("parsing the Postgres server URL")?;
-    let server = server.database("postgres").disable_statement_logging();
     let mut results = Vec::new();
     for run in 1..=opts.runs {
-        let name = format!("bench_poda_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect_with(&server)
-            .await
-            .context("connecting to Postgres")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .with_context(|| format!("creating database {name}"))?;
-
-        let outcome = run_on_database(&opts, run, server.clone().database(&name)).await;
-
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await
-        .with_context(|| format!("dropping database {name}"))?;
-        admin.close().await.ok();
+        let outcome = with_scratch_database(&opts.server_url, "fanout", |db, _| {
+            run_on_database(&opts, run, db)
+        })
+        .await;
         results.extend(outcome?);
     }
     eprintln!("{}", summary_table(&opts.sizes, &results));

@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bench::scratch::with_scratch_database;
 use anyhow::Context;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseSettings, Secret};
@@ -62,30 +63,10 @@ impl Default for IngestOptions {
 /// Runs the scenario; prints and returns one `RESULT` object per run.
 pub async fn run_ingest(opts: IngestOptions) -> anyhow::Result<Vec<Value>> {
     raise_fd_limit();
-    let server: PgConnectOptions = opts
-        .server_url
-        .parse()
-        .context("parsing the Postgres server URL")?;
-    let server = server.database("postgres").disable_statement_logging();
-    let name = format!("bench_poda_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect_with(&server)
-        .await
-        .context("connecting to Postgres")?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .with_context(|| format!("creating database {name}"))?;
-
-    let result = run_on_database(&opts, server.clone().database(&name)).await;
-
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
+    with_scratch_database(&opts.server_url, "ingest", |db, _| {
+        run_on_database(&opts, db)
+    })
     .await
-    .with_context(|| format!("dropping database {name}"))?;
-    admin.close().await.ok();
-    result
 }
 
 async fn run_on_database(opts: &IngestOptions, db: PgConnectOptions) -> anyhow::Result<Vec<Value>> {

@@ -10,6 +10,7 @@
 pub mod fanout;
 pub mod ingest;
 pub mod report;
+pub mod scratch;
 pub mod tickets;
 pub mod transfers;
 pub mod w1;

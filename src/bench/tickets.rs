@@ -12,10 +12,11 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::bench::scratch::with_scratch_database;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
 use poda_jobs::engine::{enqueue_many, notify::NOTIFY_CHANNEL, NewJob};
@@ -68,15 +69,10 @@ pub async fn run_tickets(opts: TicketsOptions) -> anyhow::Result<Vec<Value>> {
         Some(path) => path.clone(),
         None => find_worker_binary()?,
     };
-    let server: PgConnectOptions = opts
-        .server_url
-        .parse()
-        .context("parsing the Postgres server URL")?;
-    let server = server.database("postgres").disable_statement_logging();
     let mut results = Vec::new();
     for run in 1..=opts.runs {
         for &procs in &opts.procs {
-            let result = run_once(&opts, &server, &worker, run, procs.max(1)).await?;
+            let result = run_once(&opts, &opts.server_url, &worker, run, procs.max(1)).await?;
             println!("RESULT {result}");
             results.push(result);
         }
@@ -86,38 +82,15 @@ pub async fn run_tickets(opts: TicketsOptions) -> anyhow::Result<Vec<Value>> {
 
 async fn run_once(
     opts: &TicketsOptions,
-    server: &PgConnectOptions,
+    server: &str,
     worker: &PathBuf,
     run: usize,
     procs: usize,
 ) -> anyhow::Result<Value> {
-    let name = format!("bench_poda_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect_with(server)
-        .await
-        .context("connecting to Postgres")?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .with_context(|| format!("creating database {name}"))?;
-
-    let result = measure(
-        opts,
-        server.clone().database(&name),
-        &name,
-        worker,
-        run,
-        procs,
-    )
-    .await;
-
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
+    with_scratch_database(server, "tickets", |db, name| async move {
+        measure(opts, db, &name, worker, run, procs).await
+    })
     .await
-    .with_context(|| format!("dropping database {name}"))?;
-    admin.close().await.ok();
-    result
 }
 
 async fn measure(

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::bench::scratch::with_scratch_database;
 use anyhow::Context;
 use poda_jobs::engine::{enqueue_many, EngineConfig, RetryPolicy};
 use poda_jobs::transfer::breaker::BreakerConfig;
@@ -17,7 +18,7 @@ use poda_jobs::transfer::monime::{ApiToken, MonimeConfig, DEFAULT_VERSION};
 use poda_jobs::transfer::{self, TransferJob, TransferSettings};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::sandbox::{FaultConfig, FaultKind, Sandbox, SandboxConfig};
@@ -69,29 +70,12 @@ impl Default for TransfersOptions {
 
 /// Runs the scenario; prints and returns one `RESULT` object per run.
 pub async fn run_transfers(opts: TransfersOptions) -> anyhow::Result<Vec<Value>> {
-    let server: PgConnectOptions = opts
-        .server_url
-        .parse()
-        .context("parsing the Postgres server URL")?;
-    let server = server.database("postgres").disable_statement_logging();
     let mut results = Vec::new();
     for run in 1..=opts.runs {
-        let name = format!("bench_poda_transfers_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect_with(&server)
-            .await
-            .context("connecting to Postgres")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .with_context(|| format!("creating database {name}"))?;
-        let result = run_once(&opts, run, server.clone().database(&name)).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await
-        .with_context(|| format!("dropping database {name}"))?;
-        admin.close().await.ok();
+        let result = with_scratch_database(&opts.server_url, "transfers", |db, _| {
+            run_once(&opts, run, db)
+        })
+        .await;
         let result = result?;
         println!("RESULT {result}");
         results.push(result);

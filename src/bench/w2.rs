@@ -19,6 +19,7 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
     for &procs in &args.procs {
         for run in 1..=args.runs {
             let result = with_db(args, "w2", run, async |db| {
+                db.load_finished(args.finished).await?;
                 db.load_probes(n, RetryPolicy::default(), |_| {}).await?;
                 db.analyze().await?;
                 db.pause_probes().await?;
@@ -30,7 +31,8 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
                 let entries = workers.stop().await?;
                 let (completed, total) = db.completed_count().await?;
                 let check = ExactlyOnce::check(&entries, n, 1);
-                let ok = check.ok(n) && completed == n as i64 && total == n as i64;
+                let all = (n + args.finished) as i64;
+                let ok = check.ok(n) && completed == all && total == all;
                 Ok(json!({
                     "scenario": "w2", "run": run, "procs": procs, "n": n,
                     "seconds": round3(seconds),
@@ -40,6 +42,7 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
                     "batch_size": args.batch_size,
                     "prefetch": args.prefetch,
                     "completed": completed,
+                    "finished_rows": args.finished,
                     "distinct": check.distinct, "duplicates": check.duplicates,
                     "missing": check.missing,
                     "ok": ok,
@@ -48,7 +51,7 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
             .await?;
             print_result(&result);
             summary.add(
-                &format!("w2 procs={procs}"),
+                &format!("w2 procs={procs} finished={}", args.finished),
                 "jobs/s",
                 result["per_s"].as_f64().unwrap_or_default(),
             );

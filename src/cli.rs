@@ -10,11 +10,6 @@ use poda_jobs::JobId;
 use crate::config::{parse_duration, DatabaseSettings, Secret, DEFAULT_DATABASE_URL};
 use crate::telemetry::LogFormat;
 
-/// The worker's completion backlog (the engine's library default is larger): measured with
-/// `bench tickets`, a backlog of 10,000 let a process hold ~11,000 jobs and made every
-/// completion and lease renewal scan them.
-pub const DEFAULT_WORKER_COMPLETION_BACKLOG: usize = 1_000;
-
 /// Settings every binary shares.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
@@ -93,7 +88,7 @@ pub struct RunArgs {
     pub ticket_batches_in_flight: usize,
     /// Job outcomes waiting to be written before handlers wait. Slots free up when an outcome
     /// is queued, so this bounds the jobs a process holds beyond its slots.
-    #[arg(long, env = "WORKER_COMPLETION_BACKLOG", default_value_t = DEFAULT_WORKER_COMPLETION_BACKLOG)]
+    #[arg(long, env = "WORKER_COMPLETION_BACKLOG", default_value_t = poda_jobs::engine::complete::DEFAULT_COMPLETION_BACKLOG)]
     pub completion_backlog: usize,
     /// At most this many jobs per claim statement.
     #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 100)]

@@ -19,8 +19,11 @@ use crate::error::EngineError;
 
 pub const DEFAULT_COMPLETION_BATCH: usize = 1_000;
 pub const DEFAULT_COMPLETION_INTERVAL: Duration = Duration::from_millis(2);
-/// Outcomes waiting to be written before handlers have to wait.
-pub const DEFAULT_COMPLETION_BACKLOG: usize = 10_000;
+/// Outcomes waiting to be written before handlers have to wait. A handler's slot frees as soon
+/// as its outcome is queued, so this also bounds the jobs a process holds beyond its slots;
+/// kept small so completion batches and lease renewal stay cheap when handlers outrun the
+/// completer.
+pub const DEFAULT_COMPLETION_BACKLOG: usize = 1_000;
 /// How long a batch is retried while the database is unreachable before it is given up;
 /// its jobs then stop being renewed, and the rescuer runs them again.
 const WRITE_RETRY_BUDGET: Duration = Duration::from_secs(60);

@@ -1,6 +1,5 @@
 //! Commission transfers against the Monime sandbox, run by real worker processes.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use poda::sandbox::{FaultConfig, FaultKind, Sandbox, SandboxConfig};
@@ -14,7 +13,7 @@ use poda_jobs::transfer::{self, TransferJob};
 use poda_jobs::RetryPolicy;
 use sqlx::PgPool;
 
-use crate::support::process::{worker_command, WorkerProcess};
+use crate::support::process::{spawn_worker_with, worker_command, WorkerProcess};
 
 const TOKEN: &str = "sandbox-test-token";
 const PLATFORM: &str = "fa-platform-test";
@@ -71,21 +70,13 @@ async fn enqueue_transfers(pool: &PgPool, tickets: &[i64], retry: RetryPolicy) {
 fn spawn_transfer_worker(db: &TestDb, sandbox: &Sandbox, args: &[&str]) -> WorkerProcess {
     let mut all = vec!["--queues", transfer::QUEUE];
     all.extend_from_slice(args);
-    let child = worker_command(&db.url, &all)
+    let mut command = worker_command(&db.url, &all);
+    command
         .env("MONIME_API_URL", &sandbox.base_url)
         .env("MONIME_API_TOKEN", TOKEN)
         .env("MONIME_SPACE_ID", "spc-test")
-        .env("MONIME_PLATFORM_ACCOUNT_ID", PLATFORM)
-        .stdout(Stdio::null())
-        .stderr(if std::env::var("TEST_LOG").is_ok() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the worker binary");
-    WorkerProcess { child }
+        .env("MONIME_PLATFORM_ACCOUNT_ID", PLATFORM);
+    spawn_worker_with(command)
 }
 
 async fn sandbox(config: SandboxConfig) -> Sandbox {

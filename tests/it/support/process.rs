@@ -13,7 +13,13 @@ pub struct WorkerProcess {
 
 /// Starts `worker` on `database_url` with `args`; killed when dropped.
 pub fn spawn_worker(database_url: &str, args: &[&str]) -> WorkerProcess {
-    let child = worker_command(database_url, args)
+    spawn_worker_with(worker_command(database_url, args))
+}
+
+/// Starts a prepared `worker` command (extra environment, say); killed when dropped. Its
+/// logs reach the test output with `TEST_LOG` set.
+pub fn spawn_worker_with(mut command: Command) -> WorkerProcess {
+    let child = command
         .stdout(Stdio::null())
         .stderr(if std::env::var("TEST_LOG").is_ok() {
             Stdio::inherit()

@@ -74,7 +74,13 @@ impl DatabaseSettings {
     pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
         let options =
             PgConnectOptions::from_str(self.url.expose()).map_err(ConfigError::DatabaseUrl)?;
+        // Custom plans for every statement: Poda's statements take arrays whose length varies
+        // from 1 to thousands, against tables that grow from empty. A cached generic plan
+        // (chosen after five executions) is planned for whatever the first calls saw and is
+        // kept until the table's statistics change: complete_many went from ~10 ms to seconds
+        // per batch, and the ticket batch lookup hash-joined a seq scan of all tickets.
         Ok(options
+            .options([("plan_cache_mode", "force_custom_plan")])
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
     }
@@ -99,15 +105,10 @@ impl DatabaseSettings {
     /// A pool whose transactions commit without waiting for the WAL flush: for the engine's
     /// claims, completions and leases, which are safe to lose in a server crash (the job runs
     /// again; handlers are idempotent). Enqueue and business writes use [`Self::connect`].
-    /// Statements are planned for their actual parameters every time (see below).
     pub async fn connect_async_commit(&self) -> Result<PgPool, ConfigError> {
-        // Custom plans: the engine's statements take arrays whose length varies from 1 to
-        // thousands, and a cached generic plan (chosen after five executions) guesses the
-        // wrong join for the large ones; complete_many went from ~10 ms to seconds per batch.
-        let options = self.connect_options()?.options([
-            ("synchronous_commit", "off"),
-            ("plan_cache_mode", "force_custom_plan"),
-        ]);
+        let options = self
+            .connect_options()?
+            .options([("synchronous_commit", "off")]);
         self.connect_with(options).await
     }
 

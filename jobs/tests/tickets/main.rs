@@ -7,5 +7,6 @@ mod batch;
 mod code_limit;
 mod duplicates;
 mod poison;
+mod references;
 mod rounding;
 mod validation;

@@ -74,13 +74,7 @@ impl DatabaseSettings {
     pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
         let options =
             PgConnectOptions::from_str(self.url.expose()).map_err(ConfigError::DatabaseUrl)?;
-        // Custom plans for every statement: Poda's statements take arrays whose length varies
-        // from 1 to thousands, against tables that grow from empty. A cached generic plan
-        // (chosen after five executions) is planned for whatever the first calls saw and is
-        // kept until the table's statistics change: complete_many went from ~10 ms to seconds
-        // per batch, and the ticket batch lookup hash-joined a seq scan of all tickets.
-        Ok(options
-            .options([("plan_cache_mode", "force_custom_plan")])
+        Ok(session_options(options)
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
     }
@@ -106,9 +100,7 @@ impl DatabaseSettings {
     /// claims, completions and leases, which are safe to lose in a server crash (the job runs
     /// again; handlers are idempotent). Enqueue and business writes use [`Self::connect`].
     pub async fn connect_async_commit(&self) -> Result<PgPool, ConfigError> {
-        let options = self
-            .connect_options()?
-            .options([("synchronous_commit", "off")]);
+        let options = async_commit_options(self.connect_options()?);
         self.connect_with(options).await
     }
 
@@ -123,6 +115,24 @@ impl DatabaseSettings {
                 source,
             })
     }
+}
+
+/// The session settings every connection of a worker or enqueuer runs with; benchmarks that
+/// build their own pools use them too, so they measure what production runs.
+///
+/// Custom plans for every statement: Poda's statements take arrays whose length varies from
+/// 1 to thousands, against tables that grow from empty. A cached generic plan (chosen after
+/// five executions) is planned for whatever the first calls saw and is kept until the table's
+/// statistics change: complete_many went from ~10 ms to seconds per batch, and the ticket
+/// batch lookup hash-joined a seq scan of all tickets.
+pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([("plan_cache_mode", "force_custom_plan")])
+}
+
+/// [`session_options`] with commits that do not wait for the WAL flush, for the engine's own
+/// writes (see [`DatabaseSettings::connect_async_commit`]).
+pub fn async_commit_options(options: PgConnectOptions) -> PgConnectOptions {
+    session_options(options).options([("synchronous_commit", "off")])
 }
 
 /// Parses `30s`, `5m`, `7d`, `2h`, `250ms` or bare seconds.

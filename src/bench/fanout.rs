@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use crate::bench::scratch::with_scratch_database;
+use crate::config::{async_commit_options, session_options};
 use anyhow::{ensure, Context};
 use poda_jobs::cycle::{self, create_cycle, CycleConfig, CycleId, CycleStatus, NewCycle};
 use poda_jobs::ticket::{Currency, Money};
@@ -84,7 +85,7 @@ async fn run_on_database(
 ) -> anyhow::Result<Vec<Value>> {
     let pool = PgPoolOptions::new()
         .max_connections(6)
-        .connect_with(db.clone())
+        .connect_with(session_options(db.clone()))
         .await
         .context("connecting to the bench database")?;
     poda_jobs::engine::migrate::run_migrations(&pool)
@@ -101,7 +102,7 @@ async fn run_on_database(
 
     let engine_pool = PgPoolOptions::new()
         .max_connections(6)
-        .connect_with(db.options([("synchronous_commit", "off")]))
+        .connect_with(async_commit_options(db.clone()))
         .await
         .context("connecting the engine pool")?;
     let options = WorkerOptions {

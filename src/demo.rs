@@ -463,11 +463,8 @@ async fn recreate_database(server: &DatabaseSettings) -> anyhow::Result<Secret> 
     .await
     .context("creating the demo database")?;
     admin.close().await.ok();
-    let url = server.url.expose();
-    let base = url.split('?').next().unwrap_or(url);
-    let prefix = match base.rfind('/') {
-        Some(slash) if slash > base.find("://").map(|i| i + 2).unwrap_or(0) => &base[..slash],
-        _ => base,
-    };
-    Ok(Secret::new(format!("{prefix}/{DEMO_DATABASE}")))
+    Ok(Secret::new(crate::bench::url_with_database(
+        server.url.expose(),
+        DEMO_DATABASE,
+    )))
 }

@@ -86,21 +86,7 @@ impl BenchArgs {
     }
 
     fn worker_bin(&self) -> anyhow::Result<PathBuf> {
-        if let Some(bin) = &self.worker_bin {
-            return Ok(bin.clone());
-        }
-        let exe = std::env::current_exe().context("locating the bench executable")?;
-        let bin = exe
-            .parent()
-            .context("the bench executable has no directory")?
-            .join(format!("worker{}", std::env::consts::EXE_SUFFIX));
-        if !bin.exists() {
-            bail!(
-                "no worker binary at {} (build it with `cargo build --release --bins`, or pass --worker-bin)",
-                bin.display()
-            );
-        }
-        Ok(bin)
+        worker_binary(self.worker_bin.as_deref())
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -287,6 +273,39 @@ async fn admin_connection(server: &str) -> anyhow::Result<PgConnection> {
     PgConnection::connect_with(&options)
         .await
         .context("connecting to the Postgres server (--database-url)")
+}
+
+/// The `worker` binary to start: `explicit` if given, else the one beside the running
+/// executable (target/<profile>/), or one directory up when running as an example.
+pub fn worker_binary(explicit: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = explicit {
+        return Ok(bin.to_path_buf());
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let name = format!("worker{}", std::env::consts::EXE_SUFFIX);
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join(&name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no `worker` binary next to {} (build it with `cargo build --release --bins`, or pass --worker-bin)",
+        exe.display()
+    )
+}
+
+/// Whether `queue` still has a job to run: one probe of the claim index and one of the
+/// running index, so polling it does not load the server a benchmark measures (a count of
+/// finished rows grows with the run).
+pub async fn queue_has_unfinished_jobs(pool: &PgPool, queue: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'available') \
+             OR EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'running')",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await
 }
 
 /// `url` with its database replaced by `name` (query parameters kept).
@@ -507,5 +526,26 @@ impl Workload {
             Workload::W3 => w3::run(args, summary).await,
             Workload::W4 => w4::run(args, summary).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_replaces_the_database_and_keeps_the_query() {
+        assert_eq!(
+            url_with_database(
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "bench_poda_x"
+            ),
+            "postgres://postgres@127.0.0.1:5432/bench_poda_x"
+        );
+        assert_eq!(
+            url_with_database("postgres://u:p@h:1/db?sslmode=disable", "b"),
+            "postgres://u:p@h:1/b?sslmode=disable"
+        );
+        assert_eq!(url_with_database("postgres://h", "b"), "postgres://h/b");
     }
 }

@@ -13,6 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::bench::scratch::with_scratch_database;
+use crate::bench::{queue_has_unfinished_jobs, url_with_database, worker_binary};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -67,7 +68,7 @@ impl Default for TicketsOptions {
 pub async fn run_tickets(opts: TicketsOptions) -> anyhow::Result<Vec<Value>> {
     let worker = match &opts.worker_exe {
         Some(path) => path.clone(),
-        None => find_worker_binary()?,
+        None => worker_binary(None)?,
     };
     let mut results = Vec::new();
     for run in 1..=opts.runs {
@@ -123,7 +124,7 @@ async fn measure(
         .await
         .context("analyzing")?;
 
-    let url = database_url(&opts.server_url, name);
+    let url = url_with_database(&opts.server_url, name);
     let mut workers = Vec::with_capacity(procs);
     for _ in 0..procs {
         workers.push(spawn_worker(worker, &url, opts.ticket_concurrency)?);
@@ -141,15 +142,7 @@ async fn measure(
         .await
         .context("opening the tickets queue")?;
         loop {
-            // Cheap while the run lasts: stops at the first unfinished job in the claim or
-            // running index, instead of counting them.
-            let unfinished: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'available') \
-                     OR EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'running')",
-            )
-            .bind(ticket::QUEUE)
-            .fetch_one(&pool)
-            .await?;
+            let unfinished = queue_has_unfinished_jobs(&pool, ticket::QUEUE).await?;
             if !unfinished {
                 break;
             }
@@ -345,43 +338,6 @@ async fn stop_worker(child: &mut Child) {
     }
 }
 
-/// The `worker` binary beside the running executable (target/<profile>/), or one directory
-/// up when running as an example (target/<profile>/examples/).
-fn find_worker_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the running executable")?;
-    let name = format!("worker{}", std::env::consts::EXE_SUFFIX);
-    for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join(&name);
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    bail!(
-        "no `worker` binary next to {}; build it first (cargo build --release --bin worker)",
-        exe.display()
-    )
-}
-
-/// The URL of database `name` on the server of `server_url`.
-fn database_url(server_url: &str, name: &str) -> String {
-    match url_split(server_url) {
-        Some((prefix, query)) => format!("{prefix}/{name}{query}"),
-        None => format!("{server_url}/{name}"),
-    }
-}
-
-/// (scheme://authority, ?query) of a Postgres URL.
-fn url_split(url: &str) -> Option<(&str, &str)> {
-    let authority_start = url.find("://")? + 3;
-    let path_start = url[authority_start..]
-        .find('/')
-        .map(|i| i + authority_start);
-    let query_start = url.find('?');
-    let prefix_end = path_start.or(query_start).unwrap_or(url.len());
-    let query = query_start.map(|q| &url[q..]).unwrap_or("");
-    Some((&url[..prefix_end], query))
-}
-
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -389,22 +345,6 @@ fn round2(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn database_url_replaces_the_database_and_keeps_the_query() {
-        assert_eq!(
-            database_url(
-                "postgres://postgres@127.0.0.1:5432/postgres",
-                "bench_poda_x"
-            ),
-            "postgres://postgres@127.0.0.1:5432/bench_poda_x"
-        );
-        assert_eq!(
-            database_url("postgres://u:p@h:1/db?sslmode=disable", "b"),
-            "postgres://u:p@h:1/b?sslmode=disable"
-        );
-        assert_eq!(database_url("postgres://h", "b"), "postgres://h/b");
-    }
 
     #[test]
     fn bench_payments_fit_their_company() {

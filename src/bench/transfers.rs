@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::bench::queue_has_unfinished_jobs;
 use crate::bench::scratch::with_scratch_database;
 use crate::config::{async_commit_options, session_options};
 use anyhow::Context;
@@ -169,15 +170,7 @@ async fn run_once(
     ));
     let deadline = started + Duration::from_secs(300);
     loop {
-        // Cheap while the run lasts, so the measurement does not load the server it measures:
-        // stops at the first unfinished transfer job in the claim or the running index.
-        let unfinished: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'available') \
-                 OR EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'running')",
-        )
-        .bind(transfer::QUEUE)
-        .fetch_one(&handler_pool)
-        .await?;
+        let unfinished = queue_has_unfinished_jobs(&handler_pool, transfer::QUEUE).await?;
         if !unfinished || Instant::now() > deadline {
             break;
         }

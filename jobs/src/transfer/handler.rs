@@ -87,7 +87,10 @@ struct Loaded {
     slot_in_s: Option<f64>,
 }
 
-/// The row as the handler works with it.
+/// The row as the handler works with it: a snapshot taken when the run started. Every write
+/// of the run's outcome is fenced by the snapshot's idempotency key and by the row still being
+/// unfinished, so a run that stalled past its lease cannot turn a completed row back, or
+/// mark a newer generation (an operator retry under a new key) failed with an old answer.
 #[derive(Debug)]
 struct Row {
     id: i64,
@@ -174,7 +177,7 @@ pub async fn handle(
         Ok(transfer) => on_answer(ctx, ticket_id, &row, transfer).await,
         Err(error) if error.is_transient() => {
             let last = meta.attempt >= meta.retry.max_attempts;
-            record_transient(&ctx.status_pool, row.id, &error, last)
+            record_transient(&ctx.status_pool, &row, &error, last)
                 .await
                 .map_err(|e| TransferError::database(ticket_id, e))?;
             Err(TransferError::Transient {
@@ -186,7 +189,7 @@ pub async fn handle(
         Err(error) => {
             record_failed(
                 &ctx.pool,
-                row.id,
+                &row,
                 row.monime_status.as_deref(),
                 "rejected",
                 &error.to_string(),
@@ -272,29 +275,41 @@ async fn on_answer(
             sqlx::query(
                 "UPDATE commission_transfers SET status = 'completed', monime_transfer_id = $2, \
                  monime_status = 'completed', completed_at = now(), updated_at = now(), \
-                 status_changed_at = now() WHERE id = $1 AND status <> 'completed'",
+                 status_changed_at = now() \
+                 WHERE id = $1 AND idempotency_key = $3 AND status <> 'completed'",
             )
             .bind(row.id)
             .bind(&transfer.id)
+            .bind(row.key.as_str())
             .execute(&ctx.status_pool)
             .await
             .map_err(db)?;
             Ok(Outcome::Done)
         }
         TransferStatus::Pending | TransferStatus::Processing => {
-            let polls: i32 = sqlx::query_scalar(
+            let polls: Option<i32> = sqlx::query_scalar(
                 "UPDATE commission_transfers SET status = 'processing', monime_transfer_id = $2, \
                  monime_status = $3, polls = polls + 1, updated_at = now(), \
                  status_changed_at = CASE WHEN status = 'processing' THEN status_changed_at ELSE now() END \
-                 WHERE id = $1 RETURNING polls",
+                 WHERE id = $1 AND idempotency_key = $4 AND status IN ('pending', 'processing') \
+                 RETURNING polls",
             )
             .bind(row.id)
             .bind(&transfer.id)
             .bind(transfer.status.as_str())
-            .fetch_one(&ctx.status_pool)
+            .bind(row.key.as_str())
+            .fetch_optional(&ctx.status_pool)
             .await
             .map_err(db)?;
-            Ok(Outcome::Snooze(poll_delay(&ctx.settings, polls)))
+            match polls {
+                Some(polls) => Ok(Outcome::Snooze(poll_delay(&ctx.settings, polls))),
+                // The row moved on without this run (finished, or retried by an operator
+                // under a new key): nothing of this run's is left to do.
+                None => {
+                    tracing::info!(ticket_id, "transfer row changed under a stale run; leaving it");
+                    Ok(Outcome::Done)
+                }
+            }
         }
         TransferStatus::Failed => {
             let (code, message) = match transfer.failure_detail {
@@ -309,12 +324,14 @@ async fn on_answer(
             sqlx::query(
                 "UPDATE commission_transfers SET status = 'failed', monime_transfer_id = $2, \
                  monime_status = 'failed', failure_code = $3, last_error = $4, updated_at = now(), \
-                 status_changed_at = now() WHERE id = $1",
+                 status_changed_at = now() \
+                 WHERE id = $1 AND idempotency_key = $5 AND status IN ('pending', 'processing')",
             )
             .bind(row.id)
             .bind(&transfer.id)
             .bind(&code)
             .bind(error.to_string())
+            .bind(row.key.as_str())
             .execute(&ctx.pool)
             .await
             .map_err(db)?;
@@ -426,7 +443,7 @@ fn request_body(loaded: &Loaded, platform_account_id: &str) -> String {
 
 async fn record_transient(
     pool: &PgPool,
-    id: i64,
+    row: &Row,
     error: &MonimeError,
     last_attempt: bool,
 ) -> Result<(), sqlx::Error> {
@@ -437,19 +454,23 @@ async fn record_transient(
         sqlx::query(
             "UPDATE commission_transfers SET status = 'failed', failure_code = 'retries_exhausted', \
              retry_count = retry_count + 1, last_error = $2, updated_at = now(), \
-             status_changed_at = now() WHERE id = $1",
+             status_changed_at = now() \
+             WHERE id = $1 AND idempotency_key = $3 AND status IN ('pending', 'processing')",
         )
-        .bind(id)
+        .bind(row.id)
         .bind(format!("no retries left: {text}"))
+        .bind(row.key.as_str())
         .execute(pool)
         .await?;
     } else {
         sqlx::query(
             "UPDATE commission_transfers SET retry_count = retry_count + 1, last_error = $2, \
-             updated_at = now() WHERE id = $1",
+             updated_at = now() \
+             WHERE id = $1 AND idempotency_key = $3 AND status IN ('pending', 'processing')",
         )
-        .bind(id)
+        .bind(row.id)
         .bind(text)
+        .bind(row.key.as_str())
         .execute(pool)
         .await?;
     }
@@ -458,19 +479,21 @@ async fn record_transient(
 
 async fn record_failed(
     pool: &PgPool,
-    id: i64,
+    row: &Row,
     monime_status: Option<&str>,
     code: &str,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE commission_transfers SET status = 'failed', monime_status = $2, failure_code = $3, \
-         last_error = $4, updated_at = now(), status_changed_at = now() WHERE id = $1",
+         last_error = $4, updated_at = now(), status_changed_at = now() \
+         WHERE id = $1 AND idempotency_key = $5 AND status IN ('pending', 'processing')",
     )
-    .bind(id)
+    .bind(row.id)
     .bind(monime_status)
     .bind(code)
     .bind(reason)
+    .bind(row.key.as_str())
     .execute(pool)
     .await?;
     Ok(())

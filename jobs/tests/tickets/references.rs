@@ -97,6 +97,8 @@ async fn companies_routes_and_codes_cannot_be_deleted_or_rekeyed() {
         "UPDATE routes SET id = 'rt-2' WHERE id = 'rt-1'",
         "UPDATE companies SET id = 'co-2' WHERE id = 'co-1'",
         "UPDATE payment_codes SET code = 'CODE-2' WHERE code = 'CODE-1'",
+        "TRUNCATE payment_codes",
+        "TRUNCATE companies, routes, payment_codes CASCADE",
     ] {
         let error = sqlx::query(statement).execute(&db.pool).await.unwrap_err();
         assert_eq!(

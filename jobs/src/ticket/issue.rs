@@ -8,7 +8,6 @@
 //!   (Rust)               reject what cannot become a ticket; count uses against each code's limit
 //!   insert_tickets       one multi-row INSERT … ON CONFLICT (payment_id) DO NOTHING
 //!   count_code_uses      the inserted tickets' codes; exhausted at the limit
-//!   mark_codes_expired   codes a payment found past their expiry become `expired`
 //!   enqueue_many         one commission_transfers job per inserted ticket
 //! COMMIT
 //! ```
@@ -216,7 +215,6 @@ async fn issue_batch(
     };
 
     count_code_uses(&mut tx, &unique, &to_write, &written).await?;
-    mark_codes_expired(&mut tx, &codes).await?;
     let mut new_ids: Vec<i64> = written.values().copied().collect();
     new_ids.sort_unstable();
     let transfers: Vec<NewJob> = new_ids
@@ -547,31 +545,6 @@ async fn find_tickets(
             .fetch_all(&mut *conn)
             .await?;
     Ok(rows.into_iter().collect())
-}
-
-/// Codes of this batch that are past their expiry but still `active` become `expired`, so the
-/// dashboards show what the payments found. They are locked by this transaction.
-async fn mark_codes_expired(
-    conn: &mut PgConnection,
-    codes: &HashMap<String, CodeRow>,
-) -> Result<(), sqlx::Error> {
-    let mut expired: Vec<&str> = codes
-        .iter()
-        .filter(|(_, row)| row.expired && row.status == "active")
-        .map(|(code, _)| code.as_str())
-        .collect();
-    if expired.is_empty() {
-        return Ok(());
-    }
-    expired.sort_unstable();
-    sqlx::query(
-        "UPDATE payment_codes SET status = 'expired', updated_at = now() \
-         WHERE code = ANY($1::text[]) AND status = 'active'",
-    )
-    .bind(&expired)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// Adds the inserted tickets to their codes' usage.

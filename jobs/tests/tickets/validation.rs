@@ -130,8 +130,7 @@ async fn payments_that_cannot_become_tickets_fail_for_good_and_leave_the_batch_i
         vec![
             ("OFF", 0, "disabled"),
             ("OK", 10, "exhausted"),
-            // Found past its expiry by a payment: marked so.
-            ("OLD", 0, "expired"),
+            ("OLD", 0, "active"),
             ("OTHER-CO", 0, "active"),
             ("USED-UP", 1, "exhausted"),
         ]

@@ -9,9 +9,10 @@
 --
 -- No separate `SELECT … FOR UPDATE` step: it wrote a lock record per row (a fifth of this
 -- statement's WAL) to order locks against writers that never wait. Every other multi-row
--- writer of running jobs (claim, lease renewal, rescue) uses SKIP LOCKED, a process writes its
--- outcome batches one at a time and in id order (the caller sorts them), and two processes'
--- batches only meet on a job whose lease was taken over, which the fence then skips. A
+-- writer of running jobs (claim, lease renewal, rescue) uses SKIP LOCKED and so never waits, a
+-- process writes its outcome batches one at a time, and two processes' batches only meet on a
+-- job whose lease was taken over, which the fence then skips (the WHERE is re-checked on the
+-- row version a concurrent commit left). A
 -- deadlock would need two such takeovers crossing at once; Postgres breaks it and the caller
 -- writes the batch again.
 UPDATE jobs j

@@ -1,7 +1,8 @@
 -- extend_leases: push the leases of jobs this process holds to now + $4 ms.
 -- $1 id[], $2 attempt[], $3 owner, $4 lease ms. Relies on the primary key.
--- Rows are locked in id order, like complete_many, so the two can never deadlock, and rows
--- a completion holds right now are skipped: that completion ends the lease anyway.
+-- SKIP LOCKED: this statement never waits, so it can never be part of a deadlock with
+-- complete_many, and rows a completion holds right now are skipped (that completion ends
+-- the lease anyway).
 WITH held AS (
     SELECT j.id
     FROM jobs j

@@ -306,7 +306,10 @@ async fn on_answer(
                 // The row moved on without this run (finished, or retried by an operator
                 // under a new key): nothing of this run's is left to do.
                 None => {
-                    tracing::info!(ticket_id, "transfer row changed under a stale run; leaving it");
+                    tracing::info!(
+                        ticket_id,
+                        "transfer row changed under a stale run; leaving it"
+                    );
                     Ok(Outcome::Done)
                 }
             }

@@ -162,3 +162,59 @@ async fn outcomes_of_one_batch_each_land_in_their_own_state() {
         .unwrap();
     assert_eq!(leases, 0);
 }
+
+#[tokio::test]
+async fn a_late_outcome_that_waits_behind_a_takeover_is_fenced_by_the_committed_row() {
+    let db = TestDb::new().await;
+    let id = enqueue_one_pooled(&db.pool, &job(1)).await.unwrap().id;
+    let old_owner = Uuid::new_v4();
+    claim_batch(&db.pool, QUEUE, 1, old_owner, LEASE, None)
+        .await
+        .unwrap();
+
+    // Another worker takes the job over in a transaction that has not committed yet, so the
+    // old worker's late outcome has to wait for its row lock.
+    let new_owner = Uuid::new_v4();
+    let mut takeover = db.pool.begin().await.unwrap();
+    sqlx::query("UPDATE jobs SET lease_owner = $2, attempt = attempt + 1 WHERE id = $1")
+        .bind(id.0)
+        .bind(new_owner)
+        .execute(&mut *takeover)
+        .await
+        .unwrap();
+    let pool = db.pool.clone();
+    let late = tokio::spawn(async move {
+        complete_many(
+            &pool,
+            old_owner,
+            &[Completion {
+                id,
+                attempt: 1,
+                action: Action::Complete,
+            }],
+        )
+        .await
+    });
+    poda_jobs::testing::wait_until(
+        "the late outcome waits for the takeover's row lock",
+        Duration::from_secs(10),
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query LIKE '%complete_many%')",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        },
+        |waiting| *waiting,
+    )
+    .await;
+    takeover.commit().await.unwrap();
+
+    // Re-checked against the row the takeover committed: not this owner, not this attempt.
+    let changed = late.await.unwrap().unwrap();
+    assert!(changed.is_empty());
+    assert_eq!(state_of(&db.pool, id).await, (JobState::Running, 2));
+}

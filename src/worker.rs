@@ -59,9 +59,9 @@ impl TransferOptions {
             monime,
             settings: TransferSettings {
                 platform_account_id,
-                poll_initial: Duration::from_millis(500),
-                poll_max: Duration::from_secs(30),
-                poll_inline: Duration::from_millis(250),
+                poll_initial: transfer::handler::DEFAULT_POLL_INITIAL,
+                poll_max: transfer::handler::DEFAULT_POLL_MAX,
+                poll_inline: transfer::handler::DEFAULT_POLL_INLINE,
             },
             breaker: BreakerConfig::default(),
             rate_limit: None,

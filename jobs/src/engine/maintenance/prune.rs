@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::EngineError;
 
@@ -85,20 +84,6 @@ impl Pruner {
                 return Ok(report);
             }
             cursor = rows.iter().map(|(id, _, at)| (*at, *id)).max();
-        }
-    }
-
-    /// A ticker loop around [`Self::run_once`] until `stop`. Used by the maintainer while it
-    /// leads; logs only a pass that deleted something.
-    pub async fn run(&self, stop: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            self.run_logged().await;
         }
     }
 

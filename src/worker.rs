@@ -22,7 +22,7 @@ use poda_jobs::ticket::{self, TicketBatchHandle, TicketBatcher, TicketBatcherCon
 use poda_jobs::transfer::breaker::{Breaker, BreakerConfig, DEFAULT_FAILURE_RATE};
 use poda_jobs::transfer::monime::{ApiToken, MonimeClient, MonimeConfig, DEFAULT_CONNECT_TIMEOUT};
 use poda_jobs::transfer::rate_limit::{GlobalRateLimit, RateLimitConfig, TRANSFER_BUCKET};
-use poda_jobs::transfer::{self, TransferContext, TransferJob, TransferSettings};
+use poda_jobs::transfer::{self, TransferContext, TransferJob, TransferSettings, TransferStore};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -39,8 +39,8 @@ pub const KNOWN_QUEUES: &[&str] = &[
     notification::QUEUE,
 ];
 
-/// After the workers stop, how long the ticket batcher may take to write its last batches.
-const TICKET_BATCHER_DRAIN: Duration = Duration::from_secs(10);
+/// After the workers stop, how long a batcher may take to write its last batches.
+const BATCHER_DRAIN: Duration = Duration::from_secs(10);
 
 /// What the `commission_transfers` queue needs: Monime, and how to pace calls to it.
 #[derive(Debug, Clone)]
@@ -195,7 +195,7 @@ impl WorkerOptions {
             announce_ready: false,
             cycle: CycleConfig::default(),
             notifier: NotifierConfig::default(),
-            ticket_batcher: TicketBatcherConfig::default(),
+            ticket_batcher: ticket::batcher::DEFAULT_TICKET_BATCHER,
             transfers: None,
         }
     }
@@ -303,7 +303,7 @@ impl WorkerOptions {
                 batch: args.ticket_batch_size,
                 delay: args.ticket_batch_delay,
                 in_flight: args.ticket_batches_in_flight,
-                ..TicketBatcherConfig::default()
+                ..ticket::batcher::DEFAULT_TICKET_BATCHER
             },
             batch_size: args.batch_size,
             prefetch: args.prefetch,
@@ -328,7 +328,8 @@ impl WorkerOptions {
     }
 
     /// Connections the handlers may use at once. Ticket handlers use none of their own: the
-    /// ticket batcher writes with one connection per batch in flight.
+    /// ticket batcher writes with one connection per batch in flight; transfer handlers
+    /// share the transfer store's.
     pub fn handler_connections(&self) -> u32 {
         self.handler_connections.unwrap_or_else(|| {
             let wanted: usize = self
@@ -336,6 +337,10 @@ impl WorkerOptions {
                 .iter()
                 .map(|(queue, slots)| match queue.as_str() {
                     ticket::QUEUE => self.ticket_batcher.in_flight + 1,
+                    // Rows are read and written in batches by the store; a handler holds a
+                    // connection of its own only for the rare single-row writes (failures,
+                    // rate-limit slots).
+                    transfer::QUEUE => (transfer::store::ROW_BATCHES_IN_FLIGHT + 8).min(*slots + 1),
                     _ => *slots,
                 })
                 .sum();
@@ -395,6 +400,10 @@ pub async fn run_workers(
             TicketBatcher::start(handler_pool.clone(), options.ticket_batcher, stop.clone());
         (handle, writing, stop)
     });
+
+    // The transfer store's batchers, stopped once the handlers are done.
+    let stores = CancellationToken::new();
+    let mut store_tasks = Vec::new();
 
     let grace = options.shutdown_grace;
     // The grace timer starts when shutdown starts (a lazy future), not when the monitor is built.
@@ -463,7 +472,9 @@ pub async fn run_workers(
                 let Some(transfers) = &options.transfers else {
                     bail!("the {} queue needs Monime settings", transfer::QUEUE);
                 };
-                let context = Arc::new(transfer_context(&handler_pool, transfers)?);
+                let (context, tasks) = transfer_context(&handler_pool, transfers, stores.clone())?;
+                store_tasks.extend(tasks);
+                let context = Arc::new(context);
                 let engine = engine.clone();
                 monitor.register(move |i| {
                     WorkerBuilder::new(format!("{}-{}-{i}", transfer::QUEUE, engine.owner()))
@@ -489,14 +500,20 @@ pub async fn run_workers(
         // The handlers are done; the batcher ends once its last batches are written.
         drop(batcher);
         stop.cancel();
-        if tokio::time::timeout(TICKET_BATCHER_DRAIN, writing)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(BATCHER_DRAIN, writing).await.is_err() {
             tracing::warn!(
                 "the ticket batcher did not finish in time; unwritten tickets run again"
             );
         }
+    }
+    stores.cancel();
+    if tokio::time::timeout(BATCHER_DRAIN, futures::future::join_all(store_tasks))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the transfer store did not finish in time; unrecorded answers are asked again"
+        );
     }
     handle.shutdown().await;
     if let Some(path) = &options.probe_tally {
@@ -511,29 +528,38 @@ pub async fn run_workers(
 pub fn transfer_context(
     pool: &PgPool,
     options: &TransferOptions,
-) -> anyhow::Result<TransferContext> {
+    stop: CancellationToken,
+) -> anyhow::Result<(TransferContext, Vec<tokio::task::JoinHandle<()>>)> {
     let client = MonimeClient::new(options.monime.clone()).context("building the Monime client")?;
     tracing::info!(monime = %options.monime.base_url, rate_limit_per_s = ?options.rate_limit.map(|r| r.per_second),
         "commission transfers enabled");
-    // Status updates commit asynchronously (see TransferContext); they are short, so a few
-    // connections serve every handler.
+    // Status updates commit asynchronously (see TransferContext); the store batches the
+    // common ones, so a few connections serve every handler.
     let status_options = (*pool.connect_options())
         .clone()
         .options([("synchronous_commit", "off")]);
     let status_pool = PgPoolOptions::new()
-        .max_connections((pool.options().get_max_connections() / 4).clamp(2, 8))
+        .max_connections(transfer::store::ROW_BATCHES_IN_FLIGHT as u32 + 2)
         .acquire_timeout(Duration::from_secs(10))
         .connect_lazy_with(status_options);
-    Ok(TransferContext {
+    let (store, tasks) = TransferStore::start(
+        pool.clone(),
+        status_pool.clone(),
+        options.settings.platform_account_id.clone(),
+        stop,
+    );
+    let context = TransferContext {
         pool: pool.clone(),
         status_pool,
+        store,
         client,
         breaker: Breaker::new(options.breaker),
         rate_limit: options
             .rate_limit
             .map(|config| GlobalRateLimit::new(pool.clone(), TRANSFER_BUCKET, config)),
         settings: options.settings.clone(),
-    })
+    };
+    Ok((context, tasks))
 }
 
 async fn run_transfer(
@@ -580,12 +606,8 @@ async fn run_notification(
     notification::handle(&notifier, &meta, job).await
 }
 
-async fn run_ticket(
-    job: TicketJob,
-    meta: JobMeta,
-    batcher: Data<TicketBatchHandle>,
-) -> Result<Outcome, JobError> {
-    ticket::handler::handle(&batcher, &meta, job).await
+async fn run_ticket(job: TicketJob, batcher: Data<TicketBatchHandle>) -> Result<Outcome, JobError> {
+    ticket::handler::handle(&batcher, job).await
 }
 
 /// Serves Prometheus metrics (the engine's counters and histograms) on `addr`.

@@ -725,3 +725,101 @@ async fn transient_errors_exhaust_the_retries_then_an_operator_retry_keeps_the_k
     .await;
     assert_eq!(sandbox.counts.total_executions(), 1);
 }
+
+#[tokio::test]
+async fn the_store_reads_and_writes_the_rows_of_runs_batched_together() {
+    use poda_jobs::transfer::monime::IdempotencyKey;
+    use poda_jobs::transfer::store::{Answer, RowStatus};
+    use poda_jobs::transfer::{TransferError, TransferStore};
+
+    let db = TestDb::new().await;
+    let tickets = seed_tickets(&db.pool, "co-store", "fa-co-store", 3).await;
+    let (written, unwritten, free) = (tickets[0], tickets[1], tickets[2]);
+    sqlx::query("UPDATE tickets SET commission_minor = 0 WHERE id = $1")
+        .bind(free)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (store, tasks) = TransferStore::start(
+        db.pool.clone(),
+        db.pool.clone(),
+        PLATFORM.into(),
+        stop.clone(),
+    );
+    // One ticket's row is written by an earlier run.
+    let earlier = store.load_or_create(written).await.unwrap().unwrap();
+
+    // Runs at the same moment: that ticket again, a new one (twice), a zero commission and a
+    // ticket that does not exist.
+    let missing = tickets.iter().max().unwrap() + 1_000;
+    let asked = [written, unwritten, unwritten, free, missing];
+    let answers =
+        futures::future::join_all(asked.iter().map(|&ticket| store.load_or_create(ticket))).await;
+    let again = answers[0].as_ref().unwrap().as_ref().unwrap();
+    assert_eq!((again.id, &again.key), (earlier.id, &earlier.key));
+    let new = answers[1].as_ref().unwrap().as_ref().unwrap();
+    assert_eq!(new.status, RowStatus::Pending);
+    assert_eq!(new.key, IdempotencyKey::for_ticket(unwritten, 1));
+    assert!(
+        new.body
+            .contains(&format!("Commission for ticket {unwritten}")),
+        "{}",
+        new.body
+    );
+    assert_eq!(answers[2].as_ref().unwrap().as_ref().unwrap().id, new.id);
+    assert!(
+        answers[3].as_ref().unwrap().is_none(),
+        "a zero commission has no transfer"
+    );
+    assert!(matches!(
+        answers[4],
+        Err(TransferError::TicketNotFound { ticket_id }) if ticket_id == missing
+    ));
+    let stored: (i64, String, String) = sqlx::query_as(
+        "SELECT count(*), min(request_body) FILTER (WHERE ticket_id = $1), \
+                min(destination_account_id) FROM commission_transfers",
+    )
+    .bind(unwritten)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, (2, new.body.clone(), PLATFORM.to_owned()));
+
+    // Answers: polls count up; a completion under another key is fenced off; a completed row
+    // takes no poll.
+    let answer =
+        |row: &poda_jobs::transfer::store::TransferRow, key: IdempotencyKey, status: &str| Answer {
+            row_id: row.id,
+            key,
+            monime_transfer_id: format!("tfr-{}", row.id),
+            monime_status: status.into(),
+        };
+    for expected in [Some(1), Some(2)] {
+        let polls = store
+            .record_unfinished(written, answer(again, again.key.clone(), "processing"))
+            .await
+            .unwrap();
+        assert_eq!(polls, expected);
+    }
+    let stale = IdempotencyKey::for_ticket(unwritten, 7);
+    store
+        .record_completed(unwritten, answer(new, stale, "completed"))
+        .await
+        .unwrap();
+    assert_eq!(count_transfers(&db.pool, "completed").await, 0);
+    store
+        .record_completed(unwritten, answer(new, new.key.clone(), "completed"))
+        .await
+        .unwrap();
+    assert_eq!(count_transfers(&db.pool, "completed").await, 1);
+    assert_eq!(count_transfers(&db.pool, "processing").await, 1);
+    let polls = store
+        .record_unfinished(unwritten, answer(new, new.key.clone(), "processing"))
+        .await
+        .unwrap();
+    assert_eq!(polls, None, "a completed row is not polled again");
+
+    stop.cancel();
+    futures::future::join_all(tasks).await;
+}

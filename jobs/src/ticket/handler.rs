@@ -5,14 +5,10 @@
 
 use super::batcher::TicketBatchHandle;
 use super::TicketJob;
-use crate::engine::{JobError, JobMeta, Outcome};
+use crate::engine::{JobError, Outcome};
 
 /// Runs one ticket job.
-pub async fn handle(
-    batcher: &TicketBatchHandle,
-    meta: &JobMeta,
-    job: TicketJob,
-) -> Result<Outcome, JobError> {
-    batcher.issue(meta.id, job).await?;
+pub async fn handle(batcher: &TicketBatchHandle, job: TicketJob) -> Result<Outcome, JobError> {
+    batcher.issue(job).await?;
     Ok(Outcome::Done)
 }

@@ -1,5 +1,6 @@
 //! What can go wrong with a commission transfer, in domain words, and how each case is retried.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::monime::MonimeError;
@@ -13,8 +14,11 @@ pub enum TransferError {
     Database {
         ticket_id: i64,
         #[source]
-        source: sqlx::Error,
+        source: Arc<sqlx::Error>,
     },
+    /// The worker is stopping and did not write this run's row or answer; the job runs again.
+    #[error("the worker stopped before the transfer of ticket {ticket_id} was recorded")]
+    Stopped { ticket_id: i64 },
     /// Connection error, timeout, 429 or 5xx: worth another try.
     #[error("transient Monime error for ticket {ticket_id}")]
     Transient {
@@ -46,6 +50,11 @@ pub enum TransferError {
 
 impl TransferError {
     pub fn database(ticket_id: i64, source: sqlx::Error) -> Self {
+        TransferError::database_shared(ticket_id, Arc::new(source))
+    }
+
+    /// A database error shared by every transfer of a batch.
+    pub fn database_shared(ticket_id: i64, source: Arc<sqlx::Error>) -> Self {
         TransferError::Database { ticket_id, source }
     }
 

@@ -17,11 +17,9 @@ use sqlx::PgPool;
 
 use super::breaker::Breaker;
 use super::error::TransferError;
-use super::monime::{
-    AccountRef, Amount, CreateTransfer, IdempotencyKey, InternalTransfer, MonimeClient,
-    MonimeError, TransferStatus,
-};
+use super::monime::{InternalTransfer, MonimeClient, MonimeError, TransferStatus};
 use super::rate_limit::GlobalRateLimit;
+use super::store::{Answer, RowStatus, TransferRow as Row, TransferStore};
 use super::TransferJob;
 use crate::engine::{JobError, JobMeta, Outcome};
 
@@ -31,16 +29,6 @@ pub const DEFAULT_POLL_INLINE: Duration = Duration::from_millis(250);
 
 pub const HELD_BACK: &str = "poda_transfer_held_back_total";
 pub const MONIME_CALLS: &str = "poda_transfer_monime_calls_total";
-
-/// The `commission_transfer_status` enum of the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
-#[sqlx(type_name = "commission_transfer_status", rename_all = "lowercase")]
-pub enum RowStatus {
-    Pending,
-    Processing,
-    Completed,
-    Failed,
-}
 
 #[derive(Debug, Clone)]
 pub struct TransferSettings {
@@ -55,53 +43,21 @@ pub struct TransferSettings {
     pub poll_inline: Duration,
 }
 
-/// What every transfer handler of a process shares: the pools, one Monime client (one
-/// connection pool), one circuit breaker and the global rate limit.
+/// What every transfer handler of a process shares: the pools, the row store, one Monime
+/// client (one connection pool), one circuit breaker and the global rate limit.
 #[derive(Clone)]
 pub struct TransferContext {
-    /// Durable writes: the row with its key and body before the first call, and failures.
+    /// Durable writes: failures and rate-limit slots.
     pub pool: PgPool,
     /// Status updates that may commit asynchronously (`synchronous_commit = off`): losing one
     /// in a server crash only makes the job ask Monime again under the same key.
     pub status_pool: PgPool,
+    /// The rows (written durably before the first call) and the common answers, batched.
+    pub store: TransferStore,
     pub client: MonimeClient,
     pub breaker: Breaker,
     pub rate_limit: Option<GlobalRateLimit>,
     pub settings: TransferSettings,
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct Loaded {
-    ticket_id: i64,
-    company_id: String,
-    commission_minor: i64,
-    currency: String,
-    monime_account_id: String,
-    transfer_id: Option<i64>,
-    status: Option<RowStatus>,
-    idempotency_key: Option<String>,
-    request_body: Option<String>,
-    monime_transfer_id: Option<String>,
-    monime_status: Option<String>,
-    last_error: Option<String>,
-    slot_in_s: Option<f64>,
-}
-
-/// The row as the handler works with it: a snapshot taken when the run started. Every write
-/// of the run's outcome is fenced by the snapshot's idempotency key and by the row still being
-/// unfinished, so a run that stalled past its lease cannot turn a completed row back, or
-/// mark a newer generation (an operator retry under a new key) failed with an old answer.
-#[derive(Debug)]
-struct Row {
-    id: i64,
-    status: RowStatus,
-    key: IdempotencyKey,
-    body: String,
-    monime_transfer_id: Option<String>,
-    monime_status: Option<String>,
-    last_error: Option<String>,
-    /// Seconds until the rate-limit slot this transfer holds (negative: it has come).
-    slot_in_s: Option<f64>,
 }
 
 /// Runs one step of `job`'s transfer.
@@ -111,7 +67,7 @@ pub async fn handle(
     job: TransferJob,
 ) -> Result<Outcome, JobError> {
     let ticket_id = job.ticket_id;
-    let Some(row) = load_or_create(ctx, ticket_id).await? else {
+    let Some(row) = ctx.store.load_or_create(ticket_id).await? else {
         return Ok(Outcome::Done);
     };
     match row.status {
@@ -205,6 +161,15 @@ pub async fn handle(
     }
 }
 
+fn answer(row: &Row, transfer: &InternalTransfer) -> Answer {
+    Answer {
+        row_id: row.id,
+        key: row.key.clone(),
+        monime_transfer_id: transfer.id.clone(),
+        monime_status: transfer.status.as_str().to_owned(),
+    }
+}
+
 /// Under the global rate limit: `None` to create now, or how long to wait for the slot this
 /// transfer holds. A reserved slot is kept in the row (`call_not_before`), so a waiting job
 /// asks the limit once per call, however long the backlog.
@@ -272,36 +237,13 @@ async fn on_answer(
     let db = |e: sqlx::Error| TransferError::database(ticket_id, e);
     match transfer.status {
         TransferStatus::Completed => {
-            sqlx::query(
-                "UPDATE commission_transfers SET status = 'completed', monime_transfer_id = $2, \
-                 monime_status = 'completed', completed_at = now(), updated_at = now(), \
-                 status_changed_at = now() \
-                 WHERE id = $1 AND idempotency_key = $3 AND status <> 'completed'",
-            )
-            .bind(row.id)
-            .bind(&transfer.id)
-            .bind(row.key.as_str())
-            .execute(&ctx.status_pool)
-            .await
-            .map_err(db)?;
+            let answer = answer(row, &transfer);
+            ctx.store.record_completed(ticket_id, answer).await?;
             Ok(Outcome::Done)
         }
         TransferStatus::Pending | TransferStatus::Processing => {
-            let polls: Option<i32> = sqlx::query_scalar(
-                "UPDATE commission_transfers SET status = 'processing', monime_transfer_id = $2, \
-                 monime_status = $3, polls = polls + 1, updated_at = now(), \
-                 status_changed_at = CASE WHEN status = 'processing' THEN status_changed_at ELSE now() END \
-                 WHERE id = $1 AND idempotency_key = $4 AND status IN ('pending', 'processing') \
-                 RETURNING polls",
-            )
-            .bind(row.id)
-            .bind(&transfer.id)
-            .bind(transfer.status.as_str())
-            .bind(row.key.as_str())
-            .fetch_optional(&ctx.status_pool)
-            .await
-            .map_err(db)?;
-            match polls {
+            let answer = answer(row, &transfer);
+            match ctx.store.record_unfinished(ticket_id, answer).await? {
                 Some(polls) => Ok(Outcome::Snooze(poll_delay(&ctx.settings, polls))),
                 // The row moved on without this run (finished, or retried by an operator
                 // under a new key): nothing of this run's is left to do.
@@ -341,107 +283,6 @@ async fn on_answer(
             Err(error.into())
         }
     }
-}
-
-/// Loads the ticket's transfer row, writing it first if there is none. `None`: nothing to
-/// transfer (a zero commission).
-async fn load_or_create(
-    ctx: &TransferContext,
-    ticket_id: i64,
-) -> Result<Option<Row>, TransferError> {
-    let db = |e: sqlx::Error| TransferError::database(ticket_id, e);
-    let loaded: Loaded = sqlx::query_as(include_str!("load_transfer.sql"))
-        .bind(ticket_id)
-        .fetch_optional(&ctx.pool)
-        .await
-        .map_err(db)?
-        .ok_or(TransferError::TicketNotFound { ticket_id })?;
-    if loaded.transfer_id.is_some() {
-        return row_of(&loaded)
-            .map(Some)
-            .ok_or(TransferError::UnreadableRow { ticket_id });
-    }
-    if loaded.commission_minor == 0 {
-        tracing::debug!(
-            ticket_id,
-            "no commission on this ticket: nothing to transfer"
-        );
-        return Ok(None);
-    }
-    let key = IdempotencyKey::for_ticket(ticket_id, 1);
-    let body = request_body(&loaded, &ctx.settings.platform_account_id);
-    let inserted: Option<i64> = sqlx::query_scalar(include_str!("insert_transfer.sql"))
-        .bind(ticket_id)
-        .bind(&loaded.company_id)
-        .bind(&loaded.monime_account_id)
-        .bind(&ctx.settings.platform_account_id)
-        .bind(loaded.commission_minor)
-        .bind(&loaded.currency)
-        .bind(key.as_str())
-        .bind(&body)
-        .fetch_optional(&ctx.pool)
-        .await
-        .map_err(db)?;
-    match inserted {
-        Some(id) => Ok(Some(Row {
-            id,
-            status: RowStatus::Pending,
-            key,
-            body,
-            monime_transfer_id: None,
-            monime_status: None,
-            last_error: None,
-            slot_in_s: None,
-        })),
-        // Another run wrote it meanwhile: use that one.
-        None => {
-            let again: Loaded = sqlx::query_as(include_str!("load_transfer.sql"))
-                .bind(ticket_id)
-                .fetch_one(&ctx.pool)
-                .await
-                .map_err(db)?;
-            row_of(&again)
-                .map(Some)
-                .ok_or(TransferError::UnreadableRow { ticket_id })
-        }
-    }
-}
-
-fn row_of(loaded: &Loaded) -> Option<Row> {
-    let id = loaded.transfer_id?;
-    Some(Row {
-        id,
-        status: loaded.status?,
-        // The stored key was valid when written (a CHECK bounds its length).
-        key: IdempotencyKey::parse(loaded.idempotency_key.clone()?).ok()?,
-        body: loaded.request_body.clone()?,
-        monime_transfer_id: loaded.monime_transfer_id.clone(),
-        monime_status: loaded.monime_status.clone(),
-        last_error: loaded.last_error.clone(),
-        slot_in_s: loaded.slot_in_s,
-    })
-}
-
-/// The create request's exact bytes: built once, when the row is written.
-fn request_body(loaded: &Loaded, platform_account_id: &str) -> String {
-    let mut metadata = serde_json::Map::new();
-    metadata.insert("ticket_id".into(), loaded.ticket_id.to_string().into());
-    metadata.insert("company_id".into(), loaded.company_id.clone().into());
-    let body = CreateTransfer {
-        amount: Amount {
-            currency: loaded.currency.clone(),
-            value: loaded.commission_minor,
-        },
-        source_financial_account: AccountRef {
-            id: loaded.monime_account_id.clone(),
-        },
-        destination_financial_account: AccountRef {
-            id: platform_account_id.to_owned(),
-        },
-        description: format!("Commission for ticket {}", loaded.ticket_id),
-        metadata,
-    };
-    serde_json::to_string(&body).expect("a transfer request serialises")
 }
 
 async fn record_transient(

@@ -5,7 +5,8 @@
 //! ticket, with [`TransferJob::unique_key`] so a ticket never has two transfer jobs.
 //!
 //! [`handler`] runs the transfer at Monime ([`monime`]) with a stable idempotency key and the
-//! request body stored in `commission_transfers` before the first call; [`breaker`] holds calls
+//! request body stored in `commission_transfers` before the first call ([`store`] reads and
+//! writes the rows of many runs at once); [`breaker`] holds calls
 //! back while Monime is failing and [`rate_limit`] caps creations across every replica;
 //! [`reconcile`] and [`admin`] serve operators.
 
@@ -16,9 +17,11 @@ pub mod handler;
 pub mod monime;
 pub mod rate_limit;
 pub mod reconcile;
+pub mod store;
 
 pub use error::TransferError;
 pub use handler::{handle, TransferContext, TransferSettings};
+pub use store::TransferStore;
 
 use std::time::Duration;
 

@@ -84,7 +84,7 @@ async fn jobs_claimed_together_are_issued_in_few_transactions_by_default() {
     let worker = TicketWorker::start(
         &db.pool,
         poda_jobs::ticket::DEFAULT_CONCURRENCY,
-        Default::default(),
+        poda_jobs::ticket::batcher::DEFAULT_TICKET_BATCHER,
     );
     assert_eq!(wait_finished(&db.pool, 1_000).await, (1_000, 0));
     worker.stop().await;

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use poda_jobs::testing::tickets::{seed_one_company, seed_payment_code, ticket_counts, ticket_job};
 use poda_jobs::testing::TestDb;
-use poda_jobs::ticket::TicketBatcherConfig;
+use poda_jobs::ticket::{self, TicketBatcherConfig};
 
 use crate::support::{enqueue_tickets, wait_finished, TicketWorker};
 
@@ -26,7 +26,7 @@ async fn payment_code_is_used_exactly_up_to_its_limit_under_concurrency() {
         batch: 8,
         delay: Duration::from_millis(5),
         in_flight: 4,
-        ..TicketBatcherConfig::default()
+        ..ticket::batcher::DEFAULT_TICKET_BATCHER
     };
     let a = TicketWorker::start(&db.pool, 40, config);
     let b = TicketWorker::start(&db.pool, 40, config);

@@ -13,7 +13,7 @@ fn small_batches() -> TicketBatcherConfig {
     TicketBatcherConfig {
         batch: 10,
         delay: Duration::from_millis(20),
-        ..TicketBatcherConfig::default()
+        ..ticket::batcher::DEFAULT_TICKET_BATCHER
     }
 }
 

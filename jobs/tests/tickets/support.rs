@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
 use poda_jobs::engine::{
-    enqueue_many_pooled, BackendSettings, Engine, EngineConfig, EngineHandle, JobError, JobMeta,
-    NewJob, Outcome,
+    enqueue_many_pooled, BackendSettings, Engine, EngineConfig, EngineHandle, JobError, NewJob,
+    Outcome,
 };
 use poda_jobs::testing::tickets::ticket_job_states;
 use poda_jobs::testing::wait_until;
@@ -23,7 +23,7 @@ pub fn batches_of(batch: usize) -> TicketBatcherConfig {
     TicketBatcherConfig {
         batch,
         delay: Duration::from_secs(3),
-        ..TicketBatcherConfig::default()
+        ..ticket::batcher::DEFAULT_TICKET_BATCHER
     }
 }
 
@@ -73,12 +73,8 @@ impl TicketWorker {
     }
 }
 
-async fn run_ticket(
-    job: TicketJob,
-    meta: JobMeta,
-    batcher: Data<TicketBatchHandle>,
-) -> Result<Outcome, JobError> {
-    ticket::handler::handle(&batcher, &meta, job).await
+async fn run_ticket(job: TicketJob, batcher: Data<TicketBatchHandle>) -> Result<Outcome, JobError> {
+    ticket::handler::handle(&batcher, job).await
 }
 
 /// Enqueues each ticket as its job (unique per payment).

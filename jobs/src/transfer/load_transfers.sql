@@ -1,5 +1,5 @@
--- load_transfer: a ticket with its company's account and its transfer row, if any.
--- $1 ticket id.
+-- load_transfers: tickets with their company's account and their transfer row, if any.
+-- $1 ticket ids. A ticket that does not exist has no row in the answer.
 -- Relies on the primary keys of tickets and companies and on the unique ticket_id of
 -- commission_transfers.
 SELECT t.id                     AS ticket_id,
@@ -18,4 +18,4 @@ SELECT t.id                     AS ticket_id,
 FROM tickets t
 JOIN companies c ON c.id = t.company_id
 LEFT JOIN commission_transfers ct ON ct.ticket_id = t.id
-WHERE t.id = $1
+WHERE t.id = ANY($1::bigint[])

@@ -823,3 +823,53 @@ async fn the_store_reads_and_writes_the_rows_of_runs_batched_together() {
     stop.cancel();
     futures::future::join_all(tasks).await;
 }
+
+#[tokio::test]
+async fn an_operator_retry_revives_an_unfinished_row_whose_job_ended_but_not_one_at_work() {
+    use poda_jobs::transfer::admin::TransferAdminError;
+
+    let db = TestDb::new().await;
+    let tickets = seed_tickets(&db.pool, "co-stranded", "fa-stranded", 2).await;
+    let (stranded, busy) = (tickets[0], tickets[1]);
+    // Both rows are written and pending; one job ended failed (its last attempt met a
+    // database error after the row was written), the other still waits to run.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (store, tasks) = poda_jobs::transfer::TransferStore::start(
+        db.pool.clone(),
+        db.pool.clone(),
+        PLATFORM.into(),
+        stop.clone(),
+    );
+    for ticket in [stranded, busy] {
+        store.load_or_create(ticket).await.unwrap().unwrap();
+    }
+    stop.cancel();
+    futures::future::join_all(tasks).await;
+    enqueue_transfers(&db.pool, &[stranded, busy], FAST_RETRY).await;
+    sqlx::query(
+        "UPDATE jobs SET state = 'failed', attempt = max_attempts, finished_at = now(), \
+         last_error = 'database error' WHERE unique_key = $1",
+    )
+    .bind(format!("ticket:{stranded}"))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let key = key_of(&db.pool, stranded).await;
+
+    let retried = poda::ops::retry_transfer(&db.pool, stranded).await.unwrap();
+    assert_eq!((retried.new_key, retried.idempotency_key), (false, key));
+    let job: (String, i32) =
+        sqlx::query_as("SELECT state::text, attempt FROM jobs WHERE unique_key = $1")
+            .bind(format!("ticket:{stranded}"))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(job, ("available".to_owned(), 0));
+
+    let refused = poda_jobs::transfer::admin::retry_failed_transfer(&db.pool, busy).await;
+    assert!(
+        matches!(refused, Err(TransferAdminError::AtWork { ref job_state, .. }) if job_state == "available"),
+        "{refused:?}"
+    );
+    assert_eq!(count_transfers(&db.pool, "pending").await, 2);
+}

@@ -10,8 +10,14 @@ use crate::engine::{enqueue_one, JobId};
 pub enum TransferAdminError {
     #[error("ticket {ticket_id} has no commission transfer")]
     NotFound { ticket_id: i64 },
-    #[error("the transfer of ticket {ticket_id} is {status}, not failed: nothing to retry")]
+    #[error("the transfer of ticket {ticket_id} is {status}: nothing to retry")]
     NotFailed { ticket_id: i64, status: String },
+    #[error("the transfer of ticket {ticket_id} is {status} and its job is {job_state}: it is still being worked")]
+    AtWork {
+        ticket_id: i64,
+        status: String,
+        job_state: String,
+    },
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("enqueueing the transfer job failed")]
@@ -34,6 +40,10 @@ pub struct RetriedTransfer {
 /// Puts a failed transfer back to work, in one transaction: the row becomes pending again
 /// (under a new generation and key only if Monime marked the transfer failed) and its job runs
 /// again now with fresh attempts.
+///
+/// A row left unfinished (pending or processing) by a job that ended anyway — its last
+/// attempt met a database error, or it was cancelled or pruned — is retried the same way,
+/// under the same key. An unfinished row whose job is still waiting or running is refused.
 pub async fn retry_failed_transfer(
     pool: &PgPool,
     ticket_id: i64,
@@ -48,8 +58,25 @@ pub async fn retry_failed_transfer(
     .await?;
     let (status, generation, monime_status) =
         row.ok_or(TransferAdminError::NotFound { ticket_id })?;
+    let job = TransferJob { ticket_id };
     if status != "failed" {
-        return Err(TransferAdminError::NotFailed { ticket_id, status });
+        let job_state: Option<String> = sqlx::query_scalar(
+            "SELECT state::text FROM jobs WHERE queue = $1 AND unique_key = $2 FOR UPDATE",
+        )
+        .bind(QUEUE)
+        .bind(job.unique_key())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if status == "completed" {
+            return Err(TransferAdminError::NotFailed { ticket_id, status });
+        }
+        if let Some(job_state @ ("available" | "running")) = job_state.as_deref() {
+            return Err(TransferAdminError::AtWork {
+                ticket_id,
+                status,
+                job_state: job_state.to_owned(),
+            });
+        }
     }
     let new_key = monime_status.as_deref() == Some("failed");
     let generation = if new_key { generation + 1 } else { generation };
@@ -67,7 +94,6 @@ pub async fn retry_failed_transfer(
     .bind(new_key)
     .execute(&mut *tx)
     .await?;
-    let job = TransferJob { ticket_id };
     let revived: Option<i64> = sqlx::query_scalar(
         "UPDATE jobs SET state = 'available', attempt = 0, run_at = now(), finished_at = NULL, \
          updated_at = now() \

@@ -129,7 +129,8 @@ pub struct RunArgs {
     /// Do not take part in maintenance leadership (no automatic pruning from this process).
     #[arg(long, env = "WORKER_NO_MAINTENANCE")]
     pub no_maintenance: bool,
-    /// Connections for handlers (default: the handler slots, 2 to 64).
+    /// Connections for handlers (default: each queue's slots, but the ticket batcher's and
+    /// the transfer store's needs for their queues; 2 to 64 in all).
     #[arg(long, env = "WORKER_HANDLER_CONNECTIONS")]
     pub handler_connections: Option<u32>,
     /// Connections for the engine: claims, completions, leases, rescue, listener (default 4 + queues).

@@ -873,3 +873,39 @@ async fn an_operator_retry_revives_an_unfinished_row_whose_job_ended_but_not_one
     );
     assert_eq!(count_transfers(&db.pool, "pending").await, 2);
 }
+
+#[tokio::test]
+async fn a_row_the_database_refuses_fails_alone_and_its_batch_is_written() {
+    let db = TestDb::new().await;
+    let tickets = seed_tickets(&db.pool, "co-poison", "fa-poison", 3).await;
+    let poison = tickets[1];
+    // A constraint only this test has: the database refuses the row of one ticket.
+    // The id is an integer from the database, so formatting it into the DDL is safe.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE commission_transfers ADD CONSTRAINT refuses_one CHECK (ticket_id <> {poison})"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (store, tasks) = poda_jobs::transfer::TransferStore::start(
+        db.pool.clone(),
+        db.pool.clone(),
+        PLATFORM.into(),
+        stop.clone(),
+    );
+    let answers =
+        futures::future::join_all(tickets.iter().map(|&ticket| store.load_or_create(ticket))).await;
+    stop.cancel();
+    futures::future::join_all(tasks).await;
+
+    assert!(matches!(
+        answers[1],
+        Err(poda_jobs::transfer::TransferError::Database { ticket_id, .. }) if ticket_id == poison
+    ));
+    for i in [0, 2] {
+        let row = answers[i].as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(key_of(&db.pool, tickets[i]).await, row.key.as_str());
+    }
+    assert_eq!(count_transfers(&db.pool, "pending").await, 2);
+}

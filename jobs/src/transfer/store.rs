@@ -207,10 +207,25 @@ async fn load_or_create_many(
         }
     }
     let mut written: HashMap<i64, TransferRow> = HashMap::new();
+    let mut refused: HashMap<i64, Arc<sqlx::Error>> = HashMap::new();
     if !new_rows.is_empty() {
         let inserted = match insert_many(pool, platform_account_id, &new_rows).await {
             Ok(ids) => ids,
-            Err(e) => return all_failed(&tickets, e),
+            Err(e) if new_rows.len() == 1 => return all_failed(&tickets, e),
+            // One row the database refuses must not fail the runs it shares a batch with:
+            // write them one by one, so each run gets its own answer.
+            Err(_) => {
+                let mut ids = HashMap::new();
+                for row in &new_rows {
+                    match insert_many(pool, platform_account_id, std::slice::from_ref(row)).await {
+                        Ok(id) => ids.extend(id),
+                        Err(e) => {
+                            refused.insert(row.ticket_id, Arc::new(e));
+                        }
+                    }
+                }
+                ids
+            }
         };
         let mut raced = Vec::new();
         for row in new_rows {
@@ -218,6 +233,7 @@ async fn load_or_create_many(
                 Some(&id) => {
                     written.insert(row.ticket_id, row.into_row(id));
                 }
+                None if refused.contains_key(&row.ticket_id) => {}
                 // Another run wrote it meanwhile: use that one.
                 None => raced.push(row.ticket_id),
             }
@@ -234,6 +250,9 @@ async fn load_or_create_many(
         .map(|&ticket_id| {
             if let Some(row) = written.get(&ticket_id) {
                 return Ok(Some(row.clone()));
+            }
+            if let Some(e) = refused.get(&ticket_id) {
+                return Err(TransferError::database_shared(ticket_id, e.clone()));
             }
             let l = loaded
                 .get(&ticket_id)

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod notification;
 pub mod probe;
+pub mod sqlstate;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod ticket;

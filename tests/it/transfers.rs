@@ -896,9 +896,19 @@ async fn a_row_the_database_refuses_fails_alone_and_its_batch_is_written() {
     );
     let answers =
         futures::future::join_all(tickets.iter().map(|&ticket| store.load_or_create(ticket))).await;
+    // Again, with the refused row the only one to write: the written row still loads.
+    let again =
+        futures::future::join_all([tickets[0], poison].map(|ticket| store.load_or_create(ticket)))
+            .await;
     stop.cancel();
     futures::future::join_all(tasks).await;
 
+    assert!(
+        again[0].as_ref().is_ok_and(|row| row.is_some()),
+        "{:?}",
+        again[0]
+    );
+    assert!(again[1].is_err());
     assert!(matches!(
         answers[1],
         Err(poda_jobs::transfer::TransferError::Database { ticket_id, .. }) if ticket_id == poison

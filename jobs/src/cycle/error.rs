@@ -2,6 +2,7 @@
 
 use crate::engine::JobError;
 use crate::error::EngineError;
+use crate::sqlstate;
 
 use super::CycleId;
 
@@ -103,15 +104,14 @@ impl CycleError {
     }
 }
 
-const UNIQUE_VIOLATION: &str = "23505";
-
+/// A data error other than a unique violation, or a row that cannot be decoded.
 fn is_data_error(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code != UNIQUE_VIOLATION && (code.starts_with("23") || code.starts_with("22"))
-        }),
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => true,
-        _ => false,
+        _ => {
+            sqlstate::is_data_error(error)
+                && sqlstate::code(error).as_deref() != Some(sqlstate::UNIQUE_VIOLATION)
+        }
     }
 }
 

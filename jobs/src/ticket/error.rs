@@ -106,40 +106,6 @@ impl From<TicketError> for JobError {
     }
 }
 
-/// True for errors caused by the rows written (SQLSTATE classes 22 "data exception" and 23
-/// "integrity constraint violation"): writing the same rows again fails the same way.
-pub(crate) fn is_data_error(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        _ => false,
-    }
-}
-
-/// True for errors the server raised about the statements themselves (not about the
-/// connection, the server's resources or an operator): some row of the batch may be the
-/// cause, so the batch's tickets are worth writing one by one.
-pub(crate) fn may_be_caused_by_a_row(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            !["08", "40", "53", "57", "58"]
-                .iter()
-                .any(|class| code.starts_with(class))
-        }),
-        _ => false,
-    }
-}
-
-/// True for errors a fresh attempt of the same transaction may not meet (SQLSTATE class 40:
-/// serialization failure, deadlock detected).
-pub(crate) fn is_transaction_conflict(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("40")),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

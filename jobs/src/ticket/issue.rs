@@ -26,10 +26,11 @@ use std::sync::Arc;
 
 use sqlx::{PgConnection, PgPool};
 
-use super::error::{is_data_error, is_transaction_conflict, may_be_caused_by_a_row, TicketError};
+use super::error::TicketError;
 use super::{commission_minor, TicketJob};
 use crate::engine::{enqueue_many, NewJob};
 use crate::error::EngineError;
+use crate::sqlstate::{is_data_error, is_transaction_conflict, may_be_caused_by_a_row};
 use crate::transfer::TransferJob;
 
 /// A batch that meets a deadlock or serialization failure is tried this often in all.

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::TransferError;
 use super::monime::{AccountRef, Amount, CreateTransfer, IdempotencyKey};
 use crate::batch::{self, BatchHandle, BatcherConfig};
+use crate::sqlstate::may_be_caused_by_a_row;
 
 /// Statements of each kind being written at once (each holds a connection).
 pub const ROW_BATCHES_IN_FLIGHT: usize = 4;
@@ -198,10 +199,11 @@ async fn load_or_create_many(
     };
     // The rows to write: tickets with a commission and no row yet (each once).
     let mut new_rows: Vec<NewRow> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for ticket_id in &tickets {
         if let Some(l) = loaded.get(ticket_id) {
             let unwritten = l.transfer_id.is_none() && l.commission_minor != 0;
-            if unwritten && !new_rows.iter().any(|r| r.ticket_id == *ticket_id) {
+            if unwritten && seen.insert(*ticket_id) {
                 new_rows.push(NewRow::of(l, platform_account_id));
             }
         }
@@ -211,7 +213,12 @@ async fn load_or_create_many(
     if !new_rows.is_empty() {
         let inserted = match insert_many(pool, platform_account_id, &new_rows).await {
             Ok(ids) => ids,
-            Err(e) if new_rows.len() == 1 => return all_failed(&tickets, e),
+            // Connection or server trouble: every run of the batch retries.
+            Err(e) if !may_be_caused_by_a_row(&e) => return all_failed(&tickets, e),
+            Err(e) if new_rows.len() == 1 => {
+                refused.insert(new_rows[0].ticket_id, Arc::new(e));
+                HashMap::new()
+            }
             // One row the database refuses must not fail the runs it shares a batch with:
             // write them one by one, so each run gets its own answer.
             Err(_) => {

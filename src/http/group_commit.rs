@@ -1,8 +1,8 @@
 //! Group commit: concurrent webhook deliveries share one transaction.
 //!
 //! ```text
-//! handler ──submit(delivery)──▶ mpsc ──▶ collector: first delivery, then more until
-//!                                        max_batch or max_delay ──▶ flush task (≤ max_in_flight)
+//! handler ──submit(delivery)──▶ batcher (poda_jobs::batch): first delivery, then more until
+//!                                max_batch or max_delay ──▶ flush task (≤ max_in_flight)
 //! flush: BEGIN; INSERT webhook_events … ON CONFLICT DO NOTHING; enqueue_many(tickets);
 //!        UPDATE webhook_events SET job_id; look up duplicates; COMMIT ──▶ oneshot per delivery
 //! ```
@@ -14,12 +14,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use poda_jobs::batch::{self, BatchHandle, BatcherConfig};
 use poda_jobs::engine::{enqueue_many, JobId, NewJob};
 use poda_jobs::ticket::{self, TicketJob};
 use poda_jobs::EngineError;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub const DEFAULT_MAX_BATCH: usize = 512;
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(2);
@@ -74,30 +75,24 @@ pub enum GroupCommitError {
     BatchFailed(Arc<EngineError>),
 }
 
-struct Pending {
-    delivery: Delivery,
-    reply: oneshot::Sender<Result<Recorded, GroupCommitError>>,
-}
-
 /// Submits deliveries to the writer. Cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommitHandle {
-    sender: mpsc::Sender<Pending>,
+    inner: BatchHandle<Delivery, Result<Recorded, GroupCommitError>>,
 }
 
 impl GroupCommitHandle {
     /// Records `delivery` in the next batch and returns once that batch has committed.
     pub async fn submit(&self, delivery: Delivery) -> Result<Recorded, GroupCommitError> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Pending { delivery, reply })
+        self.inner
+            .submit(delivery)
             .await
-            .map_err(|_| GroupCommitError::Stopped)?;
-        answer.await.map_err(|_| GroupCommitError::Stopped)?
+            .map_err(|_| GroupCommitError::Stopped)?
     }
 }
 
-/// The running writer.
+/// The running writer: the shared micro-batcher (`poda_jobs::batch`), one transaction per
+/// batch.
 pub struct GroupCommit {
     handle: GroupCommitHandle,
     task: JoinHandle<()>,
@@ -105,11 +100,24 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     pub fn start(pool: PgPool, config: GroupCommitConfig) -> GroupCommit {
-        let capacity = (config.max_batch * config.max_in_flight * 2).max(64);
-        let (sender, receiver) = mpsc::channel(capacity);
-        let task = tokio::spawn(run_collector(pool, config, receiver));
+        let batcher = BatcherConfig {
+            batch: config.max_batch,
+            delay: config.max_delay,
+            in_flight: config.max_in_flight,
+            backlog: (config.max_batch * config.max_in_flight * 2).max(64),
+        };
+        // It ends when every handle is dropped (`stop`), after writing what it holds.
+        let (inner, task) = batch::start(
+            "group_commit",
+            batcher,
+            CancellationToken::new(),
+            move |deliveries| {
+                let pool = pool.clone();
+                async move { flush(&pool, deliveries).await }
+            },
+        );
         GroupCommit {
-            handle: GroupCommitHandle { sender },
+            handle: GroupCommitHandle { inner },
             task,
         }
     }
@@ -125,66 +133,23 @@ impl GroupCommit {
     }
 }
 
-async fn run_collector(
-    pool: PgPool,
-    config: GroupCommitConfig,
-    mut receiver: mpsc::Receiver<Pending>,
-) {
-    let slots = Arc::new(Semaphore::new(config.max_in_flight));
-    let mut flushes = JoinSet::new();
-    while let Some(first) = receiver.recv().await {
-        let mut batch = Vec::with_capacity(config.max_batch);
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + config.max_delay;
-        while batch.len() < config.max_batch {
-            match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                Ok(Some(pending)) => batch.push(pending),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        // Deliveries that arrived while every slot was busy join this batch.
-        while batch.len() < config.max_batch {
-            match receiver.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
-            }
-        }
-        let pool = pool.clone();
-        flushes.spawn(async move {
-            flush(&pool, batch).await;
-            drop(slot);
-        });
-        // Reap finished flushes so the set does not grow.
-        while flushes.try_join_next().is_some() {}
-    }
-    while flushes.join_next().await.is_some() {}
-}
-
-#[tracing::instrument(skip_all, fields(batch.size = batch.len()))]
-async fn flush(pool: &PgPool, batch: Vec<Pending>) {
+#[tracing::instrument(skip_all, fields(batch.size = deliveries.len()))]
+async fn flush(
+    pool: &PgPool,
+    deliveries: Vec<Delivery>,
+) -> Vec<Result<Recorded, GroupCommitError>> {
     let started = Instant::now();
-    let size = batch.len();
-    let (deliveries, replies): (Vec<Delivery>, Vec<_>) =
-        batch.into_iter().map(|p| (p.delivery, p.reply)).unzip();
+    let size = deliveries.len();
     let result = write_batch(pool, &deliveries).await;
     metrics::histogram!("enqueuer_group_commit_batch_size").record(size as f64);
     metrics::histogram!("enqueuer_group_commit_seconds").record(started.elapsed().as_secs_f64());
     match result {
-        Ok(recorded) => {
-            for (reply, recorded) in replies.into_iter().zip(recorded) {
-                let _ = reply.send(Ok(recorded));
-            }
-        }
+        Ok(recorded) => recorded.into_iter().map(Ok).collect(),
         Err(error) => {
             metrics::counter!("enqueuer_group_commit_failures_total").increment(1);
             tracing::error!(error = %error, batch.size = size, "group commit failed; its deliveries are answered 503");
             let error = Arc::new(error);
-            for reply in replies {
-                let _ = reply.send(Err(GroupCommitError::BatchFailed(error.clone())));
-            }
+            vec![Err(GroupCommitError::BatchFailed(error)); size]
         }
     }
 }

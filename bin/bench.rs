@@ -70,9 +70,6 @@ struct TicketsArgs {
     /// Worker process counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     procs: Vec<usize>,
-    /// Handler slots of each worker's tickets queue.
-    #[arg(long, default_value_t = poda_jobs::ticket::DEFAULT_CONCURRENCY)]
-    ticket_concurrency: usize,
     /// Postgres server URL; bench_poda_* databases are created there and dropped afterwards.
     #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL)]
     database_url: String,
@@ -296,20 +293,14 @@ async fn fanout(args: &FanoutArgs, summary: &mut Summary) -> anyhow::Result<()> 
 }
 
 async fn tickets(args: &TicketsArgs, summary: &mut Summary) -> anyhow::Result<()> {
-    if args.runs == 0
-        || args.n == 0
-        || args.ticket_concurrency == 0
-        || args.procs.is_empty()
-        || args.procs.contains(&0)
-    {
-        anyhow::bail!("--runs, --n, --ticket-concurrency and every --procs must be at least 1");
+    if args.runs == 0 || args.n == 0 || args.procs.is_empty() || args.procs.contains(&0) {
+        anyhow::bail!("--runs, --n and every --procs must be at least 1");
     }
     let results = run_tickets(TicketsOptions {
         server_url: args.database_url.clone(),
         n: args.n,
         runs: args.runs,
         procs: args.procs.clone(),
-        ticket_concurrency: args.ticket_concurrency,
         ..TicketsOptions::default()
     })
     .await?;

@@ -73,18 +73,11 @@ pub struct RunArgs {
     /// Handler slots for single queues, overriding --concurrency: `tickets=64,commission_transfers=32`.
     #[arg(long, env = "WORKER_QUEUE_CONCURRENCY", value_delimiter = ',', value_parser = parse_queue_concurrency)]
     pub queue_concurrency: Vec<(String, usize)>,
-    /// Handler slots of the tickets queue: ticket jobs only wait for their batch, so many run
-    /// at once and batches fill.
-    #[arg(long, env = "WORKER_TICKET_CONCURRENCY", default_value_t = poda_jobs::ticket::DEFAULT_CONCURRENCY)]
-    pub ticket_concurrency: usize,
-    /// Ticket batcher: at most this many tickets per transaction.
-    #[arg(long, env = "WORKER_TICKET_BATCH_SIZE", default_value_t = poda_jobs::ticket::batcher::DEFAULT_TICKET_BATCH)]
+    /// The tickets queue: at most this many ticket jobs claimed and issued per transaction.
+    #[arg(long, env = "WORKER_TICKET_BATCH_SIZE", default_value_t = poda_jobs::ticket::DEFAULT_BATCH_SIZE)]
     pub ticket_batch_size: usize,
-    /// Ticket batcher: how long the first ticket of a batch waits for company.
-    #[arg(long, env = "WORKER_TICKET_BATCH_DELAY", default_value = "2ms", value_parser = parse_duration)]
-    pub ticket_batch_delay: Duration,
-    /// Ticket batcher: batches being written at once.
-    #[arg(long, env = "WORKER_TICKET_BATCHES_IN_FLIGHT", default_value_t = poda_jobs::ticket::batcher::DEFAULT_TICKET_BATCHES_IN_FLIGHT)]
+    /// The tickets queue: ticket transactions at once per process.
+    #[arg(long, env = "WORKER_TICKET_BATCHES_IN_FLIGHT", default_value_t = poda_jobs::ticket::DEFAULT_BATCHES_IN_FLIGHT)]
     pub ticket_batches_in_flight: usize,
     /// Job outcomes waiting to be written before handlers wait. Slots free up when an outcome
     /// is queued, so this bounds the jobs a process holds beyond its slots.
@@ -129,8 +122,8 @@ pub struct RunArgs {
     /// Do not take part in maintenance leadership (no automatic pruning from this process).
     #[arg(long, env = "WORKER_NO_MAINTENANCE")]
     pub no_maintenance: bool,
-    /// Connections for handlers (default: each queue's slots, but the ticket batcher's and
-    /// the transfer store's needs for their queues; 2 to 64 in all).
+    /// Connections for handlers (default: each queue's slots, but one per ticket batch in
+    /// flight and the transfer store's needs for their queues; 2 to 64 in all).
     #[arg(long, env = "WORKER_HANDLER_CONNECTIONS")]
     pub handler_connections: Option<u32>,
     /// Connections for the engine: claims, completions, leases, rescue, listener (default 4 + queues).

@@ -1,5 +1,7 @@
 //! The worker runtime: one apalis worker per queue, all on one engine (one owner id, one
-//! completer, one lease renewer, one rescuer and one listener per process).
+//! completer, one lease renewer, one rescuer and one listener per process). The `tickets`
+//! queue is a batch queue instead: its runners claim, issue and finish a batch of ticket jobs
+//! per transaction (`engine::batch_worker`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +15,12 @@ use std::path::PathBuf;
 use poda_jobs::cycle::{self, CycleConfig, CycleJob};
 use poda_jobs::engine::metrics::DEFAULT_GAUGE_INTERVAL;
 use poda_jobs::engine::{
-    BackendSettings, Engine, EngineConfig, JobError, JobMeta, MaintainerConfig, Outcome,
-    PrunerConfig, RescuerConfig,
+    batch_worker, BackendSettings, BatchSettings, Engine, EngineConfig, JobError, JobMeta,
+    MaintainerConfig, Outcome, PrunerConfig, RescuerConfig,
 };
 use poda_jobs::notification::{self, AgentSummaryJob, Notifier, NotifierConfig};
 use poda_jobs::probe::{self, ProbeJob};
-use poda_jobs::ticket::{self, TicketBatchHandle, TicketBatcher, TicketBatcherConfig, TicketJob};
+use poda_jobs::ticket::{self, TicketHandler};
 use poda_jobs::transfer::breaker::{Breaker, BreakerConfig, DEFAULT_FAILURE_RATE};
 use poda_jobs::transfer::monime::{ApiToken, MonimeClient, MonimeConfig, DEFAULT_CONNECT_TIMEOUT};
 use poda_jobs::transfer::rate_limit::{GlobalRateLimit, RateLimitConfig, TRANSFER_BUCKET};
@@ -39,7 +41,7 @@ pub const KNOWN_QUEUES: &[&str] = &[
     notification::QUEUE,
 ];
 
-/// After the workers stop, how long a batcher may take to write its last batches.
+/// After the workers stop, how long the transfer store may take to write its last batches.
 const BATCHER_DRAIN: Duration = Duration::from_secs(10);
 
 /// What the `commission_transfers` queue needs: Monime, and how to pace calls to it.
@@ -157,7 +159,8 @@ pub struct WorkerOptions {
     pub queues: Vec<String>,
     /// Handler slots per queue (every queue of `queues` has an entry).
     pub concurrency: BTreeMap<String, usize>,
-    pub ticket_batcher: TicketBatcherConfig,
+    /// The tickets queue's batches: jobs per transaction, transactions at once.
+    pub ticket_batches: TicketBatches,
     /// Required when `queues` holds `commission_transfers`.
     pub transfers: Option<TransferOptions>,
     pub batch_size: usize,
@@ -175,6 +178,30 @@ pub struct WorkerOptions {
     pub notifier: NotifierConfig,
 }
 
+/// How the tickets queue runs: `in_flight` transactions at once, each claiming and issuing
+/// up to `batch_size` ticket jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct TicketBatches {
+    pub batch_size: usize,
+    pub in_flight: usize,
+}
+
+impl Default for TicketBatches {
+    fn default() -> Self {
+        TicketBatches {
+            batch_size: ticket::DEFAULT_BATCH_SIZE,
+            in_flight: ticket::DEFAULT_BATCHES_IN_FLIGHT,
+        }
+    }
+}
+
+impl TicketBatches {
+    /// Ticket jobs a process holds at most.
+    pub fn jobs_at_once(&self) -> usize {
+        self.batch_size * self.in_flight
+    }
+}
+
 impl WorkerOptions {
     /// Options for `queues` with `concurrency` handler slots each and every other setting at
     /// its default (the demo, tests).
@@ -183,7 +210,14 @@ impl WorkerOptions {
             queues: queues.iter().map(|q| q.to_string()).collect(),
             concurrency: queues
                 .iter()
-                .map(|q| (q.to_string(), concurrency))
+                .map(|q| {
+                    let slots = if *q == ticket::QUEUE {
+                        TicketBatches::default().jobs_at_once()
+                    } else {
+                        concurrency
+                    };
+                    (q.to_string(), slots)
+                })
                 .collect(),
             batch_size: 100,
             prefetch: 0,
@@ -195,7 +229,7 @@ impl WorkerOptions {
             announce_ready: false,
             cycle: CycleConfig::default(),
             notifier: NotifierConfig::default(),
-            ticket_batcher: ticket::batcher::DEFAULT_TICKET_BATCHER,
+            ticket_batches: TicketBatches::default(),
             transfers: None,
         }
     }
@@ -234,18 +268,19 @@ impl WorkerOptions {
         if args.concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
-        if args.ticket_concurrency == 0 {
-            bail!("--ticket-concurrency must be at least 1");
-        }
         if args.ticket_batch_size == 0 || args.ticket_batches_in_flight == 0 {
             bail!("--ticket-batch-size and --ticket-batches-in-flight must be at least 1");
         }
-        // Ticket jobs only wait for their batch, so the tickets queue gets many slots.
+        let ticket_batches = TicketBatches {
+            batch_size: args.ticket_batch_size,
+            in_flight: args.ticket_batches_in_flight,
+        };
+        // The tickets queue holds at most its batches in flight.
         let mut concurrency: BTreeMap<String, usize> = queues
             .iter()
             .map(|q| {
                 let slots = if q == ticket::QUEUE {
-                    args.ticket_concurrency
+                    ticket_batches.jobs_at_once()
                 } else {
                     args.concurrency
                 };
@@ -254,6 +289,10 @@ impl WorkerOptions {
             .collect();
         for (queue, n) in &args.queue_concurrency {
             match concurrency.get_mut(queue) {
+                Some(_) if queue == ticket::QUEUE => bail!(
+                    "--queue-concurrency: the {} queue runs in batches; size it with --ticket-batch-size and --ticket-batches-in-flight",
+                    ticket::QUEUE
+                ),
                 Some(slots) => *slots = *n,
                 None => bail!(
                     "--queue-concurrency: {queue:?} is not among the queues this worker runs ({})",
@@ -299,12 +338,7 @@ impl WorkerOptions {
         Ok(WorkerOptions {
             queues,
             concurrency,
-            ticket_batcher: TicketBatcherConfig {
-                batch: args.ticket_batch_size,
-                delay: args.ticket_batch_delay,
-                in_flight: args.ticket_batches_in_flight,
-                ..ticket::batcher::DEFAULT_TICKET_BATCHER
-            },
+            ticket_batches,
             batch_size: args.batch_size,
             prefetch: args.prefetch,
             engine,
@@ -327,16 +361,15 @@ impl WorkerOptions {
         })
     }
 
-    /// Connections the handlers may use at once. Ticket handlers use none of their own: the
-    /// ticket batcher writes with one connection per batch in flight; transfer handlers
-    /// share the transfer store's.
+    /// Connections the handlers may use at once. The tickets queue holds one per batch in
+    /// flight (its transaction); transfer handlers share the transfer store's.
     pub fn handler_connections(&self) -> u32 {
         self.handler_connections.unwrap_or_else(|| {
             let wanted: usize = self
                 .concurrency
                 .iter()
                 .map(|(queue, slots)| match queue.as_str() {
-                    ticket::QUEUE => self.ticket_batcher.in_flight + 1,
+                    ticket::QUEUE => self.ticket_batches.in_flight + 1,
                     // Rows are read and written in batches by the store; a handler holds a
                     // connection of its own only for the rare single-row writes (failures,
                     // rate-limit slots).
@@ -393,12 +426,20 @@ pub async fn run_workers(
     let notifier =
         Notifier::new(options.notifier.clone()).context("building the notification client")?;
 
-    // One ticket batcher per process, shared by the tickets worker's handlers.
+    // The tickets queue runs outside the monitor, as a batch queue.
+    let ticket_stop = CancellationToken::new();
     let tickets = options.queues.iter().any(|q| q == ticket::QUEUE).then(|| {
-        let stop = CancellationToken::new();
-        let (handle, writing) =
-            TicketBatcher::start(handler_pool.clone(), options.ticket_batcher, stop.clone());
-        (handle, writing, stop)
+        batch_worker::start(
+            &engine,
+            handler_pool.clone(),
+            BatchSettings {
+                queue: ticket::QUEUE.to_owned(),
+                batch_size: options.ticket_batches.batch_size,
+                runners: options.ticket_batches.in_flight,
+            },
+            TicketHandler,
+            ticket_stop.clone(),
+        )
     });
 
     // The transfer store's batchers, stopped once the handlers are done.
@@ -409,7 +450,12 @@ pub async fn run_workers(
     // The grace timer starts when shutdown starts (a lazy future), not when the monitor is built.
     let mut monitor =
         Monitor::new().with_terminator(async move { tokio::time::sleep(grace).await });
+    let mut apalis_workers = 0;
     for queue in &options.queues {
+        if queue == ticket::QUEUE {
+            continue;
+        }
+        apalis_workers += 1;
         let settings = BackendSettings {
             queue: queue.clone(),
             concurrency: options.concurrency[queue],
@@ -454,20 +500,6 @@ pub async fn run_workers(
                         .build(run_notification)
                 })
             }
-            ticket::QUEUE => {
-                let engine = engine.clone();
-                let batcher = match &tickets {
-                    Some((handle, _, _)) => handle.clone(),
-                    None => bail!("the ticket batcher was not started"),
-                };
-                monitor.register(move |i| {
-                    WorkerBuilder::new(format!("{}-{}-{i}", ticket::QUEUE, engine.owner()))
-                        .backend(engine.backend::<TicketJob>(settings.clone()))
-                        .data(batcher.clone())
-                        .enable_tracing()
-                        .build(run_ticket)
-                })
-            }
             transfer::QUEUE => {
                 let Some(transfers) = &options.transfers else {
                     bail!("the {} queue needs Monime settings", transfer::QUEUE);
@@ -488,22 +520,29 @@ pub async fn run_workers(
         };
     }
 
-    let signal = async move {
+    let result = if apalis_workers > 0 {
+        let signal = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                Ok(())
+            }
+        };
+        monitor
+            .run_with_signal(signal)
+            .await
+            .context("running workers")
+    } else {
         shutdown.cancelled().await;
         Ok(())
     };
-    let result = monitor
-        .run_with_signal(signal)
-        .await
-        .context("running workers");
-    if let Some((batcher, writing, stop)) = tickets {
-        // The handlers are done; the batcher ends once its last batches are written.
-        drop(batcher);
-        stop.cancel();
-        if tokio::time::timeout(BATCHER_DRAIN, writing).await.is_err() {
-            tracing::warn!(
-                "the ticket batcher did not finish in time; unwritten tickets run again"
-            );
+    ticket_stop.cancel();
+    if let Some(mut running) = tickets {
+        // Runners finish the batch they hold; one cut off at the grace period rolls back and
+        // its jobs are free for other workers at once.
+        if tokio::time::timeout(grace, &mut running).await.is_err() {
+            running.abort();
+            tracing::warn!("ticket batches still running at the end of the grace period were rolled back; their jobs run again");
         }
     }
     stores.cancel();
@@ -604,10 +643,6 @@ async fn run_notification(
     notifier: Data<Notifier>,
 ) -> Result<Outcome, JobError> {
     notification::handle(&notifier, &meta, job).await
-}
-
-async fn run_ticket(job: TicketJob, batcher: Data<TicketBatchHandle>) -> Result<Outcome, JobError> {
-    ticket::handler::handle(&batcher, job).await
 }
 
 /// Serves Prometheus metrics (the engine's counters and histograms) on `addr`.

@@ -41,8 +41,6 @@ pub struct TicketsOptions {
     pub runs: usize,
     /// Worker processes per run; one result per entry and run.
     pub procs: Vec<usize>,
-    /// Handler slots of each worker's tickets queue.
-    pub ticket_concurrency: usize,
     /// The `worker` binary; default: next to the running executable (or one directory up,
     /// for examples).
     pub worker_exe: Option<PathBuf>,
@@ -57,7 +55,6 @@ impl Default for TicketsOptions {
             n: DEFAULT_TICKETS_N,
             runs: 3,
             procs: vec![1],
-            ticket_concurrency: ticket::DEFAULT_CONCURRENCY,
             worker_exe: None,
             timeout: Duration::from_secs(600),
         }
@@ -127,7 +124,7 @@ async fn measure(
     let url = url_with_database(&opts.server_url, name);
     let mut workers = Vec::with_capacity(procs);
     for _ in 0..procs {
-        workers.push(spawn_worker(worker, &url, opts.ticket_concurrency)?);
+        workers.push(spawn_worker(worker, &url)?);
     }
     let outcome = async {
         wait_listening(&pool, procs).await?;
@@ -202,7 +199,8 @@ async fn measure(
         "ok": ok,
         "tickets": tickets,
         "transfer_jobs": transfers,
-        "concurrency": opts.ticket_concurrency,
+        "batch_size": ticket::DEFAULT_BATCH_SIZE,
+        "batches_in_flight": ticket::DEFAULT_BATCHES_IN_FLIGHT,
     }))
 }
 
@@ -298,10 +296,9 @@ async fn wait_listening(pool: &PgPool, procs: usize) -> anyhow::Result<()> {
     }
 }
 
-fn spawn_worker(exe: &PathBuf, url: &str, concurrency: usize) -> anyhow::Result<Child> {
+fn spawn_worker(exe: &PathBuf, url: &str) -> anyhow::Result<Child> {
     Command::new(exe)
-        .args(["--queues", ticket::QUEUE, "--ticket-concurrency"])
-        .arg(concurrency.to_string())
+        .args(["--queues", ticket::QUEUE])
         .args(extra_worker_args())
         .env("DATABASE_URL", url)
         .env(
@@ -315,7 +312,7 @@ fn spawn_worker(exe: &PathBuf, url: &str, concurrency: usize) -> anyhow::Result<
         .with_context(|| format!("starting {}", exe.display()))
 }
 
-/// Extra flags for the workers, for tuning runs: `BENCH_WORKER_ARGS="--ticket-batch-delay 5ms"`.
+/// Extra flags for the workers, for tuning runs: `BENCH_WORKER_ARGS="--ticket-batch-size 200"`.
 fn extra_worker_args() -> Vec<String> {
     std::env::var("BENCH_WORKER_ARGS")
         .map(|args| args.split_whitespace().map(str::to_owned).collect())

@@ -146,7 +146,7 @@ fn retry_or_fail(
     }
 }
 
-fn log_outcome(meta: &JobMeta, action: &Action) {
+pub(super) fn log_outcome(meta: &JobMeta, action: &Action) {
     match action {
         Action::Retry { delay, error } => tracing::warn!(
             job.id = %meta.id, job.queue = %meta.queue, job.kind = %meta.kind, job.attempt = meta.attempt,
@@ -173,7 +173,7 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+pub(super) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

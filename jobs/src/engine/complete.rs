@@ -49,6 +49,22 @@ pub enum Action {
     Release,
 }
 
+impl Action {
+    /// The outcome as the outcome statements take it: the new state, the delay before the job
+    /// runs again in ms (None keeps run_at), the error to keep, and whether the attempt is
+    /// given back.
+    pub(super) fn as_columns(&self) -> (&'static str, Option<i64>, Option<&str>, bool) {
+        let ms = |d: &Duration| Some(d.as_millis().min(i64::MAX as u128) as i64);
+        match self {
+            Action::Complete => ("completed", None, None, false),
+            Action::Retry { delay, error } => ("available", ms(delay), Some(error.as_str()), false),
+            Action::Fail { error } => ("failed", None, Some(error.as_str()), false),
+            Action::Snooze { delay } => ("available", ms(delay), None, true),
+            Action::Release => ("available", None, None, true),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
     pub id: JobId,
@@ -95,19 +111,11 @@ async fn write_outcomes(
         Vec::with_capacity(n),
     );
     for c in completions {
-        let (state, delay, error, refund) = match &c.action {
-            Action::Complete => ("completed", None, None, false),
-            Action::Retry { delay, error } => {
-                ("available", Some(*delay), Some(error.as_str()), false)
-            }
-            Action::Fail { error } => ("failed", None, Some(error.as_str()), false),
-            Action::Snooze { delay } => ("available", Some(*delay), None, true),
-            Action::Release => ("available", None, None, true),
-        };
+        let (state, delay, error, refund) = c.action.as_columns();
         ids.push(c.id.0);
         attempts.push(c.attempt);
         states.push(state);
-        delays.push(delay.map(|d| d.as_millis().min(i64::MAX as u128) as i64));
+        delays.push(delay);
         errors.push(error);
         refunds.push(refund);
     }

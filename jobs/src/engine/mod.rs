@@ -10,6 +10,7 @@
 pub mod ack;
 pub mod admin;
 pub mod backend;
+pub mod batch_worker;
 pub mod claim;
 pub mod complete;
 pub mod enqueue;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use backend::{BackendSettings, PgBackend};
+pub use batch_worker::{BatchHandler, BatchSettings};
 pub use complete::{Action, CompleterConfig, Completion, CompletionHandle};
 pub use enqueue::{enqueue_many, enqueue_many_pooled, enqueue_one, enqueue_one_pooled};
 pub use job::{ClaimedJob, Enqueued, JobId, JobMeta, JobSnapshot, JobState, NewJob};

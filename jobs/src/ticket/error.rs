@@ -81,18 +81,12 @@ pub enum TicketError {
     /// Enqueueing the commission-transfer jobs failed (the batch was rolled back).
     #[error("enqueueing the commission transfers failed")]
     Enqueue(#[source] Arc<EngineError>),
-    /// The batcher stopped (the process is shutting down) before the ticket was written.
-    #[error("the ticket batcher stopped before the ticket was written")]
-    Stopped,
 }
 
 impl TicketError {
     /// True when running the job again cannot succeed.
     pub fn is_permanent(&self) -> bool {
-        !matches!(
-            self,
-            TicketError::Database(_) | TicketError::Enqueue(_) | TicketError::Stopped
-        )
+        !matches!(self, TicketError::Database(_) | TicketError::Enqueue(_))
     }
 }
 
@@ -122,10 +116,6 @@ mod tests {
         ));
         let down = TicketError::Database(Arc::new(sqlx::Error::PoolTimedOut));
         assert!(matches!(JobError::from(down), JobError::Retryable { .. }));
-        assert!(matches!(
-            JobError::from(TicketError::Stopped),
-            JobError::Retryable { .. }
-        ));
     }
 
     #[test]

@@ -1,30 +1,35 @@
 //! Issuing tickets: a batch of ticket jobs becomes tickets, payment-code usage and
-//! commission-transfer jobs in ONE transaction, and each job learns its own outcome.
+//! commission-transfer jobs inside the transaction that claimed the jobs, and each job learns
+//! its own outcome.
 //!
 //! ```text
-//! BEGIN
+//! (the batch worker: BEGIN, claim_locked)
+//! SAVEPOINT
 //!   lock_payment_codes   the batch's codes, FOR UPDATE in code order
 //!   look_up_batch        companies, routes and existing tickets, set-based
 //!   (Rust)               reject what cannot become a ticket; count uses against each code's limit
 //!   insert_tickets       one multi-row INSERT … ON CONFLICT (payment_id) DO NOTHING
 //!   count_code_uses      the inserted tickets' codes; exhausted at the limit
 //!   enqueue_many         one commission_transfers job per inserted ticket
-//! COMMIT
+//! RELEASE SAVEPOINT
+//! (the batch worker: finish_locked, COMMIT)
 //! ```
 //!
-//! A ticket never exists without its transfer job and its counted code use: they commit
-//! together or not at all. Jobs that the set-based validation rejects are left out of the
-//! writes. If the transaction still fails with an error the server raised about the
-//! statements (not a lost connection or a server in trouble), each ticket is written again in
-//! a transaction of its own, so the one that spoils the batch fails alone and the others are
-//! issued. A ticket the database refuses on its own with a data or constraint error
-//! (SQLSTATE class 22 or 23) fails for good; any other error is retried durably.
+//! A ticket never exists without its transfer job, its counted code use and its finished
+//! ticket job: they commit together or not at all. Jobs that the set-based validation rejects
+//! are left out of the writes. The writes run under a savepoint, so a failure rolls back only
+//! them and the claiming transaction can still record every job's outcome. If they fail with
+//! an error the server raised about the statements (not a lost connection or a server in
+//! trouble), each ticket is written again under a savepoint of its own, so the one that
+//! spoils the batch fails alone and the others are issued. A ticket the database refuses on
+//! its own with a data or constraint error (SQLSTATE class 22 or 23) fails for good; any other
+//! error is retried durably.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 
 use super::error::TicketError;
 use super::{commission_minor, TicketJob};
@@ -45,14 +50,18 @@ pub struct Issued {
     pub created: bool,
 }
 
-/// Issues `tickets` in one transaction (falling back to one transaction each when a row
-/// spoils the batch); returns each ticket's outcome, in input order.
+/// Issues `tickets` on `conn`, which is inside a transaction: under one savepoint (falling
+/// back to one savepoint each when a row spoils the batch); returns each ticket's outcome, in
+/// input order. Nothing is committed here.
 #[tracing::instrument(skip_all, fields(batch = tickets.len()))]
-pub async fn issue_many(pool: &PgPool, tickets: &[TicketJob]) -> Vec<Result<Issued, TicketError>> {
+pub async fn issue_many(
+    conn: &mut PgConnection,
+    tickets: &[TicketJob],
+) -> Vec<Result<Issued, TicketError>> {
     if tickets.is_empty() {
         return Vec::new();
     }
-    match issue_batch_retrying(pool, tickets).await {
+    match issue_batch_retrying(conn, tickets).await {
         Ok(results) => results,
         Err(failure) if tickets.len() > 1 && failure.may_be_caused_by_a_row() => {
             tracing::warn!(error = %failure, batch = tickets.len(),
@@ -60,8 +69,8 @@ pub async fn issue_many(pool: &PgPool, tickets: &[TicketJob]) -> Vec<Result<Issu
             let mut results = Vec::with_capacity(tickets.len());
             for ticket in tickets {
                 results.push(
-                    match issue_batch_retrying(pool, std::slice::from_ref(ticket)).await {
-                        Ok(mut one) => one.pop().unwrap_or(Err(TicketError::Stopped)),
+                    match issue_batch_retrying(conn, std::slice::from_ref(ticket)).await {
+                        Ok(mut one) => one.pop().expect("one ticket, one outcome"),
                         Err(failure) => Err(failure.into_ticket_error(ticket)),
                     },
                 );
@@ -77,13 +86,13 @@ pub async fn issue_many(pool: &PgPool, tickets: &[TicketJob]) -> Vec<Result<Issu
 }
 
 async fn issue_batch_retrying(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tickets: &[TicketJob],
 ) -> Result<Vec<Result<Issued, TicketError>>, Failure> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match issue_batch(pool, tickets).await {
+        match issue_batch(conn, tickets).await {
             Err(failure) if tries < CONFLICT_TRIES && failure.is_transaction_conflict() => {
                 tracing::info!(error = %failure, "ticket batch met a transaction conflict; trying again");
             }
@@ -168,7 +177,7 @@ enum Decision {
 }
 
 async fn issue_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tickets: &[TicketJob],
 ) -> Result<Vec<Result<Issued, TicketError>>, Failure> {
     // The same payment twice in one batch is written once; the others share its outcome.
@@ -187,7 +196,8 @@ async fn issue_batch(
         }
     }
 
-    let mut tx = pool.begin().await?;
+    // A savepoint: dropped without commit, it rolls back to where it began.
+    let mut tx = conn.begin().await?;
     let codes = lock_payment_codes(&mut tx, &unique).await?;
     let found = look_up_batch(&mut tx, &unique).await?;
     let decisions = decide_many(&unique, &found, &codes);

@@ -3,14 +3,14 @@
 //! The enqueuer writes a [`TicketJob`] in queue [`QUEUE`] with kind [`KIND`] and the payment id
 //! as its unique key, so however often Monime delivers the payment there is one job.
 //!
-//! The `tickets` worker issues tickets in batches: [`handler::handle`] hands each job's ticket
-//! to the process's [`batcher::TicketBatcher`], which writes the tickets of jobs that run at
-//! the same time in one transaction ([`issue::issue_many`]): one multi-row
-//! `INSERT … ON CONFLICT (payment_id) DO NOTHING`, the payment codes' usage, and one
-//! commission-transfer job per new ticket. [`error::TicketError`] says what went wrong in the
-//! domain's words and decides retryable or permanent.
+//! The `tickets` queue is a batch queue: each transaction of the
+//! [`crate::engine::batch_worker`] claims up to a batch of ticket jobs and
+//! [`handler::TicketHandler`] issues their tickets in that same transaction
+//! ([`issue::issue_many`]): one multi-row `INSERT … ON CONFLICT (payment_id) DO NOTHING`, the
+//! payment codes' usage, and one commission-transfer job per new ticket, committed together
+//! with the ticket jobs' outcomes. [`error::TicketError`] says what went wrong in the domain's
+//! words and decides retryable or permanent.
 
-pub mod batcher;
 pub mod error;
 pub mod handler;
 pub mod issue;
@@ -19,19 +19,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::NewJob;
 
-pub use batcher::{TicketBatchHandle, TicketBatcher, TicketBatcherConfig};
 pub use error::TicketError;
+pub use handler::TicketHandler;
 pub use issue::{issue_many, Issued};
 
 /// The queue ticket jobs are enqueued in.
 pub const QUEUE: &str = "tickets";
 /// The job kind of a ticket job.
 pub const KIND: &str = "ticket";
-/// Handler slots of the `tickets` worker by default: enough jobs in flight that every batch
-/// being written is full and the next ones are gathering (4 batches of 100 in flight, plus
-/// the jobs claimed meanwhile). A waiting ticket handler costs a task and a lease, not a
-/// connection; `bench tickets` went from 7,080 tickets/s at 200 slots to 9,698 at 1,000.
-pub const DEFAULT_CONCURRENCY: usize = 1_000;
+/// Ticket jobs one transaction claims and issues at most.
+pub const DEFAULT_BATCH_SIZE: usize = 100;
+/// Ticket transactions a process runs at once: while one waits for its commit, the others
+/// claim and write.
+pub const DEFAULT_BATCHES_IN_FLIGHT: usize = 4;
 
 /// A ticket's commission in minor units: `amount × bps / 10 000`, rounded half up, in integer
 /// arithmetic: `(amount_minor × commission_bps + 5 000) div 10 000`.

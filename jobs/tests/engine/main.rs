@@ -4,6 +4,7 @@
 mod support;
 
 mod backend;
+mod batch_worker;
 mod claim;
 mod complete;
 mod enqueue;

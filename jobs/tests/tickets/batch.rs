@@ -3,7 +3,7 @@ use poda_jobs::testing::tickets::{
 };
 use poda_jobs::testing::TestDb;
 
-use crate::support::{batches_of, enqueue_tickets, wait_finished, TicketWorker};
+use crate::support::{batches, batches_of, enqueue_tickets, wait_finished, TicketWorker};
 
 #[tokio::test]
 async fn batch_of_100_tickets_is_written_in_one_transaction_with_its_transfer_jobs() {
@@ -21,8 +21,8 @@ async fn batch_of_100_tickets_is_written_in_one_transaction_with_its_transfer_jo
         .collect();
     enqueue_tickets(&db.pool, &tickets).await;
 
-    // 100 slots and batches of 100: the one claim of 100 jobs becomes one batch.
-    let worker = TicketWorker::start(&db.pool, 100, batches_of(100));
+    // Batches of 100: the one claim of 100 jobs is one transaction.
+    let worker = TicketWorker::start(&db.pool, batches_of(100));
     assert_eq!(wait_finished(&db.pool, 100).await, (100, 0));
     worker.stop().await;
 
@@ -83,8 +83,10 @@ async fn jobs_claimed_together_are_issued_in_few_transactions_by_default() {
     enqueue_tickets(&db.pool, &tickets).await;
     let worker = TicketWorker::start(
         &db.pool,
-        poda_jobs::ticket::DEFAULT_CONCURRENCY,
-        poda_jobs::ticket::batcher::DEFAULT_TICKET_BATCHER,
+        batches(
+            poda_jobs::ticket::DEFAULT_BATCH_SIZE,
+            poda_jobs::ticket::DEFAULT_BATCHES_IN_FLIGHT,
+        ),
     );
     assert_eq!(wait_finished(&db.pool, 1_000).await, (1_000, 0));
     worker.stop().await;
@@ -97,6 +99,6 @@ async fn jobs_claimed_together_are_issued_in_few_transactions_by_default() {
         .unwrap();
     assert!(
         transactions < 200,
-        "1,000 tickets took {transactions} transactions: the batcher did not batch"
+        "1,000 tickets took {transactions} transactions: the worker did not batch"
     );
 }

@@ -1,10 +1,7 @@
-use std::time::Duration;
-
 use poda_jobs::testing::tickets::{seed_one_company, seed_payment_code, ticket_counts, ticket_job};
 use poda_jobs::testing::TestDb;
-use poda_jobs::ticket::{self, TicketBatcherConfig};
 
-use crate::support::{enqueue_tickets, wait_finished, TicketWorker};
+use crate::support::{batches, enqueue_tickets, wait_finished, TicketWorker};
 
 #[tokio::test]
 async fn payment_code_is_used_exactly_up_to_its_limit_under_concurrency() {
@@ -22,14 +19,8 @@ async fn payment_code_is_used_exactly_up_to_its_limit_under_concurrency() {
 
     // Two workers, each with several small batches in flight: many transactions compete
     // for the same code.
-    let config = TicketBatcherConfig {
-        batch: 8,
-        delay: Duration::from_millis(5),
-        in_flight: 4,
-        ..ticket::batcher::DEFAULT_TICKET_BATCHER
-    };
-    let a = TicketWorker::start(&db.pool, 40, config);
-    let b = TicketWorker::start(&db.pool, 40, config);
+    let a = TicketWorker::start(&db.pool, batches(8, 4));
+    let b = TicketWorker::start(&db.pool, batches(8, 4));
     assert_eq!(wait_finished(&db.pool, 80).await, (50, 30));
     a.stop().await;
     b.stop().await;

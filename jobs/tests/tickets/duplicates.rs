@@ -1,20 +1,15 @@
-use std::time::Duration;
-
+use poda_jobs::engine::BatchSettings;
 use poda_jobs::engine::{enqueue_many_pooled, NewJob};
 use poda_jobs::testing::tickets::{
     seed_one_company, seed_payment_code, ticket_counts, ticket_job, TicketCounts,
 };
 use poda_jobs::testing::TestDb;
-use poda_jobs::ticket::{self, TicketBatcherConfig, TicketJob};
+use poda_jobs::ticket::{self, TicketJob};
 
-use crate::support::{wait_finished, TicketWorker};
+use crate::support::{batches, wait_finished, TicketWorker};
 
-fn small_batches() -> TicketBatcherConfig {
-    TicketBatcherConfig {
-        batch: 10,
-        delay: Duration::from_millis(20),
-        ..ticket::batcher::DEFAULT_TICKET_BATCHER
-    }
+fn small_batches() -> BatchSettings {
+    batches(10, 4)
 }
 
 /// A ticket job without the payment-id unique key: what a redelivery after pruning, or a
@@ -52,9 +47,9 @@ async fn duplicate_payments_within_and_across_batches_and_workers_yield_one_tick
     }
     enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
 
-    // Two workers (two engines, two batchers) race over the same jobs.
-    let a = TicketWorker::start(&db.pool, 40, small_batches());
-    let b = TicketWorker::start(&db.pool, 40, small_batches());
+    // Two workers (two engines, each with its batch runners) race over the same jobs.
+    let a = TicketWorker::start(&db.pool, small_batches());
+    let b = TicketWorker::start(&db.pool, small_batches());
     assert_eq!(wait_finished(&db.pool, 200).await, (200, 0));
     a.stop().await;
     b.stop().await;
@@ -81,7 +76,7 @@ async fn duplicate_payments_within_and_across_batches_and_workers_yield_one_tick
     .execute(&db.pool)
     .await
     .unwrap();
-    let again = TicketWorker::start(&db.pool, 40, small_batches());
+    let again = TicketWorker::start(&db.pool, small_batches());
     assert_eq!(wait_finished(&db.pool, 200).await, (200, 0));
     again.stop().await;
     assert_eq!(ticket_counts(&db.pool).await, once);

@@ -1,5 +1,5 @@
 //! The ticket job kind against a real Postgres: every test owns a fresh database and runs an
-//! in-process tickets worker (engine + apalis worker + ticket batcher).
+//! in-process tickets worker (engine + batch runners).
 
 mod support;
 

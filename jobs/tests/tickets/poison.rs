@@ -63,7 +63,7 @@ async fn poison_ticket_fails_alone_and_the_rest_of_its_batch_is_issued() {
 
     // All 30 in one batch: the validation leaves pay-unknown out, the database refuses
     // pay-poison and the batch's transaction fails; its tickets are then written one by one.
-    let worker = TicketWorker::start(&db.pool, 30, batches_of(30));
+    let worker = TicketWorker::start(&db.pool, batches_of(30));
     wait_until(
         "28 tickets issued and the two bad jobs failed",
         Duration::from_secs(60),
@@ -102,7 +102,7 @@ async fn ticket_hit_by_an_unexpected_database_error_retries_alone() {
     tickets.push(ticket_job("pay-odd", "co-1", "rt-1", 10_000));
     enqueue_tickets(&db.pool, &tickets).await;
 
-    let worker = TicketWorker::start(&db.pool, 20, batches_of(20));
+    let worker = TicketWorker::start(&db.pool, batches_of(20));
     let (_, (state, _)) = wait_until(
         "19 tickets issued and pay-odd waiting to retry",
         Duration::from_secs(60),

@@ -48,7 +48,7 @@ async fn commission_is_rounded_half_up_in_minor_units_at_the_boundaries() {
         })
         .collect();
     enqueue_tickets(&db.pool, &tickets).await;
-    let worker = TicketWorker::start(&db.pool, CASES.len(), batches_of(CASES.len()));
+    let worker = TicketWorker::start(&db.pool, batches_of(CASES.len()));
     assert_eq!(
         wait_finished(&db.pool, CASES.len() as i64).await,
         (CASES.len() as i64, 0)

@@ -1,80 +1,59 @@
 use std::time::Duration;
 
-use apalis::prelude::{Data, Monitor, WorkerBuilder};
 use poda_jobs::engine::{
-    enqueue_many_pooled, BackendSettings, Engine, EngineConfig, EngineHandle, JobError, NewJob,
-    Outcome,
+    batch_worker, enqueue_many_pooled, BatchSettings, Engine, EngineConfig, EngineHandle, NewJob,
 };
 use poda_jobs::testing::tickets::ticket_job_states;
 use poda_jobs::testing::wait_until;
-use poda_jobs::ticket::{self, TicketBatchHandle, TicketBatcher, TicketBatcherConfig, TicketJob};
+use poda_jobs::ticket::{self, TicketHandler, TicketJob};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-/// An in-process tickets worker: its own engine (owner), apalis worker and batcher.
+/// An in-process tickets worker: its own engine (owner) and batch runners.
 pub struct TicketWorker {
     stop: CancellationToken,
-    running: tokio::task::JoinHandle<EngineHandle>,
+    running: tokio::task::JoinHandle<()>,
+    engine: EngineHandle,
 }
 
-/// A batcher that flushes only when `batch` tickets are in (or after a long delay), so a
-/// test knows how its jobs are grouped.
-pub fn batches_of(batch: usize) -> TicketBatcherConfig {
-    TicketBatcherConfig {
-        batch,
-        delay: Duration::from_secs(3),
-        ..ticket::batcher::DEFAULT_TICKET_BATCHER
+/// `runners` transactions at once, each claiming up to `batch` ticket jobs.
+pub fn batches(batch: usize, runners: usize) -> BatchSettings {
+    BatchSettings {
+        queue: ticket::QUEUE.to_owned(),
+        batch_size: batch,
+        runners,
     }
 }
 
+/// One transaction at a time claiming up to `batch` jobs, so a test that enqueued its jobs
+/// before the worker started knows how they are grouped.
+pub fn batches_of(batch: usize) -> BatchSettings {
+    batches(batch, 1)
+}
+
 impl TicketWorker {
-    pub fn start(pool: &PgPool, concurrency: usize, batcher: TicketBatcherConfig) -> TicketWorker {
-        let handle = Engine::start(pool.clone(), EngineConfig::default());
-        let engine = handle.engine().clone();
+    pub fn start(pool: &PgPool, settings: BatchSettings) -> TicketWorker {
+        let engine = Engine::start(pool.clone(), EngineConfig::default());
         let stop = CancellationToken::new();
-        let signal = stop.clone();
-        let pool = pool.clone();
-        let running = tokio::spawn(async move {
-            let batcher_stop = CancellationToken::new();
-            let (batch_handle, writing) =
-                TicketBatcher::start(pool.clone(), batcher, batcher_stop.clone());
-            let settings = BackendSettings {
-                queue: ticket::QUEUE.to_owned(),
-                concurrency,
-                batch_size: concurrency.min(100),
-                prefetch: 0,
-            };
-            let worker_handle = batch_handle.clone();
-            let monitor = Monitor::new().register(move |_| {
-                WorkerBuilder::new(format!("tickets-test-{}", engine.owner()))
-                    .backend(engine.backend::<TicketJob>(settings.clone()))
-                    .data(worker_handle.clone())
-                    .build(run_ticket)
-            });
-            monitor
-                .run_with_signal(async move {
-                    signal.cancelled().await;
-                    Ok(())
-                })
-                .await
-                .unwrap();
-            drop(batch_handle);
-            batcher_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(10), writing).await;
-            handle
-        });
-        TicketWorker { stop, running }
+        let running = batch_worker::start(
+            engine.engine(),
+            pool.clone(),
+            settings,
+            TicketHandler,
+            stop.clone(),
+        );
+        TicketWorker {
+            stop,
+            running,
+            engine,
+        }
     }
 
     pub async fn stop(self) {
         self.stop.cancel();
-        let handle = self.running.await.unwrap();
-        handle.shutdown().await;
+        self.running.await.unwrap();
+        self.engine.shutdown().await;
     }
-}
-
-async fn run_ticket(job: TicketJob, batcher: Data<TicketBatchHandle>) -> Result<Outcome, JobError> {
-    ticket::handler::handle(&batcher, job).await
 }
 
 /// Enqueues each ticket as its job (unique per payment).

@@ -89,7 +89,7 @@ async fn payments_that_cannot_become_tickets_fail_for_good_and_leave_the_batch_i
     enqueue_tickets(&db.pool, &all).await;
 
     // All 20 in one batch.
-    let worker = TicketWorker::start(&db.pool, 20, batches_of(20));
+    let worker = TicketWorker::start(&db.pool, batches_of(20));
     assert_eq!(wait_finished(&db.pool, 20).await, (10, 10));
     worker.stop().await;
 

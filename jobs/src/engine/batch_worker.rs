@@ -1,0 +1,333 @@
+//! Batch workers: a queue whose jobs are run a whole batch at a time, inside the transaction
+//! that claimed them.
+//!
+//! ```text
+//! BEGIN
+//!   claim_locked    up to `batch_size` runnable jobs, FOR NO KEY UPDATE SKIP LOCKED
+//!   handler         the batch's work, on the same connection; one result per job
+//!   finish_locked   every job's outcome (completed, retry with backoff, failed)
+//! COMMIT
+//! ```
+//!
+//! For work that is itself a database write (tickets), this is both faster and stronger than
+//! a lease: the claim writes no row version (the row lock is the claim), the work and the
+//! jobs' outcomes commit together, and a process that dies mid-batch leaves nothing behind —
+//! its transaction rolls back and the jobs are runnable at once, with no rescue to wait for.
+//! `idle_in_transaction_session_timeout` (the engine's lease) ends a transaction whose process
+//! stopped talking to the server without closing its connection.
+//!
+//! Any number of runners (per process and across processes) claim side by side; each skips
+//! the rows the others hold. If the transaction fails (the connection is lost, the handler
+//! panicked, the commit is refused), nothing of the batch was written, and every job's
+//! failure is recorded from a new transaction: a retry after the job's backoff, or a failure
+//! for good on its last attempt.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use sqlx::{PgConnection, PgPool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::ack::{decide, log_outcome, panic_message};
+use super::complete::Action;
+use super::job::{JobId, JobMeta};
+use super::retry::{BoxError, JobError, Outcome, RetryPolicy};
+use super::Engine;
+
+/// Jobs per transaction by default.
+pub const DEFAULT_BATCH_SIZE: usize = 100;
+/// Transactions at once per process by default.
+pub const DEFAULT_RUNNERS: usize = 4;
+/// A runner whose claim failed waits this long before it claims again.
+const CLAIM_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// The work of a batch queue: runs jobs on the connection whose transaction claimed them.
+pub trait BatchHandler: Send + Sync + 'static {
+    type Args: DeserializeOwned + Send + Sync + 'static;
+
+    /// Runs `jobs` on `conn`, inside the claiming transaction; returns one result per job, in
+    /// order. A handler that writes must isolate its own failures (a savepoint), so the
+    /// transaction stays usable for the outcomes; if it does not, the commit fails and every
+    /// job of the batch is retried.
+    fn run<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        jobs: &'a [Self::Args],
+    ) -> impl Future<Output = Vec<Result<Outcome, JobError>>> + Send + 'a;
+}
+
+/// One batch queue of one process.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    pub queue: String,
+    /// Jobs per transaction at most.
+    pub batch_size: usize,
+    /// Transactions at once.
+    pub runners: usize,
+}
+
+/// A claimed job as `claim_locked` returns it.
+#[derive(sqlx::FromRow)]
+struct LockedRow {
+    id: i64,
+    kind: String,
+    payload: String,
+    attempt: i32,
+    max_attempts: i32,
+    backoff_base_ms: i32,
+    backoff_max_ms: i32,
+}
+
+impl LockedRow {
+    /// What the handler and the outcome see: the attempt this run spends.
+    fn meta(&self, queue: &str) -> JobMeta {
+        JobMeta {
+            id: JobId(self.id),
+            queue: queue.to_owned(),
+            kind: self.kind.clone(),
+            attempt: self.attempt + 1,
+            retry: RetryPolicy::new(
+                self.max_attempts,
+                Duration::from_millis(self.backoff_base_ms.max(0) as u64),
+                Duration::from_millis(self.backoff_max_ms.max(0) as u64),
+            ),
+        }
+    }
+}
+
+/// Starts `settings.runners` runners of `handler` on `pool`; they stop claiming once `stop`
+/// is cancelled and end after the batch they are running. The returned task ends when all
+/// of them have.
+pub fn start<H: BatchHandler>(
+    engine: &Engine,
+    pool: PgPool,
+    settings: BatchSettings,
+    handler: H,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let handler = Arc::new(handler);
+    let runners: Vec<JoinHandle<()>> = (0..settings.runners.max(1))
+        .map(|_| {
+            tokio::spawn(run(
+                engine.clone(),
+                pool.clone(),
+                settings.clone(),
+                handler.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tracing::info!(queue = %settings.queue, batch_size = settings.batch_size,
+        runners = settings.runners, "batch worker started");
+    tokio::spawn(async move {
+        futures::future::join_all(runners).await;
+    })
+}
+
+async fn run<H: BatchHandler>(
+    engine: Engine,
+    pool: PgPool,
+    settings: BatchSettings,
+    handler: Arc<H>,
+    stop: CancellationToken,
+) {
+    let signal = engine.signals().get(&settings.queue);
+    let poll = engine.config().poll_interval;
+    let lease = engine.config().lease;
+    while !stop.is_cancelled() {
+        let seen = signal.generation();
+        match run_batch(&pool, &settings, lease, handler.as_ref()).await {
+            Ok(n) if n >= settings.batch_size => continue,
+            Ok(_) => {
+                // A part-full claim took every runnable job: wait for more.
+                tokio::select! {
+                    _ = signal.wait_since(seen, poll) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(queue = %settings.queue, error = %error,
+                    "claiming a batch failed; trying again shortly");
+                tokio::select! {
+                    _ = tokio::time::sleep(CLAIM_ERROR_PAUSE) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Claims, runs and finishes one batch; returns how many jobs it claimed.
+async fn run_batch<H: BatchHandler>(
+    pool: &PgPool,
+    settings: &BatchSettings,
+    lease: Duration,
+    handler: &H,
+) -> Result<usize, sqlx::Error> {
+    let queue = settings.queue.as_str();
+    // Whole milliseconds; the setting is validated by the server.
+    let begin = format!(
+        "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}",
+        lease.as_millis().max(1)
+    );
+    let mut tx = pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
+    let rows: Vec<LockedRow> = sqlx::query_as(include_str!("claim_locked.sql"))
+        .bind(queue)
+        .bind(settings.batch_size as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    let claimed = rows.len();
+    super::metrics::record_claimed(queue, claimed);
+    let metas: Vec<JobMeta> = rows.iter().map(|r| r.meta(queue)).collect();
+
+    // Payloads that do not decode fail their own job for good; the rest run together.
+    let mut actions: Vec<Option<Action>> = vec![None; claimed];
+    let mut args = Vec::with_capacity(claimed);
+    let mut runs = Vec::with_capacity(claimed);
+    for (i, row) in rows.iter().enumerate() {
+        match serde_json::from_str::<H::Args>(&row.payload) {
+            Ok(decoded) => {
+                args.push(decoded);
+                runs.push(i);
+            }
+            Err(error) => {
+                tracing::error!(job.id = row.id, job.queue = queue, error = %error,
+                    "payload does not decode; failing the job");
+                actions[i] = Some(Action::Fail {
+                    error: format!(
+                        "payload does not decode as {}: {error}",
+                        std::any::type_name::<H::Args>()
+                    ),
+                });
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let results = AssertUnwindSafe(handler.run(&mut tx, &args))
+        .catch_unwind()
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let results = match results {
+        Ok(results) if results.len() == args.len() => results,
+        Ok(results) => {
+            let error = format!(
+                "the batch handler returned {} results for {} jobs",
+                results.len(),
+                args.len()
+            );
+            drop(tx);
+            record_failure(pool, &rows, &metas, &error).await;
+            return Ok(claimed);
+        }
+        Err(panic) => {
+            drop(tx);
+            let error = format!("handler panicked: {}", panic_message(panic));
+            record_failure(pool, &rows, &metas, &error).await;
+            return Ok(claimed);
+        }
+    };
+    for (&i, result) in runs.iter().zip(results) {
+        super::metrics::record_handler(queue, seconds);
+        actions[i] = Some(decide(
+            &metas[i],
+            Ok(result.map_err(|e| Box::new(e) as BoxError)),
+        ));
+    }
+    let actions: Vec<Action> = actions
+        .into_iter()
+        .map(|a| a.expect("every claimed job has an outcome"))
+        .collect();
+
+    let finished = async {
+        finish(&mut tx, &rows, &actions).await?;
+        tx.commit().await
+    }
+    .await;
+    match finished {
+        Ok(()) => {
+            for (meta, action) in metas.iter().zip(&actions) {
+                log_outcome(meta, action);
+                super::metrics::record_outcome(queue, action);
+            }
+        }
+        Err(error) => {
+            let error =
+                format!("the batch's transaction failed, nothing of it was written: {error}");
+            record_failure(pool, &rows, &metas, &error).await;
+        }
+    }
+    Ok(claimed)
+}
+
+/// After the batch's transaction failed: each job spends its attempt with `error` (a retry
+/// after its backoff, or a failure for good on its last attempt), from a new transaction. If
+/// that fails too, the jobs stay runnable without having spent an attempt.
+async fn record_failure(pool: &PgPool, rows: &[LockedRow], metas: &[JobMeta], error: &str) {
+    let actions: Vec<Action> = metas
+        .iter()
+        .map(|meta| decide(meta, Ok(Err(error.into()))))
+        .collect();
+    let written = async {
+        let mut conn = pool.acquire().await?;
+        finish(&mut conn, rows, &actions).await
+    }
+    .await;
+    match written {
+        Ok(()) => {
+            for (meta, action) in metas.iter().zip(&actions) {
+                log_outcome(meta, action);
+                super::metrics::record_outcome(&meta.queue, action);
+            }
+        }
+        Err(write_error) => {
+            tracing::error!(jobs = rows.len(), error = %error, write_error = %write_error,
+                "a failed batch could not be recorded; its jobs run again without spending an attempt");
+        }
+    }
+}
+
+/// Writes `actions` (one per row) with `finish_locked`.
+async fn finish(
+    conn: &mut PgConnection,
+    rows: &[LockedRow],
+    actions: &[Action],
+) -> Result<(), sqlx::Error> {
+    let n = rows.len();
+    let (mut ids, mut attempts, mut states, mut delays, mut errors, mut refunds) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (row, action) in rows.iter().zip(actions) {
+        let (state, delay, error, refund) = action.as_columns();
+        ids.push(row.id);
+        attempts.push(row.attempt);
+        states.push(state);
+        delays.push(delay);
+        errors.push(error);
+        refunds.push(refund);
+    }
+    sqlx::query(include_str!("finish_locked.sql"))
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&states)
+        .bind(&delays)
+        .bind(&errors)
+        .bind(&refunds)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

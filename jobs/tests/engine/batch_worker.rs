@@ -1,0 +1,209 @@
+//! Batch queues: a batch is claimed, run and finished in one transaction.
+
+use std::time::Duration;
+
+use poda_jobs::engine::{
+    batch_worker, enqueue_many_pooled, BatchHandler, BatchSettings, Engine, EngineConfig, JobError,
+    NewJob, Outcome, RetryPolicy,
+};
+use poda_jobs::testing::{wait_until, TestDb};
+use serde::Deserialize;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{job, KIND, QUEUE};
+
+#[derive(Deserialize)]
+struct Item {
+    n: i64,
+}
+
+/// Writes each job's `n` into `seen`; n ending in 7 fails
+/// (retryable), n ending in 9 fails for good, and a negative n breaks the transaction.
+struct Recorder;
+
+impl BatchHandler for Recorder {
+    type Args = Item;
+
+    async fn run(&self, conn: &mut PgConnection, jobs: &[Item]) -> Vec<Result<Outcome, JobError>> {
+        let mut results = Vec::new();
+        for item in jobs {
+            results.push(match item.n {
+                n if n < 0 => {
+                    // Not under a savepoint: the transaction is aborted.
+                    let _ = sqlx::query("SELECT 1 / 0").execute(&mut *conn).await;
+                    Ok(Outcome::Done)
+                }
+                n if n % 10 == 7 => Err(JobError::retryable("ends in seven")),
+                n if n % 10 == 9 => Err(JobError::permanent("ends in nine")),
+                n => sqlx::query("INSERT INTO seen (n) VALUES ($1)")
+                    .bind(n)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| Outcome::Done)
+                    .map_err(JobError::retryable),
+            });
+        }
+        results
+    }
+}
+
+async fn start(
+    pool: &PgPool,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+    poda_jobs::engine::EngineHandle,
+) {
+    sqlx::query("CREATE TABLE IF NOT EXISTS seen (n bigint PRIMARY KEY)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let engine = Engine::start(pool.clone(), EngineConfig::default());
+    let stop = CancellationToken::new();
+    let running = batch_worker::start(
+        engine.engine(),
+        pool.clone(),
+        BatchSettings {
+            queue: QUEUE.to_owned(),
+            batch_size: 100,
+            runners: 1,
+        },
+        Recorder,
+        stop.clone(),
+    );
+    (stop, running, engine)
+}
+
+fn slow_retry() -> RetryPolicy {
+    RetryPolicy::new(5, Duration::from_secs(60), Duration::from_secs(60))
+}
+
+/// (state, attempt, last_error) of each job by its payload's n, in n order.
+async fn jobs_by_n(pool: &PgPool) -> Vec<(i64, String, i32, Option<String>)> {
+    sqlx::query_as(
+        "SELECT coalesce((payload->>'n')::bigint, -999), state::text, attempt, last_error \
+         FROM jobs WHERE queue = $1 ORDER BY 1",
+    )
+    .bind(QUEUE)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn wait_all_attempted(pool: &PgPool, n: i64) {
+    wait_until(
+        &format!("{n} jobs to have run once"),
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM jobs WHERE queue = $1 AND attempt = 1",
+            )
+            .bind(QUEUE)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+        },
+        |done| *done == n,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_batch_commits_its_work_together_with_each_jobs_own_outcome() {
+    let db = TestDb::new().await;
+    let mut jobs: Vec<NewJob> = (0..20).map(|n| job(n).with_retry(slow_retry())).collect();
+    jobs.push(NewJob::new(
+        QUEUE,
+        KIND,
+        serde_json::json!({ "not_n": true }),
+    ));
+    enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
+
+    let (stop, running, engine) = start(&db.pool).await;
+    wait_all_attempted(&db.pool, 21).await;
+    stop.cancel();
+    running.await.unwrap();
+    engine.shutdown().await;
+
+    let rows = jobs_by_n(&db.pool).await;
+    let undecodable = &rows[0];
+    assert_eq!((undecodable.1.as_str(), undecodable.2), ("failed", 1));
+    assert!(undecodable
+        .3
+        .as_deref()
+        .unwrap()
+        .contains("does not decode"));
+    for (n, state, attempt, error) in &rows[1..] {
+        let expected = match n % 10 {
+            7 => "available",
+            9 => "failed",
+            _ => "completed",
+        };
+        assert_eq!((state.as_str(), *attempt), (expected, 1), "job {n}");
+        match n % 10 {
+            7 => assert!(error.as_deref().unwrap().contains("ends in seven")),
+            9 => assert!(error.as_deref().unwrap().contains("ends in nine")),
+            _ => assert_eq!(error, &None),
+        }
+    }
+    // The retries wait out their backoff.
+    let retry_later: bool = sqlx::query_scalar(
+        "SELECT bool_and(run_at > now() + interval '30 seconds') FROM jobs \
+         WHERE queue = $1 AND state = 'available'",
+    )
+    .bind(QUEUE)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(retry_later);
+    // The work and the outcomes were written by one transaction.
+    let seen: Vec<i64> = sqlx::query_scalar("SELECT n FROM seen ORDER BY n")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec![0, 1, 2, 3, 4, 5, 6, 8, 10, 11, 12, 13, 14, 15, 16, 18]
+    );
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT x) FROM ( \
+             SELECT xmin::text AS x FROM seen \
+             UNION ALL SELECT xmin::text FROM jobs WHERE queue = $1) w",
+    )
+    .bind(QUEUE)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(transactions, 1);
+}
+
+#[tokio::test]
+async fn a_batch_whose_transaction_fails_writes_nothing_and_every_job_spends_an_attempt() {
+    let db = TestDb::new().await;
+    let jobs: Vec<NewJob> = [1, 2, -1, 3]
+        .into_iter()
+        .map(|n| job(n).with_retry(slow_retry()))
+        .collect();
+    enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
+
+    let (stop, running, engine) = start(&db.pool).await;
+    wait_all_attempted(&db.pool, 4).await;
+    stop.cancel();
+    running.await.unwrap();
+    engine.shutdown().await;
+
+    for (n, state, attempt, error) in jobs_by_n(&db.pool).await {
+        assert_eq!((state.as_str(), attempt), ("available", 1), "job {n}");
+        let error = error.unwrap();
+        assert!(
+            error.contains("the batch's transaction failed"),
+            "job {n}: {error}"
+        );
+    }
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM seen")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, 0, "nothing of the failed batch was written");
+}

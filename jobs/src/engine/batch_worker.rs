@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::ack::{decide, log_outcome, panic_message};
-use super::complete::Action;
+use super::complete::{Action, OutcomeColumns};
 use super::job::{JobId, JobMeta};
 use super::retry::{BoxError, JobError, Outcome, RetryPolicy};
 use super::Engine;
@@ -302,31 +302,12 @@ async fn finish(
     rows: &[LockedRow],
     actions: &[Action],
 ) -> Result<(), sqlx::Error> {
-    let n = rows.len();
-    let (mut ids, mut attempts, mut states, mut delays, mut errors, mut refunds) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
+    let columns = OutcomeColumns::new(
+        rows.iter()
+            .zip(actions)
+            .map(|(row, action)| (row.id, row.attempt, action)),
     );
-    for (row, action) in rows.iter().zip(actions) {
-        let (state, delay, error, refund) = action.as_columns();
-        ids.push(row.id);
-        attempts.push(row.attempt);
-        states.push(state);
-        delays.push(delay);
-        errors.push(error);
-        refunds.push(refund);
-    }
-    sqlx::query(include_str!("finish_locked.sql"))
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&states)
-        .bind(&delays)
-        .bind(&errors)
-        .bind(&refunds)
+    sqlx::query_with(include_str!("finish_locked.sql"), columns.into_arguments()?)
         .execute(conn)
         .await?;
     Ok(())

@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgPool};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -65,6 +67,55 @@ impl Action {
     }
 }
 
+/// Outcomes as the outcome statements (`complete_many`, `finish_locked`) take them: one array
+/// per column, one element per job.
+pub(super) struct OutcomeColumns<'a> {
+    pub ids: Vec<i64>,
+    pub attempts: Vec<i32>,
+    pub states: Vec<&'static str>,
+    pub delays: Vec<Option<i64>>,
+    pub errors: Vec<Option<&'a str>>,
+    pub refunds: Vec<bool>,
+}
+
+impl<'a> OutcomeColumns<'a> {
+    /// From (job id, attempt, action) triples.
+    pub(super) fn new(outcomes: impl ExactSizeIterator<Item = (i64, i32, &'a Action)>) -> Self {
+        let n = outcomes.len();
+        let mut columns = OutcomeColumns {
+            ids: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            states: Vec::with_capacity(n),
+            delays: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
+            refunds: Vec::with_capacity(n),
+        };
+        for (id, attempt, action) in outcomes {
+            let (state, delay, error, refund) = action.as_columns();
+            columns.ids.push(id);
+            columns.attempts.push(attempt);
+            columns.states.push(state);
+            columns.delays.push(delay);
+            columns.errors.push(error);
+            columns.refunds.push(refund);
+        }
+        columns
+    }
+
+    /// The columns as the statements' parameters $1..$6.
+    pub(super) fn into_arguments(self) -> Result<PgArguments, sqlx::Error> {
+        let mut arguments = PgArguments::default();
+        let add = |result: Result<(), BoxDynError>| result.map_err(sqlx::Error::Encode);
+        add(arguments.add(self.ids))?;
+        add(arguments.add(self.attempts))?;
+        add(arguments.add(self.states))?;
+        add(arguments.add(self.delays))?;
+        add(arguments.add(self.errors))?;
+        add(arguments.add(self.refunds))?;
+        Ok(arguments)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
     pub id: JobId,
@@ -101,34 +152,12 @@ async fn write_outcomes(
     if completions.is_empty() {
         return Ok(Vec::new());
     }
-    let n = completions.len();
-    let (mut ids, mut attempts, mut states, mut delays, mut errors, mut refunds) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for c in completions {
-        let (state, delay, error, refund) = c.action.as_columns();
-        ids.push(c.id.0);
-        attempts.push(c.attempt);
-        states.push(state);
-        delays.push(delay);
-        errors.push(error);
-        refunds.push(refund);
-    }
-    let changed: Vec<(i64, String, bool)> = sqlx::query_as(include_str!("complete_many.sql"))
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&states)
-        .bind(&delays)
-        .bind(&errors)
-        .bind(&refunds)
-        .bind(owner)
-        .fetch_all(pool)
-        .await?;
+    let columns = OutcomeColumns::new(completions.iter().map(|c| (c.id.0, c.attempt, &c.action)));
+    let changed: Vec<(i64, String, bool)> =
+        sqlx::query_as_with(include_str!("complete_many.sql"), columns.into_arguments()?)
+            .bind(owner)
+            .fetch_all(pool)
+            .await?;
     Ok(changed
         .into_iter()
         .map(|(id, queue, runnable_again)| Written {

@@ -1,7 +1,8 @@
-//! Test support (feature `testing`): a fresh database per test, polling waits, and
-//! ticket-domain fixtures.
+//! Test support (feature `testing`): a fresh database per test, polling waits, plan checks
+//! and ticket-domain fixtures.
 
 mod db;
+pub mod plans;
 pub mod tickets;
 mod wait;
 

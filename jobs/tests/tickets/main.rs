@@ -6,6 +6,7 @@ mod support;
 mod batch;
 mod code_limit;
 mod duplicates;
+mod plans;
 mod poison;
 mod references;
 mod rounding;

@@ -35,7 +35,9 @@ use uuid::Uuid;
 pub use backend::{BackendSettings, PgBackend};
 pub use batch_worker::{BatchHandler, BatchSettings};
 pub use complete::{Action, CompleterConfig, Completion, CompletionHandle};
-pub use enqueue::{enqueue_many, enqueue_many_pooled, enqueue_one, enqueue_one_pooled};
+pub use enqueue::{
+    enqueue_many, enqueue_many_pooled, enqueue_one, enqueue_one_pooled, insert_new_jobs,
+};
 pub use job::{ClaimedJob, Enqueued, JobId, JobMeta, JobSnapshot, JobState, NewJob};
 pub use maintenance::{
     Maintainer, MaintainerConfig, PruneReport, Pruner, PrunerConfig, Rescuer, RescuerConfig,

@@ -10,7 +10,7 @@
 //!   (Rust)               reject what cannot become a ticket; count uses against each code's limit
 //!   insert_tickets       one multi-row INSERT … ON CONFLICT (payment_id) DO NOTHING
 //!   count_code_uses      the inserted tickets' codes; exhausted at the limit
-//!   enqueue_many         one commission_transfers job per inserted ticket
+//!   insert_new_jobs      one commission_transfers job per inserted ticket (its key is new)
 //! RELEASE SAVEPOINT
 //! (the batch worker: finish_locked, COMMIT)
 //! ```
@@ -33,7 +33,7 @@ use sqlx::{Connection, PgConnection};
 
 use super::error::TicketError;
 use super::{commission_minor, TicketJob};
-use crate::engine::{enqueue_many, NewJob};
+use crate::engine::{insert_new_jobs, NewJob};
 use crate::error::EngineError;
 use crate::sqlstate::{is_data_error, is_transaction_conflict, may_be_caused_by_a_row};
 use crate::transfer::TransferJob;
@@ -232,7 +232,8 @@ async fn issue_batch(
         .iter()
         .map(|&ticket_id| TransferJob { ticket_id }.to_job())
         .collect();
-    enqueue_many(&mut tx, &transfers).await?;
+    // Keyed by tickets this transaction has just inserted: the keys cannot exist yet.
+    insert_new_jobs(&mut tx, &transfers).await?;
     tx.commit().await?;
 
     let outcomes: Vec<Result<Issued, TicketError>> = unique

@@ -1,4 +1,7 @@
-use poda_jobs::engine::{enqueue_many_pooled, enqueue_one, enqueue_one_pooled, JobState};
+use poda_jobs::engine::{
+    enqueue_many_pooled, enqueue_one, enqueue_one_pooled, insert_new_jobs, JobState,
+};
+use poda_jobs::error::EngineError;
 use poda_jobs::testing::TestDb;
 
 use crate::support::{count_in_state, job, QUEUE};
@@ -150,4 +153,31 @@ async fn enqueue_rejects_a_bad_retry_policy_and_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(total, 0);
+}
+
+#[tokio::test]
+async fn insert_new_jobs_writes_every_job_and_refuses_a_key_that_exists() {
+    let db = TestDb::new().await;
+    let keyed = |n: i64| job(n).with_unique_key(format!("key-{n}"));
+    let mut conn = db.pool.acquire().await.unwrap();
+    let jobs: Vec<_> = (0..50).map(keyed).collect();
+    assert_eq!(insert_new_jobs(&mut conn, &jobs).await.unwrap(), 50);
+    let (rows, payloads): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT payload->>'n') FROM jobs \
+         WHERE queue = $1 AND state = 'available' AND unique_key LIKE 'key-%'",
+    )
+    .bind(QUEUE)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((rows, payloads), (50, 50));
+
+    // A key that exists fails the whole statement: nothing of it is written.
+    let again = [keyed(100), keyed(7)];
+    let error = insert_new_jobs(&mut conn, &again).await.unwrap_err();
+    assert!(
+        matches!(&error, EngineError::UniqueConflict { constraint, .. } if constraint == "jobs_unique_key_idx"),
+        "{error:?}"
+    );
+    assert_eq!(count_in_state(&db.pool, JobState::Available).await, 50);
 }

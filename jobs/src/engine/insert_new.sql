@@ -1,0 +1,32 @@
+-- insert_new: insert a batch of jobs whose unique keys the caller knows to be new, in one
+-- statement; returns how many were inserted.
+-- $1 queue[], $2 kind[], $3 payload[] (JSON text), $4 unique_key[] (NULL = none),
+-- $5 run_at[] (NULL = now()), $6 max_attempts[], $7 backoff_base_ms[], $8 backoff_max_ms[],
+-- $9 the NOTIFY channel.
+-- Unlike enqueue_many there is no ON CONFLICT: a key that exists fails the statement with a
+-- unique violation (23505). For jobs keyed by a row the caller has just inserted in the same
+-- transaction (a ticket's transfer job) no key can exist, and the speculative insertion
+-- behind ON CONFLICT (a probe of the unique index before each row and a confirmation record
+-- after it) and the per-row id bookkeeping are work saved.
+-- One NOTIFY per queue per statement, delivered at COMMIT of the caller's transaction.
+WITH inserted AS (
+    INSERT INTO jobs (queue, kind, payload, unique_key, run_at, max_attempts,
+                      backoff_base_ms, backoff_max_ms)
+    SELECT queue, kind, payload::jsonb, unique_key, coalesce(run_at, now()), max_attempts,
+           backoff_base_ms, backoff_max_ms
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                $6::int[], $7::int[], $8::int[])
+         AS t(queue, kind, payload, unique_key, run_at, max_attempts,
+              backoff_base_ms, backoff_max_ms)
+    RETURNING queue
+),
+queues AS (
+    SELECT DISTINCT queue FROM inserted
+),
+registered AS (
+    INSERT INTO job_queues (name)
+    SELECT queue FROM queues
+    ON CONFLICT (name) DO NOTHING
+)
+SELECT (SELECT count(*) FROM inserted) AS inserted,
+       (SELECT count(pg_notify($9, queue)) FROM queues) AS notified

@@ -39,10 +39,6 @@ use super::job::{JobId, JobMeta};
 use super::retry::{BoxError, JobError, Outcome, RetryPolicy};
 use super::Engine;
 
-/// Jobs per transaction by default.
-pub const DEFAULT_BATCH_SIZE: usize = 100;
-/// Transactions at once per process by default.
-pub const DEFAULT_RUNNERS: usize = 4;
 /// A runner whose claim failed waits this long before it claims again.
 const CLAIM_ERROR_PAUSE: Duration = Duration::from_secs(1);
 

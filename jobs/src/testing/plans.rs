@@ -1,7 +1,10 @@
 //! What the planner makes of a statement: for tests that keep batch statements on their
 //! indexes however large the batch.
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
+
+use crate::engine::batch_worker::PLANNER_SETTINGS;
 
 /// The plan of `sql` with `$1`, `$2`, … replaced by the array literals `params` (each cast
 /// by the statement itself, as in `$1::bigint[]`): what a custom plan (the worker's
@@ -43,4 +46,56 @@ fn walk(node: &serde_json::Value, found: &mut Vec<String>) {
 pub fn array_literal<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
     let items: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
     format!("{{{}}}", items.join(","))
+}
+
+/// A statement prepared the way a batch transaction runs it ([`PLANNER_SETTINGS`]: one
+/// generic plan, made at its first execution and kept), on a connection of its own inside an
+/// open transaction, so a test can grow the tables after the plan was made and look at the
+/// plan the batches would go on using.
+pub struct PreparedProbe {
+    conn: PoolConnection<Postgres>,
+}
+
+impl PreparedProbe {
+    /// Prepares `sql` with parameters of `types` and executes it once with `first`.
+    pub async fn prepare(pool: &PgPool, sql: &str, types: &[&str], first: &[String]) -> Self {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::raw_sql("BEGIN").execute(&mut *conn).await.unwrap();
+        sqlx::raw_sql(PLANNER_SETTINGS)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let prepare = format!("PREPARE probe ({}) AS {sql}", types.join(", "));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let mut probe = PreparedProbe { conn };
+        let execute = format!("EXECUTE probe ({})", Self::literals(first));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(execute))
+            .execute(&mut *probe.conn)
+            .await
+            .unwrap();
+        probe
+    }
+
+    /// The plan `EXECUTE` now uses with `params`.
+    pub async fn plan(&mut self, params: &[String]) -> serde_json::Value {
+        let explain = format!(
+            "EXPLAIN (FORMAT JSON) EXECUTE probe ({})",
+            Self::literals(params)
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+            .fetch_one(&mut *self.conn)
+            .await
+            .unwrap()
+    }
+
+    fn literals(params: &[String]) -> String {
+        params
+            .iter()
+            .map(|p| format!("'{p}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }

@@ -11,6 +11,7 @@ mod enqueue;
 mod factory;
 mod gauges;
 mod leader;
+mod plans;
 mod prune;
 mod queue;
 mod rescue;

@@ -5,37 +5,22 @@
 use poda_jobs::testing::plans::{array_literal, plan_of, seq_scanned, PreparedProbe};
 use poda_jobs::testing::tickets::seed_one_company;
 use poda_jobs::testing::TestDb;
+use sqlx::PgPool;
 
-#[tokio::test]
-async fn the_batch_lookup_probes_the_payment_index_for_500_payments_among_100_000_tickets() {
+const LOOK_UP_BATCH: &str = include_str!("../../src/ticket/look_up_batch.sql");
+
+/// A database with one company and route, and statistics taken while `tickets` was empty.
+async fn fresh_deployment() -> TestDb {
     let db = TestDb::new().await;
     seed_one_company(&db.pool).await;
     sqlx::query("ANALYZE tickets")
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO tickets (payment_id, event_id, company_id, route_id, passenger_phone, \
-                              amount_minor, commission_minor, currency) \
-         SELECT 'pay-' || i, 'evt-' || i, 'co-1', 'rt-1', '+23270000000', 1000, 25, 'SLE' \
-         FROM generate_series(1, 100000) i",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-
-    let payments = array_literal((0..500).map(|i| format!("new-{i}")));
-    let companies = array_literal(vec!["co-1"; 500]);
-    let routes = array_literal(vec!["rt-1"; 500]);
-    let sql = include_str!("../../src/ticket/look_up_batch.sql");
-    let plan = plan_of(&db.pool, sql, &[payments, companies, routes]).await;
-    assert!(
-        !seq_scanned(&plan).contains(&"tickets".to_owned()),
-        "the lookup scans every ticket: {plan}"
-    );
+    db
 }
 
-async fn grow_tickets(pool: &sqlx::PgPool, n: i64) {
+async fn grow_tickets(pool: &PgPool, n: i64) {
     sqlx::query(
         "INSERT INTO tickets (payment_id, event_id, company_id, route_id, passenger_phone, \
                               amount_minor, commission_minor, currency) \
@@ -48,32 +33,34 @@ async fn grow_tickets(pool: &sqlx::PgPool, n: i64) {
     .unwrap();
 }
 
-#[tokio::test]
-async fn the_batch_lookup_planned_once_on_an_empty_table_still_probes_the_index_when_it_grew() {
-    let db = TestDb::new().await;
-    seed_one_company(&db.pool).await;
-    sqlx::query("ANALYZE tickets")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let sql = include_str!("../../src/ticket/look_up_batch.sql");
-    let one = vec![
-        array_literal(["pay-x"]),
-        array_literal(["co-1"]),
-        array_literal(["rt-1"]),
-    ];
-    let mut probe =
-        PreparedProbe::prepare(&db.pool, sql, &["text[]", "text[]", "text[]"], &one).await;
-    grow_tickets(&db.pool, 100_000).await;
+/// look_up_batch's parameters for `n` new payments.
+fn new_payments(n: usize) -> Vec<String> {
+    vec![
+        array_literal((0..n).map(|i| format!("new-{i}"))),
+        array_literal(vec!["co-1"; n]),
+        array_literal(vec!["rt-1"; n]),
+    ]
+}
 
-    let batch = vec![
-        array_literal((0..500).map(|i| format!("new-{i}"))),
-        array_literal(vec!["co-1"; 500]),
-        array_literal(vec!["rt-1"; 500]),
-    ];
-    let plan = probe.plan(&batch).await;
+fn assert_no_ticket_scan(plan: serde_json::Value) {
     assert!(
         !seq_scanned(&plan).contains(&"tickets".to_owned()),
         "the lookup scans every ticket: {plan}"
     );
+}
+
+#[tokio::test]
+async fn the_batch_lookup_probes_the_payment_index_for_500_payments_among_100_000_tickets() {
+    let db = fresh_deployment().await;
+    grow_tickets(&db.pool, 100_000).await;
+    assert_no_ticket_scan(plan_of(&db.pool, LOOK_UP_BATCH, &new_payments(500)).await);
+}
+
+#[tokio::test]
+async fn the_batch_lookup_planned_once_on_an_empty_table_still_probes_the_index_when_it_grew() {
+    let db = fresh_deployment().await;
+    let types = ["text[]", "text[]", "text[]"];
+    let mut probe = PreparedProbe::prepare(&db.pool, LOOK_UP_BATCH, &types, &new_payments(1)).await;
+    grow_tickets(&db.pool, 100_000).await;
+    assert_no_ticket_scan(probe.plan(&new_payments(500)).await);
 }

@@ -17,7 +17,8 @@
 //! stopped talking to the server without closing its connection.
 //!
 //! Any number of runners (per process and across processes) claim side by side; each skips
-//! the rows the others hold. If the transaction fails (the connection is lost, the handler
+//! the rows the others hold, and a process's runners start each claim after the rows they
+//! last claimed ([`super::claim_cursor`]). If the transaction fails (the connection is lost, the handler
 //! panicked, the commit is refused), nothing of the batch was written, and every job's
 //! failure is recorded from a new transaction: a retry after the job's backoff, or a failure
 //! for good on its last attempt.
@@ -34,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::ack::{decide, log_outcome, panic_message};
+use super::claim_cursor::ClaimCursor;
 use super::complete::{Action, OutcomeColumns};
 use super::job::{JobId, JobMeta};
 use super::retry::{BoxError, JobError, Outcome, RetryPolicy};
@@ -72,6 +74,7 @@ pub struct BatchSettings {
 #[derive(sqlx::FromRow)]
 struct LockedRow {
     id: i64,
+    run_at: chrono::DateTime<chrono::Utc>,
     kind: String,
     payload: String,
     attempt: i32,
@@ -108,9 +111,11 @@ pub fn start<H: BatchHandler>(
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     let handler = Arc::new(handler);
+    let cursor = Arc::new(ClaimCursor::new(engine.config().poll_interval));
     let runners: Vec<JoinHandle<()>> = (0..settings.runners.max(1))
         .map(|_| {
             tokio::spawn(run(
+                cursor.clone(),
                 engine.clone(),
                 pool.clone(),
                 settings.clone(),
@@ -127,6 +132,7 @@ pub fn start<H: BatchHandler>(
 }
 
 async fn run<H: BatchHandler>(
+    cursor: Arc<ClaimCursor>,
     engine: Engine,
     pool: PgPool,
     settings: BatchSettings,
@@ -138,7 +144,7 @@ async fn run<H: BatchHandler>(
     let lease = engine.config().lease;
     while !stop.is_cancelled() {
         let seen = signal.generation();
-        match run_batch(&pool, &settings, lease, handler.as_ref()).await {
+        match run_batch(&cursor, &pool, &settings, lease, handler.as_ref()).await {
             Ok(n) if n >= settings.batch_size => continue,
             Ok(_) => {
                 // A part-full claim took every runnable job: wait for more.
@@ -161,6 +167,7 @@ async fn run<H: BatchHandler>(
 
 /// Claims, runs and finishes one batch; returns how many jobs it claimed.
 async fn run_batch<H: BatchHandler>(
+    cursor: &ClaimCursor,
     pool: &PgPool,
     settings: &BatchSettings,
     lease: Duration,
@@ -170,11 +177,16 @@ async fn run_batch<H: BatchHandler>(
     let mut tx = pool
         .begin_with(sqlx::AssertSqlSafe(begin_statement(lease)))
         .await?;
+    let after = cursor.position();
     let rows: Vec<LockedRow> = sqlx::query_as(include_str!("claim_locked.sql"))
         .bind(queue)
         .bind(settings.batch_size as i64)
+        .bind(after.map(|(run_at, _)| run_at))
+        .bind(after.map(|(_, id)| id))
         .fetch_all(&mut *tx)
         .await?;
+    let claimed: Vec<_> = rows.iter().map(|r| (r.run_at, r.id)).collect();
+    cursor.record(settings.batch_size, &claimed, Instant::now());
     if rows.is_empty() {
         tx.commit().await?;
         return Ok(0);

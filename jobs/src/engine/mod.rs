@@ -12,6 +12,7 @@ pub mod admin;
 pub mod backend;
 pub mod batch_worker;
 pub mod claim;
+pub mod claim_cursor;
 pub mod complete;
 pub mod enqueue;
 pub mod job;

@@ -207,3 +207,71 @@ async fn a_batch_whose_transaction_fails_writes_nothing_and_every_job_spends_an_
         .unwrap();
     assert_eq!(seen, 0, "nothing of the failed batch was written");
 }
+
+#[tokio::test]
+async fn jobs_that_become_runnable_behind_the_claim_cursor_still_run() {
+    let db = TestDb::new().await;
+    let backlog: Vec<NewJob> = (0..3_000).map(job).collect();
+    enqueue_many_pooled(&db.pool, &backlog).await.unwrap();
+    sqlx::query("CREATE TABLE IF NOT EXISTS seen (n bigint PRIMARY KEY)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let engine = Engine::start(db.pool.clone(), EngineConfig::default());
+    let stop = CancellationToken::new();
+    let running = batch_worker::start(
+        engine.engine(),
+        db.pool.clone(),
+        BatchSettings {
+            queue: QUEUE.to_owned(),
+            batch_size: 20,
+            runners: 2,
+        },
+        Recorder,
+        stop.clone(),
+    );
+    // Once the runners are well into the backlog, jobs due an hour ago arrive: they sort
+    // before everything claimed so far.
+    wait_until(
+        "the runners to be into the backlog",
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM seen")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
+        },
+        |seen| *seen >= 500,
+    )
+    .await;
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let late: Vec<NewJob> = (10_000..10_020)
+        .map(|n| job(n).with_run_at(an_hour_ago))
+        .collect();
+    enqueue_many_pooled(&db.pool, &late).await.unwrap();
+
+    wait_until(
+        "every job to have run",
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM jobs WHERE queue = $1 AND attempt >= 1",
+            )
+            .bind(QUEUE)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        },
+        |ran| *ran == 3_020,
+    )
+    .await;
+    stop.cancel();
+    running.await.unwrap();
+    engine.shutdown().await;
+    // The late jobs ran (Recorder writes those not ending in 7 or 9).
+    let late_seen: i64 = sqlx::query_scalar("SELECT count(*) FROM seen WHERE n >= 10000")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(late_seen, 16);
+}

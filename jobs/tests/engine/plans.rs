@@ -7,6 +7,16 @@ use poda_jobs::testing::TestDb;
 
 use crate::support::{job, QUEUE};
 
+/// claim_locked's parameters: `limit` jobs after (`run_at`, id 0).
+fn claim_after(limit: usize, run_at: &str) -> Vec<String> {
+    vec![
+        QUEUE.to_owned(),
+        limit.to_string(),
+        run_at.to_owned(),
+        "0".to_owned(),
+    ]
+}
+
 #[tokio::test]
 async fn batch_claims_and_outcomes_planned_on_an_empty_table_use_its_indexes_once_it_grew() {
     let db = TestDb::new().await;
@@ -24,8 +34,8 @@ async fn batch_claims_and_outcomes_planned_on_an_empty_table_use_its_indexes_onc
     let mut claim = PreparedProbe::prepare(
         &db.pool,
         include_str!("../../src/engine/claim_locked.sql"),
-        &["text", "bigint"],
-        &[QUEUE.to_owned(), "10".to_owned()],
+        &["text", "bigint", "timestamptz", "bigint"],
+        &claim_after(10, "-infinity"),
     )
     .await;
     let mut finish = PreparedProbe::prepare(
@@ -46,7 +56,11 @@ async fn batch_claims_and_outcomes_planned_on_an_empty_table_use_its_indexes_onc
     for (name, plan) in [
         (
             "claim_locked",
-            claim.plan(&[QUEUE.to_owned(), "200".to_owned()]).await,
+            claim.plan(&claim_after(200, "-infinity")).await,
+        ),
+        (
+            "claim_locked after a cursor",
+            claim.plan(&claim_after(200, "2026-01-01T00:00:00Z")).await,
         ),
         ("finish_locked", finish.plan(&outcome(200)).await),
     ] {

@@ -50,6 +50,8 @@ impl BatchHandler for Recorder {
 
 async fn start(
     pool: &PgPool,
+    batch_size: usize,
+    runners: usize,
 ) -> (
     CancellationToken,
     tokio::task::JoinHandle<()>,
@@ -66,8 +68,8 @@ async fn start(
         pool.clone(),
         BatchSettings {
             queue: QUEUE.to_owned(),
-            batch_size: 100,
-            runners: 1,
+            batch_size,
+            runners,
         },
         Recorder,
         stop.clone(),
@@ -120,7 +122,7 @@ async fn a_batch_commits_its_work_together_with_each_jobs_own_outcome() {
     ));
     enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
 
-    let (stop, running, engine) = start(&db.pool).await;
+    let (stop, running, engine) = start(&db.pool, 100, 1).await;
     wait_all_attempted(&db.pool, 21).await;
     stop.cancel();
     running.await.unwrap();
@@ -187,7 +189,7 @@ async fn a_batch_whose_transaction_fails_writes_nothing_and_every_job_spends_an_
         .collect();
     enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
 
-    let (stop, running, engine) = start(&db.pool).await;
+    let (stop, running, engine) = start(&db.pool, 100, 1).await;
     wait_all_attempted(&db.pool, 4).await;
     stop.cancel();
     running.await.unwrap();
@@ -213,23 +215,7 @@ async fn jobs_that_become_runnable_behind_the_claim_cursor_still_run() {
     let db = TestDb::new().await;
     let backlog: Vec<NewJob> = (0..3_000).map(job).collect();
     enqueue_many_pooled(&db.pool, &backlog).await.unwrap();
-    sqlx::query("CREATE TABLE IF NOT EXISTS seen (n bigint PRIMARY KEY)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let engine = Engine::start(db.pool.clone(), EngineConfig::default());
-    let stop = CancellationToken::new();
-    let running = batch_worker::start(
-        engine.engine(),
-        db.pool.clone(),
-        BatchSettings {
-            queue: QUEUE.to_owned(),
-            batch_size: 20,
-            runners: 2,
-        },
-        Recorder,
-        stop.clone(),
-    );
+    let (stop, running, engine) = start(&db.pool, 20, 2).await;
     // Once the runners are well into the backlog, jobs due an hour ago arrive: they sort
     // before everything claimed so far.
     wait_until(

@@ -24,6 +24,40 @@ const FAST_RETRY: RetryPolicy =
 
 /// Inserts a company with `account`, a route and `n` tickets (commission 12.50 SLE each);
 /// returns the ticket ids.
+/// A transfer store on the test database (rows and answers both on `pool`), for tests that
+/// drive the store without a worker.
+struct TestStore {
+    store: transfer::TransferStore,
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TestStore {
+    fn start(pool: &PgPool) -> TestStore {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (store, tasks) = transfer::TransferStore::start(
+            pool.clone(),
+            pool.clone(),
+            PLATFORM.into(),
+            stop.clone(),
+        );
+        TestStore { store, stop, tasks }
+    }
+
+    /// Stops the store once what it holds is written.
+    async fn stop(self) {
+        self.stop.cancel();
+        futures::future::join_all(self.tasks).await;
+    }
+}
+
+impl std::ops::Deref for TestStore {
+    type Target = transfer::TransferStore;
+    fn deref(&self) -> &Self::Target {
+        &self.store
+    }
+}
+
 async fn seed_tickets(pool: &PgPool, company: &str, account: &str, n: i64) -> Vec<i64> {
     sqlx::query(
         "INSERT INTO companies (id, name, monime_account_id, commission_bps, currency) \
@@ -730,7 +764,7 @@ async fn transient_errors_exhaust_the_retries_then_an_operator_retry_keeps_the_k
 async fn the_store_reads_and_writes_the_rows_of_runs_batched_together() {
     use poda_jobs::transfer::monime::IdempotencyKey;
     use poda_jobs::transfer::store::{Answer, RowStatus};
-    use poda_jobs::transfer::{TransferError, TransferStore};
+    use poda_jobs::transfer::TransferError;
 
     let db = TestDb::new().await;
     let tickets = seed_tickets(&db.pool, "co-store", "fa-co-store", 3).await;
@@ -740,13 +774,7 @@ async fn the_store_reads_and_writes_the_rows_of_runs_batched_together() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (store, tasks) = TransferStore::start(
-        db.pool.clone(),
-        db.pool.clone(),
-        PLATFORM.into(),
-        stop.clone(),
-    );
+    let store = TestStore::start(&db.pool);
     // One ticket's row is written by an earlier run.
     let earlier = store.load_or_create(written).await.unwrap().unwrap();
 
@@ -820,8 +848,7 @@ async fn the_store_reads_and_writes_the_rows_of_runs_batched_together() {
         .unwrap();
     assert_eq!(polls, None, "a completed row is not polled again");
 
-    stop.cancel();
-    futures::future::join_all(tasks).await;
+    store.stop().await;
 }
 
 #[tokio::test]
@@ -833,18 +860,11 @@ async fn an_operator_retry_revives_an_unfinished_row_whose_job_ended_but_not_one
     let (stranded, busy) = (tickets[0], tickets[1]);
     // Both rows are written and pending; one job ended failed (its last attempt met a
     // database error after the row was written), the other still waits to run.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (store, tasks) = poda_jobs::transfer::TransferStore::start(
-        db.pool.clone(),
-        db.pool.clone(),
-        PLATFORM.into(),
-        stop.clone(),
-    );
+    let store = TestStore::start(&db.pool);
     for ticket in [stranded, busy] {
         store.load_or_create(ticket).await.unwrap().unwrap();
     }
-    stop.cancel();
-    futures::future::join_all(tasks).await;
+    store.stop().await;
     enqueue_transfers(&db.pool, &[stranded, busy], FAST_RETRY).await;
     sqlx::query(
         "UPDATE jobs SET state = 'failed', attempt = max_attempts, finished_at = now(), \
@@ -887,21 +907,14 @@ async fn a_row_the_database_refuses_fails_alone_and_its_batch_is_written() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (store, tasks) = poda_jobs::transfer::TransferStore::start(
-        db.pool.clone(),
-        db.pool.clone(),
-        PLATFORM.into(),
-        stop.clone(),
-    );
+    let store = TestStore::start(&db.pool);
     let answers =
         futures::future::join_all(tickets.iter().map(|&ticket| store.load_or_create(ticket))).await;
     // Again, with the refused row the only one to write: the written row still loads.
     let again =
         futures::future::join_all([tickets[0], poison].map(|ticket| store.load_or_create(ticket)))
             .await;
-    stop.cancel();
-    futures::future::join_all(tasks).await;
+    store.stop().await;
 
     assert!(
         again[0].as_ref().is_ok_and(|row| row.is_some()),

@@ -426,8 +426,9 @@ pub async fn run_workers(
     let notifier =
         Notifier::new(options.notifier.clone()).context("building the notification client")?;
 
-    // The tickets queue runs outside the monitor, as a batch queue.
-    let ticket_stop = CancellationToken::new();
+    // The tickets queue runs outside the monitor, as a batch queue. Its runners stop claiming
+    // at the shutdown signal itself, not once the monitor has drained the other queues.
+    let ticket_stop = shutdown.child_token();
     let tickets = options.queues.iter().any(|q| q == ticket::QUEUE).then(|| {
         batch_worker::start(
             &engine,
@@ -536,6 +537,7 @@ pub async fn run_workers(
         shutdown.cancelled().await;
         Ok(())
     };
+    // Also when the monitor ended without a shutdown signal.
     ticket_stop.cancel();
     if let Some(mut running) = tickets {
         // Runners finish the batch they hold; one cut off at the grace period rolls back and

@@ -1,14 +1,16 @@
 //! The tickets queue in real `worker` processes: duplicates raced by two processes, and a
-//! `kill -9` while batches are being written.
+//! `kill -9` while batches are being written, and SIGTERM while another queue drains.
 
 use std::time::Duration;
 
 use poda_jobs::engine::{enqueue_many_pooled, NewJob};
+use poda_jobs::probe::{self, ProbeJob};
 use poda_jobs::testing::tickets::{
     seed_one_company, seed_payment_code, ticket_counts, ticket_job, ticket_job_states, TicketCounts,
 };
 use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::ticket::{self, TicketJob};
+use poda_jobs::RetryPolicy;
 use sqlx::PgPool;
 
 use crate::support::process::spawn_worker;
@@ -164,4 +166,60 @@ async fn tickets_kill_9_mid_batch_leaves_no_half_written_batch_and_a_survivor_fi
             .await
             .unwrap();
     assert_eq!(attempts, vec![1]);
+}
+
+#[tokio::test]
+async fn tickets_sigterm_stops_ticket_claims_at_once_while_other_queues_drain() {
+    let db = TestDb::new().await;
+    seed(&db.pool).await;
+    const N: i64 = 50_000;
+    let mut jobs: Vec<NewJob> = payments(N as usize).iter().map(TicketJob::to_job).collect();
+    // A probe job that is still running when SIGTERM arrives keeps the process draining.
+    jobs.push(
+        ProbeJob {
+            record: true,
+            sleep_ms: 4_000,
+            ..ProbeJob::new(1)
+        }
+        .to_job(RetryPolicy::default()),
+    );
+    enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
+
+    let queues = format!("{},{}", ticket::QUEUE, probe::QUEUE);
+    let mut worker = spawn_worker(&db.url, &["--queues", &queues, "--shutdown-grace", "20s"]);
+    wait_until(
+        "the probe to run and tickets to be issued",
+        Duration::from_secs(60),
+        || async {
+            let probes: i64 = sqlx::query_scalar("SELECT count(*) FROM probe_runs")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            (probes, ticket_counts(&db.pool).await.tickets)
+        },
+        |(probes, tickets)| *probes == 1 && *tickets >= 1_000,
+    )
+    .await;
+    worker.sigterm();
+    let at_signal = ticket_counts(&db.pool).await.tickets;
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit 0 after SIGTERM: {status:?}");
+
+    // Only the batches in flight at the signal were finished (3 of 200 by default); the
+    // probe's 4 s of draining claimed no more tickets.
+    let at_exit = ticket_counts(&db.pool).await;
+    assert!(
+        at_exit.tickets - at_signal
+            <= (ticket::DEFAULT_BATCH_SIZE * ticket::DEFAULT_BATCHES_IN_FLIGHT) as i64,
+        "{} tickets issued after SIGTERM",
+        at_exit.tickets - at_signal
+    );
+    assert!(at_exit.tickets < N);
+    assert_eq!(at_exit.tickets_without_transfer, 0);
+    let probe_state: String = sqlx::query_scalar("SELECT state::text FROM jobs WHERE queue = $1")
+        .bind(probe::QUEUE)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(probe_state, "completed", "the running probe finished");
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::ack::{decide, log_outcome, panic_message};
@@ -102,7 +102,7 @@ impl LockedRow {
 
 /// Starts `settings.runners` runners of `handler` on `pool`; they stop claiming once `stop`
 /// is cancelled and end after the batch they are running. The returned task ends when all
-/// of them have.
+/// of them have; aborting it aborts them (their transactions roll back).
 pub fn start<H: BatchHandler>(
     engine: &Engine,
     pool: PgPool,
@@ -112,23 +112,20 @@ pub fn start<H: BatchHandler>(
 ) -> JoinHandle<()> {
     let handler = Arc::new(handler);
     let cursor = Arc::new(ClaimCursor::new(engine.config().poll_interval));
-    let runners: Vec<JoinHandle<()>> = (0..settings.runners.max(1))
-        .map(|_| {
-            tokio::spawn(run(
-                cursor.clone(),
-                engine.clone(),
-                pool.clone(),
-                settings.clone(),
-                handler.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let mut runners = JoinSet::new();
+    for _ in 0..settings.runners.max(1) {
+        runners.spawn(run(
+            cursor.clone(),
+            engine.clone(),
+            pool.clone(),
+            settings.clone(),
+            handler.clone(),
+            stop.clone(),
+        ));
+    }
     tracing::info!(queue = %settings.queue, batch_size = settings.batch_size,
         runners = settings.runners, "batch worker started");
-    tokio::spawn(async move {
-        futures::future::join_all(runners).await;
-    })
+    tokio::spawn(async move { while runners.join_next().await.is_some() {} })
 }
 
 async fn run<H: BatchHandler>(

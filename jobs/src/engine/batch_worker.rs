@@ -50,9 +50,9 @@ pub trait BatchHandler: Send + Sync + 'static {
 
     /// Runs `jobs` on `conn`, inside the claiming transaction; returns one result per job, in
     /// order. The transaction plans each statement once, on its indexes
-    /// ([`PLANNER_SETTINGS`]): write lookups and writes by key. A handler that writes must isolate its own failures (a savepoint), so the
-    /// transaction stays usable for the outcomes; if it does not, the commit fails and every
-    /// job of the batch is retried.
+    /// ([`PLANNER_SETTINGS`]): write lookups and writes by key. A handler that writes must
+    /// isolate its own failures (a savepoint), so the transaction stays usable for the
+    /// outcomes; if it does not, the commit fails and every job of the batch is retried.
     fn run<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -239,8 +239,9 @@ async fn run_batch<H: BatchHandler>(
             return Ok(claimed);
         }
     };
+    // One observation per batch: its jobs ran together, in `seconds`.
+    super::metrics::record_handler(queue, seconds);
     for (&i, result) in runs.iter().zip(results) {
-        super::metrics::record_handler(queue, seconds);
         actions[i] = Some(decide(
             &metas[i],
             Ok(result.map_err(|e| Box::new(e) as BoxError)),
@@ -260,8 +261,8 @@ async fn run_batch<H: BatchHandler>(
         Ok(()) => {
             for (meta, action) in metas.iter().zip(&actions) {
                 log_outcome(meta, action);
-                super::metrics::record_outcome(queue, action);
             }
+            super::metrics::record_outcomes(queue, &actions);
         }
         Err(error) => {
             let error =
@@ -307,7 +308,9 @@ async fn record_failure(pool: &PgPool, rows: &[LockedRow], metas: &[JobMeta], er
         Ok(()) => {
             for (meta, action) in metas.iter().zip(&actions) {
                 log_outcome(meta, action);
-                super::metrics::record_outcome(&meta.queue, action);
+            }
+            if let Some(meta) = metas.first() {
+                super::metrics::record_outcomes(&meta.queue, &actions);
             }
         }
         Err(write_error) => {

@@ -9,6 +9,7 @@ pub const JOBS_FAILED: &str = "poda_jobs_failed_total";
 pub const JOBS_RETRIED: &str = "poda_jobs_retried_total";
 pub const JOBS_SNOOZED: &str = "poda_jobs_snoozed_total";
 pub const JOBS_RESCUED: &str = "poda_jobs_rescued_total";
+/// How long a handler ran: one observation per job, or per batch for a batch queue.
 pub const HANDLER_SECONDS: &str = "poda_job_handler_seconds";
 
 pub fn record_claimed(queue: &str, n: usize) {
@@ -24,14 +25,27 @@ pub fn record_handler(queue: &str, seconds: f64) {
 }
 
 pub fn record_outcome(queue: &str, action: &Action) {
-    let name = match action {
-        Action::Complete => JOBS_COMPLETED,
-        Action::Retry { .. } => JOBS_RETRIED,
-        Action::Fail { .. } => JOBS_FAILED,
-        Action::Snooze { .. } => JOBS_SNOOZED,
-        Action::Release => return,
-    };
-    metrics::counter!(name, "queue" => queue.to_owned()).increment(1);
+    record_outcomes(queue, std::slice::from_ref(action));
+}
+
+/// The outcomes of a batch: one increment per counter, not per job.
+pub fn record_outcomes(queue: &str, actions: &[Action]) {
+    let mut counts = [0u64; 4];
+    for action in actions {
+        match action {
+            Action::Complete => counts[0] += 1,
+            Action::Retry { .. } => counts[1] += 1,
+            Action::Fail { .. } => counts[2] += 1,
+            Action::Snooze { .. } => counts[3] += 1,
+            Action::Release => {}
+        }
+    }
+    let names = [JOBS_COMPLETED, JOBS_RETRIED, JOBS_FAILED, JOBS_SNOOZED];
+    for (name, n) in names.into_iter().zip(counts) {
+        if n > 0 {
+            metrics::counter!(name, "queue" => queue.to_owned()).increment(n);
+        }
+    }
 }
 
 pub const QUEUE_DEPTH: &str = "poda_queue_depth";

@@ -5,6 +5,9 @@
 //! PgBackend ──claim_batch (SKIP LOCKED, lease, attempt+1)──▶ apalis worker ──▶ handler
 //! AckLayer ──outcome──▶ Completer ──complete_many (fenced by owner+attempt), batched──▶ jobs
 //! heartbeat: extend_leases of held jobs      rescuer: expired leases ──▶ available / failed
+//!
+//! batch queues (batch_worker): BEGIN; claim_locked (row locks, after the claim cursor)
+//!   ──▶ BatchHandler on the same connection ──▶ finish_locked (each job's outcome); COMMIT
 //! ```
 
 pub mod ack;

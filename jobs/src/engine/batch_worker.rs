@@ -215,6 +215,9 @@ async fn run_batch<H: BatchHandler>(
         }
     }
 
+    // What is known before the handler runs: the payloads that do not decode. They fail for
+    // good whatever becomes of the batch's transaction.
+    let undecodable = actions.clone();
     let started = Instant::now();
     let results = AssertUnwindSafe(handler.run(&mut tx, &args))
         .catch_unwind()
@@ -229,13 +232,13 @@ async fn run_batch<H: BatchHandler>(
                 args.len()
             );
             drop(tx);
-            record_failure(pool, &rows, &metas, &error).await;
+            record_failure(pool, &rows, &metas, &undecodable, &error).await;
             return Ok(claimed);
         }
         Err(panic) => {
             drop(tx);
             let error = format!("handler panicked: {}", panic_message(panic));
-            record_failure(pool, &rows, &metas, &error).await;
+            record_failure(pool, &rows, &metas, &undecodable, &error).await;
             return Ok(claimed);
         }
     };
@@ -267,7 +270,7 @@ async fn run_batch<H: BatchHandler>(
         Err(error) => {
             let error =
                 format!("the batch's transaction failed, nothing of it was written: {error}");
-            record_failure(pool, &rows, &metas, &error).await;
+            record_failure(pool, &rows, &metas, &undecodable, &error).await;
         }
     }
     Ok(claimed)
@@ -292,12 +295,24 @@ pub const PLANNER_SETTINGS: &str =
     "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
 /// After the batch's transaction failed: each job spends its attempt with `error` (a retry
-/// after its backoff, or a failure for good on its last attempt), from a new transaction. If
+/// after its backoff, or a failure for good on its last attempt), from a new transaction; a
+/// job whose payload does not decode fails for good. If
 /// that fails too, the jobs stay runnable without having spent an attempt.
-async fn record_failure(pool: &PgPool, rows: &[LockedRow], metas: &[JobMeta], error: &str) {
+async fn record_failure(
+    pool: &PgPool,
+    rows: &[LockedRow],
+    metas: &[JobMeta],
+    undecodable: &[Option<Action>],
+    error: &str,
+) {
     let actions: Vec<Action> = metas
         .iter()
-        .map(|meta| decide(meta, Ok(Err(error.into()))))
+        .zip(undecodable)
+        .map(|(meta, known)| {
+            known
+                .clone()
+                .unwrap_or_else(|| decide(meta, Ok(Err(error.into()))))
+        })
         .collect();
     let written = async {
         let mut conn = pool.acquire().await?;

@@ -261,3 +261,28 @@ async fn jobs_that_become_runnable_behind_the_claim_cursor_still_run() {
         .unwrap();
     assert_eq!(late_seen, 16);
 }
+
+#[tokio::test]
+async fn a_payload_that_does_not_decode_fails_for_good_even_when_its_batch_fails() {
+    let db = TestDb::new().await;
+    let jobs = vec![
+        job(1).with_retry(slow_retry()),
+        job(-1).with_retry(slow_retry()),
+        NewJob::new(QUEUE, KIND, serde_json::json!({ "not_n": true })).with_retry(slow_retry()),
+    ];
+    enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
+
+    let (stop, running, engine) = start(&db.pool, 100, 1).await;
+    wait_all_attempted(&db.pool, 3).await;
+    stop.cancel();
+    running.await.unwrap();
+    engine.shutdown().await;
+
+    let rows = jobs_by_n(&db.pool).await;
+    let states: Vec<(i64, &str)> = rows.iter().map(|r| (r.0, r.1.as_str())).collect();
+    assert_eq!(
+        states,
+        vec![(-999, "failed"), (-1, "available"), (1, "available")]
+    );
+    assert!(rows[0].3.as_deref().unwrap().contains("does not decode"));
+}

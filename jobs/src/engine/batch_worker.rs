@@ -91,10 +91,10 @@ impl LockedRow {
             queue: queue.to_owned(),
             kind: self.kind.clone(),
             attempt: self.attempt + 1,
-            retry: RetryPolicy::new(
+            retry: RetryPolicy::from_row(
                 self.max_attempts,
-                Duration::from_millis(self.backoff_base_ms.max(0) as u64),
-                Duration::from_millis(self.backoff_max_ms.max(0) as u64),
+                self.backoff_base_ms,
+                self.backoff_max_ms,
             ),
         }
     }

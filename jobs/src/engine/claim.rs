@@ -51,11 +51,7 @@ pub async fn claim_batch(
             kind: r.kind,
             payload: r.payload,
             attempt: r.attempt,
-            retry: RetryPolicy::new(
-                r.max_attempts,
-                Duration::from_millis(r.backoff_base_ms as u64),
-                Duration::from_millis(r.backoff_max_ms as u64),
-            ),
+            retry: RetryPolicy::from_row(r.max_attempts, r.backoff_base_ms, r.backoff_max_ms),
             owner,
         })
         .collect();

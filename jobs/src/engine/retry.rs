@@ -48,6 +48,13 @@ impl RetryPolicy {
         }
     }
 
+    /// The policy as a job row stores it (`max_attempts`, `backoff_base_ms`, `backoff_max_ms`;
+    /// the table's checks keep the delays non-negative).
+    pub fn from_row(max_attempts: i32, backoff_base_ms: i32, backoff_max_ms: i32) -> Self {
+        let ms = |v: i32| Duration::from_millis(v.max(0) as u64);
+        RetryPolicy::new(max_attempts, ms(backoff_base_ms), ms(backoff_max_ms))
+    }
+
     /// The nominal delay after `attempt` failed (1-based), before jitter.
     pub fn nominal_delay(&self, attempt: i32) -> Duration {
         let exponent = attempt.saturating_sub(1).clamp(0, 30) as u32;

@@ -160,7 +160,7 @@ pub struct WorkerOptions {
     /// Handler slots per queue (every queue of `queues` has an entry).
     pub concurrency: BTreeMap<String, usize>,
     /// The tickets queue's batches: jobs per transaction, transactions at once.
-    pub ticket_batches: TicketBatches,
+    pub ticket_batches: BatchSettings,
     /// Required when `queues` holds `commission_transfers`.
     pub transfers: Option<TransferOptions>,
     pub batch_size: usize,
@@ -178,30 +178,6 @@ pub struct WorkerOptions {
     pub notifier: NotifierConfig,
 }
 
-/// How the tickets queue runs: `in_flight` transactions at once, each claiming and issuing
-/// up to `batch_size` ticket jobs.
-#[derive(Debug, Clone, Copy)]
-pub struct TicketBatches {
-    pub batch_size: usize,
-    pub in_flight: usize,
-}
-
-impl Default for TicketBatches {
-    fn default() -> Self {
-        TicketBatches {
-            batch_size: ticket::DEFAULT_BATCH_SIZE,
-            in_flight: ticket::DEFAULT_BATCHES_IN_FLIGHT,
-        }
-    }
-}
-
-impl TicketBatches {
-    /// Ticket jobs a process holds at most.
-    pub fn jobs_at_once(&self) -> usize {
-        self.batch_size * self.in_flight
-    }
-}
-
 impl WorkerOptions {
     /// Options for `queues` with `concurrency` handler slots each and every other setting at
     /// its default (the demo, tests).
@@ -212,7 +188,7 @@ impl WorkerOptions {
                 .iter()
                 .map(|q| {
                     let slots = if *q == ticket::QUEUE {
-                        TicketBatches::default().jobs_at_once()
+                        ticket::batch_settings().jobs_at_once()
                     } else {
                         concurrency
                     };
@@ -229,7 +205,7 @@ impl WorkerOptions {
             announce_ready: false,
             cycle: CycleConfig::default(),
             notifier: NotifierConfig::default(),
-            ticket_batches: TicketBatches::default(),
+            ticket_batches: ticket::batch_settings(),
             transfers: None,
         }
     }
@@ -271,9 +247,10 @@ impl WorkerOptions {
         if args.ticket_batch_size == 0 || args.ticket_batches_in_flight == 0 {
             bail!("--ticket-batch-size and --ticket-batches-in-flight must be at least 1");
         }
-        let ticket_batches = TicketBatches {
+        let ticket_batches = BatchSettings {
             batch_size: args.ticket_batch_size,
-            in_flight: args.ticket_batches_in_flight,
+            runners: args.ticket_batches_in_flight,
+            ..ticket::batch_settings()
         };
         // The tickets queue holds at most its batches in flight.
         let mut concurrency: BTreeMap<String, usize> = queues
@@ -369,7 +346,7 @@ impl WorkerOptions {
                 .concurrency
                 .iter()
                 .map(|(queue, slots)| match queue.as_str() {
-                    ticket::QUEUE => self.ticket_batches.in_flight + 1,
+                    ticket::QUEUE => self.ticket_batches.runners + 1,
                     // Rows are read and written in batches by the store; a handler holds a
                     // connection of its own only for the rare single-row writes (failures,
                     // rate-limit slots).
@@ -433,11 +410,7 @@ pub async fn run_workers(
         batch_worker::start(
             &engine,
             handler_pool.clone(),
-            BatchSettings {
-                queue: ticket::QUEUE.to_owned(),
-                batch_size: options.ticket_batches.batch_size,
-                runners: options.ticket_batches.in_flight,
-            },
+            options.ticket_batches.clone(),
             TicketHandler,
             ticket_stop.clone(),
         )

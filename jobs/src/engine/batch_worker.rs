@@ -70,6 +70,13 @@ pub struct BatchSettings {
     pub runners: usize,
 }
 
+impl BatchSettings {
+    /// Jobs a process holds at most.
+    pub fn jobs_at_once(&self) -> usize {
+        self.batch_size * self.runners
+    }
+}
+
 /// A claimed job as `claim_locked` returns it.
 #[derive(sqlx::FromRow)]
 struct LockedRow {

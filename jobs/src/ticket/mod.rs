@@ -17,7 +17,7 @@ pub mod issue;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::NewJob;
+use crate::engine::{BatchSettings, NewJob};
 
 pub use error::TicketError;
 pub use handler::TicketHandler;
@@ -36,6 +36,15 @@ pub const DEFAULT_BATCH_SIZE: usize = 200;
 /// Ticket transactions a process runs at once: while one waits for its commit, the others
 /// claim and write (3 and 4 measured the same; 1 leaves the server idle during commits).
 pub const DEFAULT_BATCHES_IN_FLIGHT: usize = 3;
+
+/// The tickets queue's batches at their defaults.
+pub fn batch_settings() -> BatchSettings {
+    BatchSettings {
+        queue: QUEUE.to_owned(),
+        batch_size: DEFAULT_BATCH_SIZE,
+        runners: DEFAULT_BATCHES_IN_FLIGHT,
+    }
+}
 
 /// A ticket's commission in minor units: `amount × bps / 10 000`, rounded half up, in integer
 /// arithmetic: `(amount_minor × commission_bps + 5 000) div 10 000`.

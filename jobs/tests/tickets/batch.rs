@@ -3,7 +3,7 @@ use poda_jobs::testing::tickets::{
 };
 use poda_jobs::testing::TestDb;
 
-use crate::support::{batches, batches_of, enqueue_tickets, wait_finished, TicketWorker};
+use crate::support::{batches_of, enqueue_tickets, wait_finished, TicketWorker};
 
 #[tokio::test]
 async fn batch_of_100_tickets_is_written_in_one_transaction_with_its_transfer_jobs() {
@@ -81,13 +81,7 @@ async fn jobs_claimed_together_are_issued_in_few_transactions_by_default() {
         .map(|n| ticket_job(&format!("pay-{n}"), "co-1", "rt-1", 10_000))
         .collect();
     enqueue_tickets(&db.pool, &tickets).await;
-    let worker = TicketWorker::start(
-        &db.pool,
-        batches(
-            poda_jobs::ticket::DEFAULT_BATCH_SIZE,
-            poda_jobs::ticket::DEFAULT_BATCHES_IN_FLIGHT,
-        ),
-    );
+    let worker = TicketWorker::start(&db.pool, poda_jobs::ticket::batch_settings());
     assert_eq!(wait_finished(&db.pool, 1_000).await, (1_000, 0));
     worker.stop().await;
     let counts = ticket_counts(&db.pool).await;

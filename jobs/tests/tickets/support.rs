@@ -19,9 +19,9 @@ pub struct TicketWorker {
 /// `runners` transactions at once, each claiming up to `batch` ticket jobs.
 pub fn batches(batch: usize, runners: usize) -> BatchSettings {
     BatchSettings {
-        queue: ticket::QUEUE.to_owned(),
         batch_size: batch,
         runners,
+        ..ticket::batch_settings()
     }
 }
 

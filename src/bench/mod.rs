@@ -18,7 +18,7 @@ pub mod w2;
 pub mod w3;
 pub mod w4;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -326,41 +326,75 @@ pub fn url_with_database(url: &str, name: &str) -> String {
 pub struct Workers {
     children: Vec<Child>,
     tallies: Vec<PathBuf>,
-    dir: PathBuf,
+    /// Where the probe workers write their tallies (none for other queues).
+    dir: Option<PathBuf>,
 }
 
 impl Workers {
-    /// Starts `procs` worker processes on `db` and waits until each says it is ready.
+    /// Starts `procs` probe worker processes on `db`, each writing a tally, and waits until
+    /// each says it is ready.
     pub async fn start(args: &BenchArgs, db: &BenchDb, procs: usize) -> anyhow::Result<Workers> {
-        let bin = args.worker_bin()?;
         let dir = std::env::temp_dir().join(format!("{}_tally", db.name));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the tally directory {}", dir.display()))?;
+        let tallies: Vec<PathBuf> = (0..procs)
+            .map(|i| dir.join(format!("worker_{i}.tally")))
+            .collect();
+        let per_worker = tallies.iter().map(|tally| {
+            let mut flags: Vec<std::ffi::OsString> = [
+                "--queues",
+                probe::QUEUE,
+                "--concurrency",
+                &args.concurrency.to_string(),
+                "--batch-size",
+                &args.batch_size.to_string(),
+                "--prefetch",
+                &args.prefetch.to_string(),
+                // C + 2 connections: one for handlers (the no-op probe uses none), C for the
+                // engine pool, one for the maintenance lock.
+                "--handler-connections",
+                "1",
+                "--engine-connections",
+                &args.concurrency.to_string(),
+                "--probe-tally",
+            ]
+            .iter()
+            .map(Into::into)
+            .collect();
+            flags.push(tally.into());
+            flags
+        });
+        let mut workers =
+            Workers::launch(&args.worker_bin()?, &db.url, per_worker.collect()).await?;
+        workers.tallies = tallies;
+        workers.dir = Some(dir);
+        Ok(workers)
+    }
+
+    /// Starts one worker process of `bin` on `database_url` per entry of `flags` (its
+    /// command-line flags) and waits until each says it is ready (`--announce-ready`: its
+    /// connections are open and notifications arrive).
+    pub async fn launch(
+        bin: &Path,
+        database_url: &str,
+        flags: Vec<Vec<std::ffi::OsString>>,
+    ) -> anyhow::Result<Workers> {
         let mut workers = Workers {
             children: Vec::new(),
             tallies: Vec::new(),
-            dir,
+            dir: None,
         };
-        for i in 0..procs {
-            let tally = workers.dir.join(format!("worker_{i}.tally"));
-            let mut child = Command::new(&bin)
+        for flags in flags {
+            let mut child = Command::new(bin)
                 .arg("--database-url")
-                .arg(&db.url)
-                .args(["--queues", probe::QUEUE])
-                .args(["--concurrency", &args.concurrency.to_string()])
-                .args(["--batch-size", &args.batch_size.to_string()])
-                .args(["--prefetch", &args.prefetch.to_string()])
-                // C + 2 connections: one for handlers (the no-op probe uses none), C for the
-                // engine pool, one for the maintenance lock.
-                .args(["--handler-connections", "1"])
-                .args(["--engine-connections", &args.concurrency.to_string()])
-                .arg("--probe-tally")
-                .arg(&tally)
+                .arg(database_url)
+                .args(flags)
                 .arg("--announce-ready")
                 .env(
                     "RUST_LOG",
                     std::env::var("BENCH_WORKER_LOG").unwrap_or("warn".into()),
                 )
+                .env_remove("WORKER_QUEUES")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -369,7 +403,6 @@ impl Workers {
                 .with_context(|| format!("starting {}", bin.display()))?;
             let stdout = child.stdout.take().context("worker stdout")?;
             workers.children.push(child);
-            workers.tallies.push(tally);
             let ready = tokio::time::timeout(Duration::from_secs(30), async move {
                 let mut lines = BufReader::new(stdout).lines();
                 while let Some(line) = lines.next_line().await? {
@@ -391,6 +424,13 @@ impl Workers {
             }
         }
         Ok(workers)
+    }
+
+    /// The exit status of a worker that has already exited, if any.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.children
+            .iter_mut()
+            .find_map(|child| child.try_wait().ok().flatten())
     }
 
     /// SIGTERMs every worker, waits for them to exit and reads their tallies.
@@ -421,7 +461,9 @@ impl Workers {
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

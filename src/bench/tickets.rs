@@ -8,17 +8,15 @@
 //! binary next to the running executable) and waits until they listen, then opens the queue
 //! and starts the clock. The database is dropped afterwards, whatever happened.
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::bench::scratch::with_scratch_database;
-use crate::bench::{queue_has_unfinished_jobs, url_with_database, worker_binary};
+use crate::bench::{queue_has_unfinished_jobs, url_with_database, worker_binary, Workers};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use tokio::process::{Child, Command};
 
 use poda_jobs::engine::{enqueue_many, notify::NOTIFY_CHANNEL, NewJob};
 use poda_jobs::ticket::{self, Currency, Money, TicketJob};
@@ -81,7 +79,7 @@ pub async fn run_tickets(opts: TicketsOptions) -> anyhow::Result<Vec<Value>> {
 async fn run_once(
     opts: &TicketsOptions,
     server: &str,
-    worker: &PathBuf,
+    worker: &Path,
     run: usize,
     procs: usize,
 ) -> anyhow::Result<Value> {
@@ -95,7 +93,7 @@ async fn measure(
     opts: &TicketsOptions,
     db: PgConnectOptions,
     name: &str,
-    worker: &PathBuf,
+    worker: &Path,
     run: usize,
     procs: usize,
 ) -> anyhow::Result<Value> {
@@ -122,12 +120,9 @@ async fn measure(
         .context("analyzing")?;
 
     let url = url_with_database(&opts.server_url, name);
-    let mut workers = Vec::with_capacity(procs);
-    for _ in 0..procs {
-        workers.push(spawn_worker(worker, &url)?);
-    }
+    let flags = (0..procs).map(|_| worker_flags()).collect();
+    let mut workers = Workers::launch(worker, &url, flags).await?;
     let outcome = async {
-        wait_listening(&pool, procs).await?;
         let started = Instant::now();
         sqlx::query(
             "WITH opened AS (UPDATE job_queues SET paused_at = NULL WHERE name = $1 RETURNING name) \
@@ -146,7 +141,7 @@ async fn measure(
             if started.elapsed() > opts.timeout {
                 bail!("ticket jobs still unfinished after {:?}", opts.timeout);
             }
-            if let Some(exited) = workers.iter_mut().find_map(|w| w.try_wait().ok().flatten()) {
+            if let Some(exited) = workers.exited() {
                 bail!("a worker exited early: {exited}");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -154,10 +149,9 @@ async fn measure(
         Ok::<_, anyhow::Error>(started.elapsed().as_secs_f64())
     }
     .await;
-    for worker in &mut workers {
-        stop_worker(worker).await;
-    }
+    let stopped = workers.stop().await;
     let seconds = outcome?;
+    stopped.context("stopping the workers")?;
 
     let (tickets, distinct, transfers, orphans, completed): (i64, i64, i64, i64, i64) =
         sqlx::query_as(
@@ -276,63 +270,15 @@ async fn enqueue(pool: &PgPool, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until every worker listens for notifications (its engine is up), at most 30 s.
-async fn wait_listening(pool: &PgPool, procs: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let listening: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
-        )
-        .fetch_one(pool)
-        .await?;
-        if listening >= procs as i64 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("only {listening} of {procs} workers came up within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn spawn_worker(exe: &PathBuf, url: &str) -> anyhow::Result<Child> {
-    Command::new(exe)
-        .args(["--queues", ticket::QUEUE])
-        .args(extra_worker_args())
-        .env("DATABASE_URL", url)
-        .env(
-            "RUST_LOG",
-            std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .env_remove("WORKER_QUEUES")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))
-}
-
-/// Extra flags for the workers, for tuning runs: `BENCH_WORKER_ARGS="--ticket-batch-size 200"`.
-fn extra_worker_args() -> Vec<String> {
-    std::env::var("BENCH_WORKER_ARGS")
-        .map(|args| args.split_whitespace().map(str::to_owned).collect())
-        .unwrap_or_default()
-}
-
-/// SIGTERM, then SIGKILL if it has not exited within 10 s.
-async fn stop_worker(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
+/// The tickets workers' flags, and any from `BENCH_WORKER_ARGS` for tuning runs
+/// (`BENCH_WORKER_ARGS="--ticket-batch-size 300"`).
+fn worker_flags() -> Vec<std::ffi::OsString> {
+    let extra = std::env::var("BENCH_WORKER_ARGS").unwrap_or_default();
+    ["--queues", ticket::QUEUE]
+        .into_iter()
+        .chain(extra.split_whitespace())
+        .map(Into::into)
+        .collect()
 }
 
 fn round2(x: f64) -> f64 {

@@ -16,7 +16,7 @@ use poda_jobs::cycle::{self, CycleConfig, CycleJob};
 use poda_jobs::engine::metrics::DEFAULT_GAUGE_INTERVAL;
 use poda_jobs::engine::{
     batch_worker, BackendSettings, BatchSettings, Engine, EngineConfig, JobError, JobMeta,
-    MaintainerConfig, Outcome, PrunerConfig, RescuerConfig,
+    MaintainerConfig, Outcome, PgBackend, PrunerConfig, RescuerConfig,
 };
 use poda_jobs::notification::{self, AgentSummaryJob, Notifier, NotifierConfig};
 use poda_jobs::probe::{self, ProbeJob};
@@ -443,7 +443,7 @@ pub async fn run_workers(
                 let tally = tally.clone();
                 monitor.register(move |i| {
                     WorkerBuilder::new(format!("{}-{}-{i}", probe::QUEUE, engine.owner()))
-                        .backend(engine.backend::<ProbeJob>(settings.clone()))
+                        .backend(PgBackend::<ProbeJob>::new(&engine, settings.clone()))
                         .data(pool.clone())
                         .data(tally.clone())
                         .enable_tracing()
@@ -456,7 +456,7 @@ pub async fn run_workers(
                 let config = options.cycle;
                 monitor.register(move |i| {
                     WorkerBuilder::new(format!("{}-{}-{i}", cycle::QUEUE, engine.owner()))
-                        .backend(engine.backend::<CycleJob>(settings.clone()))
+                        .backend(PgBackend::<CycleJob>::new(&engine, settings.clone()))
                         .data(pool.clone())
                         .data(config)
                         .enable_tracing()
@@ -468,7 +468,7 @@ pub async fn run_workers(
                 let notifier = notifier.clone();
                 monitor.register(move |i| {
                     WorkerBuilder::new(format!("{}-{}-{i}", notification::QUEUE, engine.owner()))
-                        .backend(engine.backend::<AgentSummaryJob>(settings.clone()))
+                        .backend(PgBackend::<AgentSummaryJob>::new(&engine, settings.clone()))
                         .data(notifier.clone())
                         .enable_tracing()
                         .build(run_notification)
@@ -484,7 +484,7 @@ pub async fn run_workers(
                 let engine = engine.clone();
                 monitor.register(move |i| {
                     WorkerBuilder::new(format!("{}-{}-{i}", transfer::QUEUE, engine.owner()))
-                        .backend(engine.backend::<TransferJob>(settings.clone()))
+                        .backend(PgBackend::<TransferJob>::new(&engine, settings.clone()))
                         .data(context.clone())
                         .enable_tracing()
                         .build(run_transfer)

@@ -8,7 +8,6 @@
 pub mod batch;
 pub mod cycle;
 pub mod engine;
-pub mod error;
 pub mod notification;
 pub mod probe;
 pub mod sqlstate;
@@ -17,8 +16,8 @@ pub mod testing;
 pub mod ticket;
 pub mod transfer;
 
+pub use engine::EngineError;
 pub use engine::{
     Engine, EngineConfig, EngineHandle, JobError, JobId, JobMeta, JobState, NewJob, Outcome,
     PgBackend, RetryPolicy,
 };
-pub use error::EngineError;

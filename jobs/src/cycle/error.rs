@@ -1,7 +1,7 @@
 //! The cycle kind's errors, in domain words.
 
+use crate::engine::EngineError;
 use crate::engine::JobError;
-use crate::error::EngineError;
 use crate::sqlstate;
 
 use super::CycleId;

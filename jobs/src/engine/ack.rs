@@ -1,5 +1,5 @@
 //! The backend's middleware: it wraps every run, turns the handler's result (or panic) into
-//! an [`Action`], hands it to the completer and frees the slot.
+//! an [`Action`](super::outcome::Action), hands it to the completer and frees the slot.
 //!
 //! It sits outside the user's middleware, so timeouts and other layer errors count as
 //! failures of the run like any handler error.
@@ -14,10 +14,11 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tower::{Layer, Service};
 
-use super::backend::Slots;
-use super::complete::{Action, Completion, CompletionHandle};
+use super::complete::{Completion, CompletionHandle};
 use super::job::JobMeta;
-use super::retry::{BoxError, JobError, Outcome};
+use super::outcome::{decide, log_outcome, panic_message};
+use super::retry::{BoxError, Outcome};
+use super::slots::Slots;
 
 #[derive(Clone)]
 pub struct AckLayer {
@@ -102,83 +103,5 @@ where
             Ok(())
         }
         .boxed()
-    }
-}
-
-/// Turns one run's result into what the database should record.
-pub fn decide(meta: &JobMeta, result: Result<Result<Outcome, BoxError>, String>) -> Action {
-    match result {
-        Ok(Ok(Outcome::Done)) => Action::Complete,
-        Ok(Ok(Outcome::Snooze(delay))) => Action::Snooze { delay },
-        Ok(Err(error)) => match error.downcast::<JobError>() {
-            Ok(job_error) => match *job_error {
-                JobError::Permanent { source } => Action::Fail {
-                    error: error_chain(source.as_ref()),
-                },
-                JobError::Retryable {
-                    source,
-                    retry_after,
-                } => retry_or_fail(meta, error_chain(source.as_ref()), retry_after),
-            },
-            Err(other) => retry_or_fail(meta, error_chain(other.as_ref()), None),
-        },
-        Err(panic) => retry_or_fail(meta, format!("handler panicked: {panic}"), None),
-    }
-}
-
-fn retry_or_fail(
-    meta: &JobMeta,
-    error: String,
-    retry_after: Option<std::time::Duration>,
-) -> Action {
-    if meta.attempt >= meta.retry.max_attempts {
-        Action::Fail {
-            error: format!(
-                "{error} (attempt {} of {}: no attempts left)",
-                meta.attempt, meta.retry.max_attempts
-            ),
-        }
-    } else {
-        Action::Retry {
-            delay: retry_after.unwrap_or_else(|| meta.retry.delay(meta.attempt)),
-            error,
-        }
-    }
-}
-
-pub(super) fn log_outcome(meta: &JobMeta, action: &Action) {
-    match action {
-        Action::Retry { delay, error } => tracing::warn!(
-            job.id = %meta.id, job.queue = %meta.queue, job.kind = %meta.kind, job.attempt = meta.attempt,
-            retry_in_ms = delay.as_millis() as u64, error = %error, "job failed; will retry"),
-        Action::Fail { error } => tracing::error!(
-            job.id = %meta.id, job.queue = %meta.queue, job.kind = %meta.kind, job.attempt = meta.attempt,
-            error = %error, "job failed for good"),
-        _ => {}
-    }
-}
-
-/// `error: cause: cause`, so the kept error says why, not only what.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-pub(super) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
     }
 }

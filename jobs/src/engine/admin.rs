@@ -2,8 +2,8 @@
 
 use sqlx::PgPool;
 
+use super::error::EngineError;
 use super::job::{JobId, JobSnapshot, JobState};
-use crate::error::EngineError;
 
 const SNAPSHOT_COLUMNS: &str =
     "id, queue, kind, state, attempt AS attempts, max_attempts, run_at, \

@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,45 +18,23 @@ use apalis_core::task::task_id::TaskId;
 use apalis_core::task::Task;
 use apalis_core::worker::context::WorkerContext;
 use futures::future::BoxFuture;
-use futures::task::AtomicWaker;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::ack::AckLayer;
 use super::claim::claim_batch;
-use super::complete::{Action, Completion};
+use super::complete::Completion;
 use super::enqueue::enqueue_many_pooled;
+use super::error::EngineError;
 use super::job::{ClaimedJob, JobId, JobMeta, NewJob};
 use super::notify::QueueSignal;
-use super::Engine;
-use crate::error::EngineError;
+use super::outcome::Action;
+use super::runtime::Engine;
+use super::slots::Slots;
 
 /// After a failed claim (database down), wait this long before the next one.
 const CLAIM_ERROR_PAUSE: Duration = Duration::from_secs(1);
-
-/// Handler slots of one backend: how many of its jobs run now, and who to wake when one ends.
-#[derive(Default)]
-pub struct Slots {
-    in_flight: AtomicUsize,
-    waker: AtomicWaker,
-}
-
-impl Slots {
-    fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
-    }
-
-    fn take(&self) {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// A job ended: free its slot and wake the backend, which may claim again.
-    pub fn release(&self) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.waker.wake();
-    }
-}
 
 /// The settings of one queue's backend.
 #[derive(Debug, Clone)]
@@ -96,7 +73,9 @@ pub struct PgBackend<Args> {
 }
 
 impl<Args> PgBackend<Args> {
-    pub(super) fn new(engine: Engine, settings: BackendSettings) -> Self {
+    /// A backend for one apalis worker of `settings.queue`.
+    pub fn new(engine: &Engine, settings: BackendSettings) -> Self {
+        let engine = engine.clone();
         let signal = engine.signals().get(&settings.queue);
         PgBackend {
             engine,
@@ -209,7 +188,7 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBacke
         loop {
             // 1. Hand out what was claimed, into free slots only.
             if !self.buffer.is_empty() && self.slots.in_flight() >= self.settings.concurrency {
-                self.slots.waker.register(cx.waker());
+                self.slots.register(cx.waker());
                 if self.slots.in_flight() < self.settings.concurrency {
                     continue;
                 }
@@ -258,7 +237,7 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBacke
                 .concurrency
                 .saturating_sub(self.slots.in_flight());
             if free == 0 {
-                self.slots.waker.register(cx.waker());
+                self.slots.register(cx.waker());
                 if self.settings.concurrency > self.slots.in_flight() {
                     continue;
                 }

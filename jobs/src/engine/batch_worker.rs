@@ -34,12 +34,11 @@ use sqlx::{PgConnection, PgPool};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::ack::{decide, log_outcome, panic_message};
 use super::claim_cursor::ClaimCursor;
-use super::complete::{Action, OutcomeColumns};
 use super::job::{JobId, JobMeta};
+use super::outcome::{decide, log_outcome, panic_message, Action, OutcomeColumns};
 use super::retry::{BoxError, JobError, Outcome, RetryPolicy};
-use super::Engine;
+use super::runtime::Engine;
 
 /// A runner whose claim failed waits this long before it claims again.
 const CLAIM_ERROR_PAUSE: Duration = Duration::from_secs(1);

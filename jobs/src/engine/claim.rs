@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::error::EngineError;
 use super::job::{ClaimedJob, JobId};
 use super::retry::RetryPolicy;
-use crate::error::EngineError;
 
 #[derive(sqlx::FromRow)]
 struct ClaimedRow {

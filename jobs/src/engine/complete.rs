@@ -8,16 +8,15 @@
 
 use std::time::Duration;
 
-use sqlx::error::BoxDynError;
-use sqlx::postgres::PgArguments;
-use sqlx::{Arguments, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::error::EngineError;
 use super::job::JobId;
 use super::notify::Signals;
+use super::outcome::{Action, OutcomeColumns};
 use super::registry::Registry;
-use crate::error::EngineError;
 
 pub const DEFAULT_COMPLETION_BATCH: usize = 1_000;
 pub const DEFAULT_COMPLETION_INTERVAL: Duration = Duration::from_millis(2);
@@ -29,92 +28,6 @@ pub const DEFAULT_COMPLETION_BACKLOG: usize = 1_000;
 /// How long a batch is retried while the database is unreachable before it is given up;
 /// its jobs then stop being renewed, and the rescuer runs them again.
 const WRITE_RETRY_BUDGET: Duration = Duration::from_secs(60);
-
-/// What became of one run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    Complete,
-    /// Back to available after `delay`, the attempt spent and the error kept.
-    Retry {
-        delay: Duration,
-        error: String,
-    },
-    /// Terminal failure with the error kept.
-    Fail {
-        error: String,
-    },
-    /// Back to available after `delay` without spending the attempt.
-    Snooze {
-        delay: Duration,
-    },
-    /// Claimed but never started: back to available at once, attempt given back.
-    Release,
-}
-
-impl Action {
-    /// The outcome as the outcome statements take it: the new state, the delay before the job
-    /// runs again in ms (None keeps run_at), the error to keep, and whether the attempt is
-    /// given back.
-    pub(super) fn as_columns(&self) -> (&'static str, Option<i64>, Option<&str>, bool) {
-        let ms = |d: &Duration| Some(d.as_millis().min(i64::MAX as u128) as i64);
-        match self {
-            Action::Complete => ("completed", None, None, false),
-            Action::Retry { delay, error } => ("available", ms(delay), Some(error.as_str()), false),
-            Action::Fail { error } => ("failed", None, Some(error.as_str()), false),
-            Action::Snooze { delay } => ("available", ms(delay), None, true),
-            Action::Release => ("available", None, None, true),
-        }
-    }
-}
-
-/// Outcomes as the outcome statements (`complete_many`, `finish_locked`) take them: one array
-/// per column, one element per job.
-pub(super) struct OutcomeColumns<'a> {
-    pub ids: Vec<i64>,
-    pub attempts: Vec<i32>,
-    pub states: Vec<&'static str>,
-    pub delays: Vec<Option<i64>>,
-    pub errors: Vec<Option<&'a str>>,
-    pub refunds: Vec<bool>,
-}
-
-impl<'a> OutcomeColumns<'a> {
-    /// From (job id, attempt, action) triples.
-    pub(super) fn new(outcomes: impl ExactSizeIterator<Item = (i64, i32, &'a Action)>) -> Self {
-        let n = outcomes.len();
-        let mut columns = OutcomeColumns {
-            ids: Vec::with_capacity(n),
-            attempts: Vec::with_capacity(n),
-            states: Vec::with_capacity(n),
-            delays: Vec::with_capacity(n),
-            errors: Vec::with_capacity(n),
-            refunds: Vec::with_capacity(n),
-        };
-        for (id, attempt, action) in outcomes {
-            let (state, delay, error, refund) = action.as_columns();
-            columns.ids.push(id);
-            columns.attempts.push(attempt);
-            columns.states.push(state);
-            columns.delays.push(delay);
-            columns.errors.push(error);
-            columns.refunds.push(refund);
-        }
-        columns
-    }
-
-    /// The columns as the statements' parameters $1..$6.
-    pub(super) fn into_arguments(self) -> Result<PgArguments, sqlx::Error> {
-        let mut arguments = PgArguments::default();
-        let add = |result: Result<(), BoxDynError>| result.map_err(sqlx::Error::Encode);
-        add(arguments.add(self.ids))?;
-        add(arguments.add(self.attempts))?;
-        add(arguments.add(self.states))?;
-        add(arguments.add(self.delays))?;
-        add(arguments.add(self.errors))?;
-        add(arguments.add(self.refunds))?;
-        Ok(arguments)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {

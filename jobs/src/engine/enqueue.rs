@@ -11,9 +11,9 @@ use sqlx::error::BoxDynError;
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgConnection, PgPool};
 
+use super::error::EngineError;
 use super::job::{Enqueued, JobId, NewJob};
 use super::notify::NOTIFY_CHANNEL;
-use crate::error::EngineError;
 
 /// Enqueues `jobs` with one statement and returns, in input order, each job's id and whether
 /// it was created (false: its unique key existed, and the existing job's id is returned).

@@ -7,9 +7,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::error::EngineError;
 use super::job::JobId;
 use super::registry::Registry;
-use crate::error::EngineError;
 
 /// Extends the leases of `jobs` held by `owner` to now + `lease`; returns how many were
 /// still held (the others were rescued and belong to another attempt now).

@@ -1,7 +1,8 @@
 //! The engine's Prometheus series, recorded through the `metrics` facade. A process that
 //! installs no recorder pays almost nothing for them.
 
-use super::complete::Action;
+use super::error::EngineError;
+use super::outcome::Action;
 
 pub const JOBS_CLAIMED: &str = "poda_jobs_claimed_total";
 pub const JOBS_COMPLETED: &str = "poda_jobs_completed_total";
@@ -55,7 +56,7 @@ pub const DEFAULT_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::fro
 /// Runnable jobs and the age of the oldest, per queue.
 pub async fn sample_queue_gauges(
     pool: &sqlx::PgPool,
-) -> Result<Vec<(String, i64, f64)>, crate::error::EngineError> {
+) -> Result<Vec<(String, i64, f64)>, EngineError> {
     Ok(sqlx::query_as(include_str!("queue_gauges.sql"))
         .fetch_all(pool)
         .await?)

@@ -4,7 +4,7 @@
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 
-use crate::error::EngineError;
+use super::error::EngineError;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 

@@ -8,8 +8,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use super::error::EngineError;
 use super::notify::NOTIFY_CHANNEL;
-use crate::error::EngineError;
 
 /// A queue's row in `job_queues`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]

@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
+use crate::engine::EngineError;
 use crate::engine::JobError;
-use crate::error::EngineError;
 
 use super::Currency;
 

@@ -21,7 +21,7 @@ pub enum TransferAdminError {
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("enqueueing the transfer job failed")]
-    Enqueue(#[from] crate::error::EngineError),
+    Enqueue(#[from] crate::engine::EngineError),
 }
 
 /// What an operator retry did.

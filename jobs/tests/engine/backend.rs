@@ -6,7 +6,7 @@ use std::time::Duration;
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
 use apalis_core::backend::Backend;
 use apalis_core::worker::context::WorkerContext;
-use poda_jobs::engine::{BackendSettings, Engine, EngineConfig, JobError, JobState};
+use poda_jobs::engine::{BackendSettings, Engine, EngineConfig, JobError, JobState, PgBackend};
 use poda_jobs::probe::{ProbeJob, QUEUE as PROBE_QUEUE};
 use poda_jobs::testing::{wait_until, TestDb};
 
@@ -73,7 +73,7 @@ async fn never_more_handlers_run_at_once_than_the_concurrency() {
         Monitor::new()
             .register(move |_| {
                 WorkerBuilder::new("gauge")
-                    .backend(engine.backend::<ProbeJob>(settings.clone()))
+                    .backend(PgBackend::<ProbeJob>::new(&engine, settings.clone()))
                     .data(worker_gauge.clone())
                     .build(measured)
             })
@@ -107,12 +107,15 @@ async fn closing_a_backend_releases_claimed_jobs_that_never_started_without_spen
     let probes: Vec<_> = (0..10).map(ProbeJob::new).collect();
     enqueue_probes(&db.pool, &probes, fast_retry(3)).await;
     let handle = Engine::start(db.pool.clone(), EngineConfig::default());
-    let mut backend = handle.engine().backend::<ProbeJob>(BackendSettings {
-        queue: PROBE_QUEUE.to_owned(),
-        concurrency: 4,
-        batch_size: 100,
-        prefetch: 0,
-    });
+    let mut backend = PgBackend::<ProbeJob>::new(
+        handle.engine(),
+        BackendSettings {
+            queue: PROBE_QUEUE.to_owned(),
+            concurrency: 4,
+            batch_size: 100,
+            prefetch: 0,
+        },
+    );
     let worker = WorkerContext::new("release-test");
     // Take one job, as a worker would, leaving the rest of the claim (3) unstarted.
     let first = std::future::poll_fn(|cx| match backend.poll_next(cx, &worker) {
@@ -182,12 +185,15 @@ async fn apalis_task_sink_pushes_durable_jobs_and_honours_idempotency_keys() {
 
     let db = TestDb::new().await;
     let handle = Engine::start(db.pool.clone(), EngineConfig::default());
-    let mut backend = handle.engine().backend::<ProbeJob>(BackendSettings {
-        queue: PROBE_QUEUE.to_owned(),
-        concurrency: 1,
-        batch_size: 1,
-        prefetch: 0,
-    });
+    let mut backend = PgBackend::<ProbeJob>::new(
+        handle.engine(),
+        BackendSettings {
+            queue: PROBE_QUEUE.to_owned(),
+            concurrency: 1,
+            batch_size: 1,
+            prefetch: 0,
+        },
+    );
     backend.push(ProbeJob::new(1)).await.unwrap();
     backend
         .push_bulk(vec![ProbeJob::new(2), ProbeJob::new(3)])

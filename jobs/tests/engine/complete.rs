@@ -1,8 +1,9 @@
 use std::time::Duration;
 
 use poda_jobs::engine::claim::claim_batch;
-use poda_jobs::engine::complete::{complete_many, Action, Completion};
+use poda_jobs::engine::complete::{complete_many, Completion};
 use poda_jobs::engine::maintenance::Rescuer;
+use poda_jobs::engine::Action;
 use poda_jobs::engine::{enqueue_one_pooled, JobState, RescuerConfig};
 use poda_jobs::testing::TestDb;
 use uuid::Uuid;

@@ -1,8 +1,8 @@
 use poda_jobs::engine::{
     enqueue_many_pooled, enqueue_one, enqueue_one_pooled, insert_new_jobs, JobState,
 };
-use poda_jobs::error::EngineError;
 use poda_jobs::testing::TestDb;
+use poda_jobs::EngineError;
 
 use crate::support::{count_in_state, job, QUEUE};
 

@@ -48,7 +48,7 @@ pub async fn count_in_state(pool: &PgPool, state: JobState) -> i64 {
 
 use apalis::prelude::{Data, Monitor, WorkerBuilder};
 use poda_jobs::engine::{
-    BackendSettings, Engine, EngineConfig, EngineHandle, JobError, JobMeta, Outcome,
+    BackendSettings, Engine, EngineConfig, EngineHandle, JobError, JobMeta, Outcome, PgBackend,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +79,7 @@ impl ProbeWorker {
             };
             let monitor = Monitor::new().register(move |_| {
                 WorkerBuilder::new("probe-test")
-                    .backend(engine.backend::<ProbeJob>(settings.clone()))
+                    .backend(PgBackend::<ProbeJob>::new(&engine, settings.clone()))
                     .data(pool.clone())
                     .build(run_probe)
             });

@@ -15,7 +15,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use super::prune::{Pruner, PrunerConfig};
-use crate::error::EngineError;
+use crate::engine::error::EngineError;
 
 /// The advisory lock key of the maintenance leader (any constant unique to Poda). Advisory
 /// locks are per database, so databases on one server do not compete.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::error::EngineError;
+use crate::engine::error::EngineError;
 
 pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::error::EngineError;
 use crate::engine::notify::Signals;
-use crate::error::EngineError;
 
 pub const DEFAULT_RESCUE_INTERVAL: Duration = Duration::from_secs(5);
 const RESCUE_BATCH: i64 = 1_000;

@@ -1,7 +1,7 @@
 //! The engine's error type. Every sqlx error passes through [`map_sqlx_error`] so that callers
 //! see conflicts and missing rows in the engine's own words.
 
-use crate::engine::{JobId, JobState};
+use super::job::{JobId, JobState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -1,0 +1,175 @@
+//! What became of one run: the handler's result (or panic) decided into an [`Action`], and
+//! actions as the outcome statements (`complete_many`, `finish_locked`) take them.
+
+use std::time::Duration;
+
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
+use sqlx::Arguments;
+
+use super::job::JobMeta;
+use super::retry::{BoxError, JobError, Outcome};
+
+/// What became of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Complete,
+    /// Back to available after `delay`, the attempt spent and the error kept.
+    Retry {
+        delay: Duration,
+        error: String,
+    },
+    /// Terminal failure with the error kept.
+    Fail {
+        error: String,
+    },
+    /// Back to available after `delay` without spending the attempt.
+    Snooze {
+        delay: Duration,
+    },
+    /// Claimed but never started: back to available at once, attempt given back.
+    Release,
+}
+
+impl Action {
+    /// The outcome as the outcome statements take it: the new state, the delay before the job
+    /// runs again in ms (None keeps run_at), the error to keep, and whether the attempt is
+    /// given back.
+    pub(super) fn as_columns(&self) -> (&'static str, Option<i64>, Option<&str>, bool) {
+        let ms = |d: &Duration| Some(d.as_millis().min(i64::MAX as u128) as i64);
+        match self {
+            Action::Complete => ("completed", None, None, false),
+            Action::Retry { delay, error } => ("available", ms(delay), Some(error.as_str()), false),
+            Action::Fail { error } => ("failed", None, Some(error.as_str()), false),
+            Action::Snooze { delay } => ("available", ms(delay), None, true),
+            Action::Release => ("available", None, None, true),
+        }
+    }
+}
+
+/// Outcomes as the outcome statements (`complete_many`, `finish_locked`) take them: one array
+/// per column, one element per job.
+pub(super) struct OutcomeColumns<'a> {
+    pub ids: Vec<i64>,
+    pub attempts: Vec<i32>,
+    pub states: Vec<&'static str>,
+    pub delays: Vec<Option<i64>>,
+    pub errors: Vec<Option<&'a str>>,
+    pub refunds: Vec<bool>,
+}
+
+impl<'a> OutcomeColumns<'a> {
+    /// From (job id, attempt, action) triples.
+    pub(super) fn new(outcomes: impl ExactSizeIterator<Item = (i64, i32, &'a Action)>) -> Self {
+        let n = outcomes.len();
+        let mut columns = OutcomeColumns {
+            ids: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            states: Vec::with_capacity(n),
+            delays: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
+            refunds: Vec::with_capacity(n),
+        };
+        for (id, attempt, action) in outcomes {
+            let (state, delay, error, refund) = action.as_columns();
+            columns.ids.push(id);
+            columns.attempts.push(attempt);
+            columns.states.push(state);
+            columns.delays.push(delay);
+            columns.errors.push(error);
+            columns.refunds.push(refund);
+        }
+        columns
+    }
+
+    /// The columns as the statements' parameters $1..$6.
+    pub(super) fn into_arguments(self) -> Result<PgArguments, sqlx::Error> {
+        let mut arguments = PgArguments::default();
+        let add = |result: Result<(), BoxDynError>| result.map_err(sqlx::Error::Encode);
+        add(arguments.add(self.ids))?;
+        add(arguments.add(self.attempts))?;
+        add(arguments.add(self.states))?;
+        add(arguments.add(self.delays))?;
+        add(arguments.add(self.errors))?;
+        add(arguments.add(self.refunds))?;
+        Ok(arguments)
+    }
+}
+
+/// Turns one run's result into what the database should record.
+pub fn decide(meta: &JobMeta, result: Result<Result<Outcome, BoxError>, String>) -> Action {
+    match result {
+        Ok(Ok(Outcome::Done)) => Action::Complete,
+        Ok(Ok(Outcome::Snooze(delay))) => Action::Snooze { delay },
+        Ok(Err(error)) => match error.downcast::<JobError>() {
+            Ok(job_error) => match *job_error {
+                JobError::Permanent { source } => Action::Fail {
+                    error: error_chain(source.as_ref()),
+                },
+                JobError::Retryable {
+                    source,
+                    retry_after,
+                } => retry_or_fail(meta, error_chain(source.as_ref()), retry_after),
+            },
+            Err(other) => retry_or_fail(meta, error_chain(other.as_ref()), None),
+        },
+        Err(panic) => retry_or_fail(meta, format!("handler panicked: {panic}"), None),
+    }
+}
+
+fn retry_or_fail(
+    meta: &JobMeta,
+    error: String,
+    retry_after: Option<std::time::Duration>,
+) -> Action {
+    if meta.attempt >= meta.retry.max_attempts {
+        Action::Fail {
+            error: format!(
+                "{error} (attempt {} of {}: no attempts left)",
+                meta.attempt, meta.retry.max_attempts
+            ),
+        }
+    } else {
+        Action::Retry {
+            delay: retry_after.unwrap_or_else(|| meta.retry.delay(meta.attempt)),
+            error,
+        }
+    }
+}
+
+pub fn log_outcome(meta: &JobMeta, action: &Action) {
+    match action {
+        Action::Retry { delay, error } => tracing::warn!(
+            job.id = %meta.id, job.queue = %meta.queue, job.kind = %meta.kind, job.attempt = meta.attempt,
+            retry_in_ms = delay.as_millis() as u64, error = %error, "job failed; will retry"),
+        Action::Fail { error } => tracing::error!(
+            job.id = %meta.id, job.queue = %meta.queue, job.kind = %meta.kind, job.attempt = meta.attempt,
+            error = %error, "job failed for good"),
+        _ => {}
+    }
+}
+
+/// `error: cause: cause`, so the kept error says why, not only what.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+pub fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -1,11 +1,9 @@
 //! Poda: the enqueuer, the worker runtime and the operator commands, on top of the
 //! `poda-jobs` engine and job kinds.
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod cycle_watch;
-pub mod demo;
 pub mod enqueuer;
 pub mod http;
 pub mod ops;

@@ -10,10 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bench::queue_has_unfinished_jobs;
-use crate::bench::scratch::with_scratch_database;
-use crate::config::{async_commit_options, session_options};
+use crate::queue_has_unfinished_jobs;
+use crate::scratch::with_scratch_database;
 use anyhow::Context;
+use poda::config::{async_commit_options, session_options};
 use poda_jobs::engine::{enqueue_many, EngineConfig, RetryPolicy};
 use poda_jobs::transfer::breaker::BreakerConfig;
 use poda_jobs::transfer::monime::{ApiToken, MonimeConfig, DEFAULT_VERSION};
@@ -23,8 +23,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::sandbox::{FaultConfig, FaultKind, Sandbox, SandboxConfig};
-use crate::worker::{run_workers, TransferOptions, WorkerOptions};
+use poda::sandbox::{FaultConfig, FaultKind, Sandbox, SandboxConfig};
+use poda::worker::{run_workers, TransferOptions, WorkerOptions};
 
 const BENCH_TOKEN: &str = "bench-sandbox-token";
 const PLATFORM_ACCOUNT: &str = "fa-platform-bench";

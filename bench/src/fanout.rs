@@ -10,9 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bench::scratch::with_scratch_database;
-use crate::config::{async_commit_options, session_options};
+use crate::scratch::with_scratch_database;
 use anyhow::{ensure, Context};
+use poda::config::{async_commit_options, session_options};
 use poda_jobs::cycle::{self, create_cycle, CycleConfig, CycleId, CycleStatus, NewCycle};
 use poda_jobs::ticket::{Currency, Money};
 use serde_json::{json, Value};
@@ -20,7 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::{run_workers, WorkerOptions};
+use poda::worker::{run_workers, WorkerOptions};
 
 pub const DEFAULT_SIZES: &[i64] = &[5_000, 100_000, 1_000_000];
 /// Agents the members are spread over (one notification job each at activation).

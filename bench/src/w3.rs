@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::report::Summary;
 use super::{percentile, print_result, round3, with_db, BenchArgs, ExactlyOnce, Workers};
-use crate::tally::now_us;
+use poda::tally::now_us;
 
 pub const DEFAULT_N: usize = 2_000;
 

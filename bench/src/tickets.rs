@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::bench::scratch::with_scratch_database;
-use crate::bench::{queue_has_unfinished_jobs, url_with_database, worker_binary, Workers};
+use crate::scratch::with_scratch_database;
+use crate::{queue_has_unfinished_jobs, url_with_database, worker_binary, Workers};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

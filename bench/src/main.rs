@@ -3,15 +3,15 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use poda::bench::fanout::{run_fanout, FanoutOptions};
-use poda::bench::ingest::{run_ingest, IngestOptions};
-use poda::bench::tickets::{run_tickets, TicketsOptions};
-use poda::bench::transfers::{run_transfers, TransfersOptions};
-use poda::bench::{self, report::Summary, BenchArgs, DEFAULT_BENCH_SERVER_URL};
 use poda::config::parse_duration;
 use poda::config::{Secret, DEFAULT_DATABASE_URL};
-use poda::demo::{self, DemoOptions};
 use poda::sandbox::{self, faults::FaultConfig, SandboxConfig};
+use poda_bench::demo::{self, DemoOptions};
+use poda_bench::fanout::{run_fanout, FanoutOptions};
+use poda_bench::ingest::{run_ingest, IngestOptions};
+use poda_bench::tickets::{run_tickets, TicketsOptions};
+use poda_bench::transfers::{run_transfers, TransfersOptions};
+use poda_bench::{self as bench, report::Summary, BenchArgs, DEFAULT_BENCH_SERVER_URL};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,7 +65,7 @@ struct TicketsArgs {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Ticket jobs per run.
-    #[arg(long, default_value_t = poda::bench::tickets::DEFAULT_TICKETS_N)]
+    #[arg(long, default_value_t = poda_bench::tickets::DEFAULT_TICKETS_N)]
     n: usize,
     /// Worker process counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1")]

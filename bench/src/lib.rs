@@ -7,6 +7,7 @@
 //! shutdown and checks that each `n` ran exactly once. One `RESULT {json}` line per run goes
 //! to stdout; a min/median/max table goes to stderr at the end.
 
+pub mod demo;
 pub mod fanout;
 pub mod ingest;
 pub mod report;
@@ -34,7 +35,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::tally::{read_tally, TallyEntry};
+use poda::tally::{read_tally, TallyEntry};
 
 /// The server that benchmarks create their databases on, when neither flag nor env says.
 pub const DEFAULT_BENCH_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

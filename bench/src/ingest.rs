@@ -9,17 +9,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bench::scratch::with_scratch_database;
+use crate::scratch::with_scratch_database;
 use anyhow::Context;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseSettings, Secret};
-use crate::enqueuer::{Enqueuer, EnqueuerSettings};
-use crate::http::group_commit::GroupCommitConfig;
-use crate::http::webhooks::signature::sign;
+use poda::config::{DatabaseSettings, Secret};
+use poda::enqueuer::{Enqueuer, EnqueuerSettings};
+use poda::http::group_commit::GroupCommitConfig;
+use poda::http::webhooks::signature::sign;
 
 const BENCH_SECRET: &str = "whsec_bench";
 const DESIRED_FD_LIMIT: u64 = 65_536;

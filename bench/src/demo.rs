@@ -22,12 +22,12 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseSettings, Secret};
-use crate::enqueuer::{Enqueuer, EnqueuerSettings};
-use crate::http::webhooks::signature::sign;
-use crate::ops;
-use crate::sandbox::{faults::FaultConfig, Sandbox, SandboxConfig};
-use crate::worker::{run_workers, TransferOptions, WorkerOptions};
+use poda::config::{DatabaseSettings, Secret};
+use poda::enqueuer::{Enqueuer, EnqueuerSettings};
+use poda::http::webhooks::signature::sign;
+use poda::ops;
+use poda::sandbox::{faults::FaultConfig, Sandbox, SandboxConfig};
+use poda::worker::{run_workers, TransferOptions, WorkerOptions};
 
 pub const DEMO_DATABASE: &str = "poda_demo";
 const DEMO_SECRET: &str = "whsec_demo_only";
@@ -463,7 +463,7 @@ async fn recreate_database(server: &DatabaseSettings) -> anyhow::Result<Secret> 
     .await
     .context("creating the demo database")?;
     admin.close().await.ok();
-    Ok(Secret::new(crate::bench::url_with_database(
+    Ok(Secret::new(crate::url_with_database(
         server.url.expose(),
         DEMO_DATABASE,
     )))

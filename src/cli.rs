@@ -14,7 +14,7 @@ use crate::telemetry::LogFormat;
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
     /// Postgres URL (may carry a password; never logged).
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_default_value = false)]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_default_value = false, hide_env_values = true)]
     pub database_url: Secret,
     /// Log format: pretty for people, json for log pipelines. RUST_LOG picks the levels.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
@@ -42,7 +42,7 @@ pub struct WorkerCli {
 #[derive(Debug, Clone, Args)]
 pub struct MonimeArgs {
     /// Monime API base URL (the sandbox's URL in tests and benchmarks).
-    #[arg(long, env = "MONIME_API_URL")]
+    #[arg(long, env = "MONIME_API_URL", hide_env_values = true)]
     pub monime_api_url: Option<String>,
     /// Monime API token (never logged).
     #[arg(long, env = "MONIME_API_TOKEN", hide_env_values = true)]
@@ -139,7 +139,7 @@ pub struct RunArgs {
     #[arg(long, env = "WORKER_CYCLE_CHUNK_SIZE", default_value_t = poda_jobs::cycle::DEFAULT_CHUNK_SIZE as u32)]
     pub cycle_chunk_size: u32,
     /// Where agents' cycle summaries are POSTed (JSON). Unset: they are logged, not sent.
-    #[arg(long, env = "NOTIFICATIONS_URL")]
+    #[arg(long, env = "NOTIFICATIONS_URL", hide_env_values = true)]
     pub notifications_url: Option<String>,
     /// How long one notification delivery may take.
     #[arg(long, env = "NOTIFICATIONS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

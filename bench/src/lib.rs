@@ -56,7 +56,7 @@ pub struct BenchArgs {
     pub n: Option<usize>,
     /// Postgres server URL; each run creates and drops its own `bench_poda_*` database there
     /// (the database part of the URL is only used to connect for CREATE/DROP DATABASE).
-    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL)]
+    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL, hide_env_values = true)]
     pub database_url: String,
     /// Handler slots per worker process (C). Each process gets C + 2 database connections.
     #[arg(long, default_value_t = 16)]

@@ -71,7 +71,7 @@ struct TicketsArgs {
     #[arg(long, value_delimiter = ',', default_value = "1")]
     procs: Vec<usize>,
     /// Postgres server URL; bench_poda_* databases are created there and dropped afterwards.
-    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL)]
+    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL, hide_env_values = true)]
     database_url: String,
 }
 
@@ -93,7 +93,7 @@ struct TransfersArgs {
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
     /// Postgres server URL; bench_poda_* databases are created there and dropped afterwards.
-    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL)]
+    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL, hide_env_values = true)]
     database_url: String,
 }
 
@@ -125,7 +125,7 @@ struct FanoutArgs {
     #[arg(long, default_value_t = poda_jobs::cycle::DEFAULT_CHUNK_SIZE)]
     chunk_size: i64,
     /// Postgres server URL; bench_poda_* databases are created there and dropped afterwards.
-    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL)]
+    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL, hide_env_values = true)]
     database_url: String,
 }
 
@@ -149,7 +149,7 @@ struct IngestArgs {
     #[arg(long, default_value_t = 5_000.0)]
     paced_rate: f64,
     /// Postgres server URL; a bench_poda_* database is created there and dropped afterwards.
-    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL)]
+    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL, hide_env_values = true)]
     database_url: String,
 }
 
@@ -162,7 +162,7 @@ struct DemoArgs {
     #[arg(long, default_value_t = 5_000)]
     members: i64,
     /// Any Postgres URL on the server to use; the demo works in its own database poda_demo.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     database_url: Secret,
 }
 

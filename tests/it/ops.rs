@@ -108,3 +108,25 @@ async fn retry_and_cancel_act_on_one_job_with_clear_errors() {
     assert!(!ok);
     assert!(err.contains("already completed"), "{err}");
 }
+
+/// `--help` shows where a setting comes from, never its value when that can hold a secret.
+#[test]
+fn help_never_prints_secrets_from_the_environment() {
+    let secret = "s3cret-in-env";
+    for binary in [env!("CARGO_BIN_EXE_worker"), env!("CARGO_BIN_EXE_enqueuer")] {
+        let output = std::process::Command::new(binary)
+            .arg("--help")
+            .env("DATABASE_URL", format!("postgres://poda:{secret}@db.example/poda"))
+            .env("ADMIN_TOKEN", secret)
+            .env("MONIME_WEBHOOK_SECRETS", secret)
+            .env("MONIME_API_TOKEN", secret)
+            .env("MONIME_API_URL", format!("https://user:{secret}@monime.example"))
+            .env("NOTIFICATIONS_URL", format!("https://user:{secret}@hooks.example"))
+            .output()
+            .expect("running --help");
+        assert!(output.status.success(), "{binary} --help failed");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("DATABASE_URL"), "{binary} --help: {text}");
+        assert!(!text.contains(secret), "{binary} --help printed a secret: {text}");
+    }
+}

@@ -73,6 +73,9 @@ pub enum GroupCommitError {
     Stopped,
     #[error("the batch could not be committed: {0}")]
     BatchFailed(Arc<EngineError>),
+    /// The database refused this delivery's own data; written alone, it fails alone.
+    #[error("the database refused this delivery: {0}")]
+    Refused(Arc<EngineError>),
 }
 
 /// Submits deliveries to the writer. Cheap to clone.
@@ -145,12 +148,43 @@ async fn flush(
     metrics::histogram!("enqueuer_group_commit_seconds").record(started.elapsed().as_secs_f64());
     match result {
         Ok(recorded) => recorded.into_iter().map(Ok).collect(),
+        Err(error) if size > 1 && is_data_error(&error) => {
+            // Some delivery's data (a value jsonb or a column cannot hold) failed the batch:
+            // write each alone, so only the one that caused it fails.
+            tracing::warn!(error = %error, batch.size = size, "group commit refused a row; writing its deliveries one by one");
+            let mut results = Vec::with_capacity(size);
+            for delivery in &deliveries {
+                results.push(match write_batch(pool, std::slice::from_ref(delivery)).await {
+                    Ok(mut recorded) => Ok(recorded.remove(0)),
+                    Err(error) if is_data_error(&error) => {
+                        tracing::warn!(error = %error, event.id = %delivery.event_id, "webhook refused by the database");
+                        Err(GroupCommitError::Refused(Arc::new(error)))
+                    }
+                    Err(error) => Err(GroupCommitError::BatchFailed(Arc::new(error))),
+                });
+            }
+            results
+        }
+        Err(error) if is_data_error(&error) => {
+            tracing::warn!(error = %error, "webhook refused by the database");
+            vec![Err(GroupCommitError::Refused(Arc::new(error)))]
+        }
         Err(error) => {
             metrics::counter!("enqueuer_group_commit_failures_total").increment(1);
             tracing::error!(error = %error, batch.size = size, "group commit failed; its deliveries are answered 503");
             let error = Arc::new(error);
             vec![Err(GroupCommitError::BatchFailed(error)); size]
         }
+    }
+}
+
+/// An error caused by the rows written (SQLSTATE classes 22 and 23), not by the connection.
+fn is_data_error(error: &EngineError) -> bool {
+    match error {
+        EngineError::Database(e) | EngineError::UniqueConflict { source: e, .. } => {
+            poda_jobs::sqlstate::is_data_error(e)
+        }
+        _ => false,
     }
 }
 

@@ -488,3 +488,47 @@ async fn enqueuer_answers_in_flight_webhooks_before_it_stops() {
     assert_eq!(found as usize, acknowledged.len());
     assert!(!acknowledged.is_empty());
 }
+
+/// A delivery whose bytes the database cannot store (a lone surrogate escape or a number
+/// beyond numeric's range, in fields the parser skips) fails alone with a 4xx; the deliveries
+/// that share its group-commit batch are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_the_database_cannot_store_fails_alone_not_its_batch() {
+    // A long batch window, so every delivery below shares one batch.
+    let app = spawn_enqueuer_with(|s| {
+        s.group_commit.max_delay = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let poisoned = |event_id: &str, payment_id: &str, raw_value: &str| {
+        let text = String::from_utf8(body(&payment_completed(event_id, payment_id))).unwrap();
+        text.replacen('{', &format!("{{\"note\": {raw_value}, "), 1)
+            .into_bytes()
+    };
+    let app = Arc::new(app);
+    let mut sends = Vec::new();
+    for i in 0..10 {
+        let app = app.clone();
+        sends.push(tokio::spawn(async move {
+            app.post_event(&payment_completed(&format!("evt-ok-{i}"), &format!("pay-ok-{i}")))
+                .await
+        }));
+    }
+    let bad = [
+        poisoned("evt-bad-1", "pay-bad-1", r#""\ud800""#),
+        poisoned("evt-bad-2", "pay-bad-2", "1e1000000"),
+    ];
+    let mut bad_sends = Vec::new();
+    for body in bad {
+        let app = app.clone();
+        bad_sends.push(tokio::spawn(async move { app.post_signed(body).await }));
+    }
+    for send in sends {
+        let reply = send.await.unwrap();
+        assert_eq!(reply.status, 202, "{reply:?}");
+    }
+    for send in bad_sends {
+        let reply = send.await.unwrap();
+        assert_eq!(reply.status, 400, "{reply:?}");
+    }
+    assert_eq!(app.counts().await, (10, 10), "every good delivery is recorded, no bad one");
+}

@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::group_commit::Delivery;
+use super::group_commit::{Delivery, GroupCommitError};
 use super::state::AppState;
 use crate::enqueuer::EnqueuerSettings;
 use payload::{PayloadError, WebhookEvent};
@@ -85,7 +85,12 @@ async fn receive_monime(
             ticket: event.ticket,
         })
         .await
-        .map_err(|_| ApiError::Unavailable("the event could not be recorded; retry".into()))?;
+        .map_err(|error| match error {
+            GroupCommitError::Refused(error) => ApiError::BadRequest(format!(
+                "the body holds a value that cannot be stored: {error}"
+            )),
+            _ => ApiError::Unavailable("the event could not be recorded; retry".into()),
+        })?;
 
     Ok(
         match (is_payment, recorded.job_id, recorded.first_delivery) {

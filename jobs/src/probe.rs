@@ -80,13 +80,15 @@ pub enum ProbeError {
 /// Runs one probe.
 pub async fn handle(pool: &PgPool, meta: &JobMeta, job: ProbeJob) -> Result<Outcome, JobError> {
     if job.record {
-        sqlx::query("INSERT INTO probe_runs (job_id, n, attempt) VALUES ($1, $2, $3)")
-            .bind(meta.id)
-            .bind(job.n)
-            .bind(meta.attempt)
-            .execute(pool)
-            .await
-            .map_err(|e| JobError::retryable(ProbeError::Record(e)))?;
+        sqlx::query!(
+            "INSERT INTO probe_runs (job_id, n, attempt) VALUES ($1, $2, $3)",
+            meta.id.0,
+            job.n,
+            meta.attempt,
+        )
+        .execute(pool)
+        .await
+        .map_err(|e| JobError::retryable(ProbeError::Record(e)))?;
     }
     if job.sleep_ms > 0 {
         tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
@@ -111,10 +113,11 @@ pub async fn handle(pool: &PgPool, meta: &JobMeta, job: ProbeJob) -> Result<Outc
     }
     if let Some(ms) = job.snooze_ms {
         // Snooze once: the first run that gets here snoozes, later ones finish.
-        let snoozed: bool = sqlx::query_scalar(
-            "SELECT run_at > created_at + interval '1 millisecond' FROM jobs WHERE id = $1",
+        let snoozed = sqlx::query_scalar!(
+            "SELECT run_at > created_at + interval '1 millisecond' AS \"snoozed!\" \
+             FROM jobs WHERE id = $1",
+            meta.id.0,
         )
-        .bind(meta.id)
         .fetch_one(pool)
         .await
         .map_err(|e| JobError::retryable(ProbeError::Record(e)))?;

@@ -77,7 +77,6 @@ impl BatchSettings {
 }
 
 /// A claimed job as `claim_locked` returns it.
-#[derive(sqlx::FromRow)]
 struct LockedRow {
     id: i64,
     run_at: chrono::DateTime<chrono::Utc>,
@@ -177,17 +176,22 @@ async fn run_batch<H: BatchHandler>(
     handler: &H,
 ) -> Result<usize, sqlx::Error> {
     let queue = settings.queue.as_str();
+    // Not a macro: SET LOCAL takes no parameter, so the lease is formatted into the text.
     let mut tx = pool
         .begin_with(sqlx::AssertSqlSafe(begin_statement(lease)))
         .await?;
     let after = cursor.position();
-    let rows: Vec<LockedRow> = sqlx::query_as(include_str!("claim_locked.sql"))
-        .bind(queue)
-        .bind(settings.batch_size as i64)
-        .bind(after.map(|(run_at, _)| run_at))
-        .bind(after.map(|(_, id)| id))
-        .fetch_all(&mut *tx)
-        .await?;
+    let limit = settings.batch_size as i64;
+    let rows = sqlx::query_file_as!(
+        LockedRow,
+        "src/engine/claim_locked.sql",
+        queue,
+        limit,
+        after.map(|(run_at, _)| run_at),
+        after.map(|(_, id)| id),
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     let claimed: Vec<_> = rows.iter().map(|r| (r.run_at, r.id)).collect();
     cursor.record(settings.batch_size, &claimed, Instant::now());
     if rows.is_empty() {
@@ -352,8 +356,16 @@ async fn finish(
             .zip(actions)
             .map(|(row, action)| (row.id, row.attempt, action)),
     );
-    sqlx::query_with(include_str!("finish_locked.sql"), columns.into_arguments()?)
-        .execute(conn)
-        .await?;
+    sqlx::query_file!(
+        "src/engine/finish_locked.sql",
+        &columns.ids,
+        &columns.attempts,
+        &columns.states as &[&str],
+        &columns.delays as &[Option<i64>],
+        &columns.errors as &[Option<&str>],
+        &columns.refunds,
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }

@@ -10,7 +10,6 @@ use super::error::EngineError;
 use super::job::{ClaimedJob, JobId};
 use super::retry::RetryPolicy;
 
-#[derive(sqlx::FromRow)]
 struct ClaimedRow {
     id: i64,
     queue: String,
@@ -35,14 +34,19 @@ pub async fn claim_batch(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let rows: Vec<ClaimedRow> = sqlx::query_as(include_str!("claim_batch.sql"))
-        .bind(queue)
-        .bind(limit as i64)
-        .bind(owner)
-        .bind(lease.as_millis() as i64)
-        .bind(now)
-        .fetch_all(pool)
-        .await?;
+    let limit = limit as i64;
+    let lease_ms = lease.as_millis() as i64;
+    let rows = sqlx::query_file_as!(
+        ClaimedRow,
+        "src/engine/claim_batch.sql",
+        queue,
+        limit,
+        owner,
+        lease_ms,
+        now,
+    )
+    .fetch_all(pool)
+    .await?;
     let mut jobs: Vec<ClaimedJob> = rows
         .into_iter()
         .map(|r| ClaimedJob {

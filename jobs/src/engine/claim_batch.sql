@@ -9,7 +9,7 @@ UPDATE jobs
 SET state = 'running',
     attempt = attempt + 1,
     lease_owner = $3,
-    lease_expires_at = coalesce($5, now()) + $4 * interval '1 millisecond',
+    lease_expires_at = coalesce($5, now()) + $4::bigint * interval '1 millisecond',
     attempted_at = now(),
     updated_at = now()
 WHERE id = ANY(ARRAY(

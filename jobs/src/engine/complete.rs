@@ -66,17 +66,24 @@ async fn write_outcomes(
         return Ok(Vec::new());
     }
     let columns = OutcomeColumns::new(completions.iter().map(|c| (c.id.0, c.attempt, &c.action)));
-    let changed: Vec<(i64, String, bool)> =
-        sqlx::query_as_with(include_str!("complete_many.sql"), columns.into_arguments()?)
-            .bind(owner)
-            .fetch_all(pool)
-            .await?;
+    let changed = sqlx::query_file!(
+        "src/engine/complete_many.sql",
+        &columns.ids,
+        &columns.attempts,
+        &columns.states as &[&str],
+        &columns.delays as &[Option<i64>],
+        &columns.errors as &[Option<&str>],
+        &columns.refunds,
+        owner,
+    )
+    .fetch_all(pool)
+    .await?;
     Ok(changed
         .into_iter()
-        .map(|(id, queue, runnable_again)| Written {
-            id: JobId(id),
-            queue,
-            runnable_again,
+        .map(|row| Written {
+            id: JobId(row.id),
+            queue: row.queue,
+            runnable_again: row.runnable_again,
         })
         .collect())
 }

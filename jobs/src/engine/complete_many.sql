@@ -34,4 +34,4 @@ WHERE j.id = o.id
   AND j.state = 'running'
   AND j.lease_owner = $7
   AND j.attempt = o.attempt
-RETURNING j.id, j.queue, j.state = 'available' AS runnable_again
+RETURNING j.id, j.queue, j.state = 'available' AS "runnable_again!"

@@ -7,9 +7,8 @@
 //! tx.commit().await?; // the job exists if and only if the payment row does
 //! ```
 
-use sqlx::error::BoxDynError;
-use sqlx::postgres::PgArguments;
-use sqlx::{Arguments, PgConnection, PgPool};
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
 
 use super::error::EngineError;
 use super::job::{Enqueued, JobId, NewJob};
@@ -25,17 +24,27 @@ pub async fn enqueue_many(
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let arguments = Columns::from_jobs(jobs)?.into_arguments()?;
-    let rows: Vec<(i64, bool, i64)> =
-        sqlx::query_as_with(include_str!("enqueue_many.sql"), arguments)
-            .fetch_all(&mut *conn)
-            .await?;
+    let c = Columns::from_jobs(jobs)?;
+    let rows = sqlx::query_file!(
+        "src/engine/enqueue_many.sql",
+        &c.queue,
+        &c.kind,
+        &c.payload,
+        &c.unique_key as &[Option<String>],
+        &c.run_at as &[Option<DateTime<Utc>>],
+        &c.max_attempts,
+        &c.backoff_base_ms,
+        &c.backoff_max_ms,
+        NOTIFY_CHANNEL,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
 
     let mut result: Vec<Enqueued> = rows
         .iter()
-        .map(|(id, created, _)| Enqueued {
-            id: JobId(*id),
-            created: *created,
+        .map(|row| Enqueued {
+            id: JobId(row.id),
+            created: row.created,
         })
         .collect();
 
@@ -48,21 +57,23 @@ pub async fn enqueue_many(
             .iter()
             .map(|&i| jobs[i].unique_key.as_deref().unwrap_or_default())
             .collect();
-        let found: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT j.queue, j.unique_key, j.id FROM jobs j \
+        let found = sqlx::query!(
+            "SELECT j.queue, j.unique_key AS \"unique_key!\", j.id FROM jobs j \
              JOIN unnest($1::text[], $2::text[]) AS k(queue, unique_key) \
                ON j.queue = k.queue AND j.unique_key = k.unique_key",
+            &queues as &[&str],
+            &keys as &[&str],
         )
-        .bind(&queues)
-        .bind(&keys)
         .fetch_all(&mut *conn)
         .await?;
         for &i in &missing {
             let job = &jobs[i];
             let existing = found
                 .iter()
-                .find(|(q, k, _)| *q == job.queue && Some(k.as_str()) == job.unique_key.as_deref())
-                .map(|(_, _, id)| JobId(*id))
+                .find(|f| {
+                    f.queue == job.queue && Some(f.unique_key.as_str()) == job.unique_key.as_deref()
+                })
+                .map(|f| JobId(f.id))
                 .ok_or_else(|| {
                     EngineError::InvalidJob(format!(
                         "job with unique key {:?} in queue {} was neither inserted nor found",
@@ -83,12 +94,22 @@ pub async fn insert_new_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result
     if jobs.is_empty() {
         return Ok(0);
     }
-    let arguments = Columns::from_jobs(jobs)?.into_arguments()?;
-    let (inserted, _notified): (i64, i64) =
-        sqlx::query_as_with(include_str!("insert_new.sql"), arguments)
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok(inserted as u64)
+    let c = Columns::from_jobs(jobs)?;
+    let row = sqlx::query_file!(
+        "src/engine/insert_new.sql",
+        &c.queue,
+        &c.kind,
+        &c.payload,
+        &c.unique_key as &[Option<String>],
+        &c.run_at as &[Option<DateTime<Utc>>],
+        &c.max_attempts,
+        &c.backoff_base_ms,
+        &c.backoff_max_ms,
+        NOTIFY_CHANNEL,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.inserted as u64)
 }
 
 /// Enqueues one job; see [`enqueue_many`].
@@ -113,13 +134,14 @@ pub async fn enqueue_one_pooled(pool: &PgPool, job: &NewJob) -> Result<Enqueued,
     enqueue_one(&mut conn, job).await
 }
 
-/// The jobs as one array per column, for `unnest`.
+/// The jobs as one array per column, for `unnest`: the statements' parameters $1..$8 (the
+/// NOTIFY channel is $9).
 struct Columns {
     queue: Vec<String>,
     kind: Vec<String>,
     payload: Vec<String>,
     unique_key: Vec<Option<String>>,
-    run_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    run_at: Vec<Option<DateTime<Utc>>>,
     max_attempts: Vec<i32>,
     backoff_base_ms: Vec<i32>,
     backoff_max_ms: Vec<i32>,
@@ -154,21 +176,5 @@ impl Columns {
             c.backoff_max_ms.push(job.retry.max.as_millis() as i32);
         }
         Ok(c)
-    }
-
-    /// The columns as the statements' parameters $1..$8, and the NOTIFY channel as $9.
-    fn into_arguments(self) -> Result<PgArguments, sqlx::Error> {
-        let mut arguments = PgArguments::default();
-        let add = |result: Result<(), BoxDynError>| result.map_err(sqlx::Error::Encode);
-        add(arguments.add(self.queue))?;
-        add(arguments.add(self.kind))?;
-        add(arguments.add(self.payload))?;
-        add(arguments.add(self.unique_key))?;
-        add(arguments.add(self.run_at))?;
-        add(arguments.add(self.max_attempts))?;
-        add(arguments.add(self.backoff_base_ms))?;
-        add(arguments.add(self.backoff_max_ms))?;
-        add(arguments.add(NOTIFY_CHANNEL))?;
-        Ok(arguments)
     }
 }

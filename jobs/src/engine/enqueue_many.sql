@@ -33,7 +33,7 @@ registered AS (
 notified AS (
     SELECT count(pg_notify($9, queue)) AS n FROM (SELECT DISTINCT queue FROM inserted) q
 )
-SELECT input.id, inserted.id IS NOT NULL AS created, (SELECT n FROM notified) AS notified
+SELECT input.id AS "id!", inserted.id IS NOT NULL AS "created!", (SELECT n FROM notified) AS notified
 FROM input
 LEFT JOIN inserted ON inserted.id = input.id
 ORDER BY input.ord

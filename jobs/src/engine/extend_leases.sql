@@ -12,6 +12,6 @@ WITH held AS (
     FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE jobs j
-SET lease_expires_at = now() + $4 * interval '1 millisecond'
+SET lease_expires_at = now() + $4::bigint * interval '1 millisecond'
 FROM held
 WHERE j.id = held.id

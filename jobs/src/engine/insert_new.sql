@@ -28,5 +28,5 @@ registered AS (
     SELECT queue FROM queues
     ON CONFLICT (name) DO NOTHING
 )
-SELECT (SELECT count(*) FROM inserted) AS inserted,
+SELECT (SELECT count(*) FROM inserted) AS "inserted!",
        (SELECT count(pg_notify($9, queue)) FROM queues) AS notified

@@ -24,13 +24,16 @@ pub async fn extend_leases(
     }
     let ids: Vec<i64> = jobs.iter().map(|(id, _)| id.0).collect();
     let attempts: Vec<i32> = jobs.iter().map(|(_, a)| *a).collect();
-    let result = sqlx::query(include_str!("extend_leases.sql"))
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(owner)
-        .bind(lease.as_millis() as i64)
-        .execute(pool)
-        .await?;
+    let lease_ms = lease.as_millis() as i64;
+    let result = sqlx::query_file!(
+        "src/engine/extend_leases.sql",
+        &ids,
+        &attempts,
+        owner,
+        lease_ms,
+    )
+    .execute(pool)
+    .await?;
     Ok(result.rows_affected())
 }
 

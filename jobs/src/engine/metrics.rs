@@ -57,9 +57,12 @@ pub const DEFAULT_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::fro
 pub async fn sample_queue_gauges(
     pool: &sqlx::PgPool,
 ) -> Result<Vec<(String, i64, f64)>, EngineError> {
-    Ok(sqlx::query_as(include_str!("queue_gauges.sql"))
+    Ok(sqlx::query_file!("src/engine/queue_gauges.sql")
         .fetch_all(pool)
-        .await?)
+        .await?
+        .into_iter()
+        .map(|row| (row.queue, row.depth, row.oldest_age_s))
+        .collect())
 }
 
 /// Samples the queue gauges every `interval` until `stop` (one task per process).

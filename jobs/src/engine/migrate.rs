@@ -15,12 +15,12 @@ pub async fn run_migrations(pool: &PgPool) -> Result<(), EngineError> {
 
 /// Fails with [`EngineError::NotMigrated`] unless every embedded migration has been applied.
 pub async fn ensure_migrated(pool: &PgPool) -> Result<(), EngineError> {
-    let table_exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+    let table_exists =
+        sqlx::query_scalar!("SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS \"exists!\"")
             .fetch_one(pool)
             .await?;
     let applied: Vec<i64> = if table_exists {
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        sqlx::query_scalar!("SELECT version FROM _sqlx_migrations WHERE success")
             .fetch_all(pool)
             .await?
     } else {

@@ -144,6 +144,7 @@ pub async fn run_listener(pool: PgPool, signals: Signals, stop: CancellationToke
 
 async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
+    // Not a macro: LISTEN takes no parameter (the channel is an identifier), and PgListener sends it.
     listener.listen(NOTIFY_CHANNEL).await?;
     Ok(listener)
 }

@@ -3,10 +3,6 @@
 
 use std::time::Duration;
 
-use sqlx::error::BoxDynError;
-use sqlx::postgres::PgArguments;
-use sqlx::Arguments;
-
 use super::job::JobMeta;
 use super::retry::{BoxError, JobError, Outcome};
 
@@ -48,7 +44,7 @@ impl Action {
 }
 
 /// Outcomes as the outcome statements (`complete_many`, `finish_locked`) take them: one array
-/// per column, one element per job.
+/// per column (their parameters $1..$6), one element per job.
 pub(super) struct OutcomeColumns<'a> {
     pub ids: Vec<i64>,
     pub attempts: Vec<i32>,
@@ -80,19 +76,6 @@ impl<'a> OutcomeColumns<'a> {
             columns.refunds.push(refund);
         }
         columns
-    }
-
-    /// The columns as the statements' parameters $1..$6.
-    pub(super) fn into_arguments(self) -> Result<PgArguments, sqlx::Error> {
-        let mut arguments = PgArguments::default();
-        let add = |result: Result<(), BoxDynError>| result.map_err(sqlx::Error::Encode);
-        add(arguments.add(self.ids))?;
-        add(arguments.add(self.attempts))?;
-        add(arguments.add(self.states))?;
-        add(arguments.add(self.delays))?;
-        add(arguments.add(self.errors))?;
-        add(arguments.add(self.refunds))?;
-        Ok(arguments)
     }
 }
 

@@ -20,11 +20,12 @@ pub struct QueueStatus {
 
 /// Stops claims from `queue`. Pausing a paused queue keeps its first `paused_at`.
 pub async fn pause_queue(pool: &PgPool, queue: &str) -> Result<QueueStatus, EngineError> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        QueueStatus,
         "UPDATE job_queues SET paused_at = coalesce(paused_at, now()) \
          WHERE name = $1 RETURNING name, paused_at",
+        queue,
     )
-    .bind(queue)
     .fetch_optional(pool)
     .await?
     .ok_or_else(|| EngineError::UnknownQueue {
@@ -35,18 +36,17 @@ pub async fn pause_queue(pool: &PgPool, queue: &str) -> Result<QueueStatus, Engi
 /// Lets workers claim from `queue` again and wakes the listening ones.
 pub async fn resume_queue(pool: &PgPool, queue: &str) -> Result<QueueStatus, EngineError> {
     let mut tx = pool.begin().await?;
-    let status: QueueStatus = sqlx::query_as(
+    let status = sqlx::query_as!(
+        QueueStatus,
         "UPDATE job_queues SET paused_at = NULL WHERE name = $1 RETURNING name, paused_at",
+        queue,
     )
-    .bind(queue)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| EngineError::UnknownQueue {
         queue: queue.to_owned(),
     })?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(queue)
+    sqlx::query!("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, queue)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -55,9 +55,10 @@ pub async fn resume_queue(pool: &PgPool, queue: &str) -> Result<QueueStatus, Eng
 
 /// Every known queue, paused or not, by name.
 pub async fn list_queues(pool: &PgPool) -> Result<Vec<QueueStatus>, EngineError> {
-    Ok(
-        sqlx::query_as("SELECT name, paused_at FROM job_queues ORDER BY name")
-            .fetch_all(pool)
-            .await?,
+    Ok(sqlx::query_as!(
+        QueueStatus,
+        "SELECT name, paused_at FROM job_queues ORDER BY name"
     )
+    .fetch_all(pool)
+    .await?)
 }

@@ -54,9 +54,8 @@ impl Leadership {
 
     /// Gives the lock up and closes the session.
     pub async fn release(mut self) {
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(self.key)
-            .execute(&mut self.conn)
+        let _ = sqlx::query_scalar!("SELECT pg_advisory_unlock($1)", self.key)
+            .fetch_one(&mut self.conn)
             .await;
         let _ = self.conn.close().await;
     }
@@ -86,10 +85,12 @@ impl Maintainer {
     pub async fn try_lead(&self) -> Result<Option<Leadership>, EngineError> {
         let options = self.pool.connect_options();
         let mut conn = PgConnection::connect_with(&options).await?;
-        let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(self.config.lock_key)
-            .fetch_one(&mut conn)
-            .await?;
+        let won = sqlx::query_scalar!(
+            "SELECT pg_try_advisory_lock($1) AS \"locked!\"",
+            self.config.lock_key
+        )
+        .fetch_one(&mut conn)
+        .await?;
         if won {
             Ok(Some(Leadership {
                 conn,

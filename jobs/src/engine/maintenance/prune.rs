@@ -66,24 +66,26 @@ impl Pruner {
         let mut report = PruneReport::default();
         let retention_ms = self.config.retention.as_millis().min(i64::MAX as u128) as i64;
         let batch = self.config.batch.max(1);
+        let limit = batch as i64;
         let mut cursor: Option<(DateTime<Utc>, i64)> = None;
         loop {
-            let rows: Vec<(i64, String, DateTime<Utc>)> =
-                sqlx::query_as(include_str!("prune_finished.sql"))
-                    .bind(now)
-                    .bind(retention_ms)
-                    .bind(batch as i64)
-                    .bind(cursor.map(|(at, _)| at))
-                    .bind(cursor.map(|(_, id)| id).unwrap_or(0))
-                    .fetch_all(&self.pool)
-                    .await?;
-            for (_, queue, _) in &rows {
-                *report.deleted.entry(queue.clone()).or_default() += 1;
+            let rows = sqlx::query_file!(
+                "src/engine/maintenance/prune_finished.sql",
+                now,
+                retention_ms,
+                limit,
+                cursor.map(|(at, _)| at),
+                cursor.map(|(_, id)| id).unwrap_or(0),
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            for row in &rows {
+                *report.deleted.entry(row.queue.clone()).or_default() += 1;
             }
             if rows.len() < batch {
                 return Ok(report);
             }
-            cursor = rows.iter().map(|(id, _, at)| (*at, *id)).max();
+            cursor = rows.iter().map(|row| (row.finished_at, row.id)).max();
         }
     }
 

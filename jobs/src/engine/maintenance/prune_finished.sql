@@ -10,7 +10,7 @@ WITH doomed AS (
     SELECT id
     FROM jobs
     WHERE finished_at IS NOT NULL
-      AND finished_at < coalesce($1, now()) - $2 * interval '1 millisecond'
+      AND finished_at < coalesce($1, now()) - $2::bigint * interval '1 millisecond'
       AND state IN ('completed', 'cancelled', 'failed')
       AND ($4::timestamptz IS NULL OR (finished_at, id) > ($4, $5))
     ORDER BY finished_at, id
@@ -20,4 +20,4 @@ WITH doomed AS (
 DELETE FROM jobs j
 USING doomed
 WHERE j.id = doomed.id
-RETURNING j.id, j.queue, j.finished_at
+RETURNING j.id, j.queue, j.finished_at AS "finished_at!"

@@ -54,19 +54,20 @@ impl Rescuer {
     pub async fn run_once(&self, now: Option<DateTime<Utc>>) -> Result<RescueReport, EngineError> {
         let mut report = RescueReport::default();
         loop {
-            let rows: Vec<(i64, String, String)> =
-                sqlx::query_as(include_str!("rescue_expired.sql"))
-                    .bind(now)
-                    .bind(RESCUE_BATCH)
-                    .fetch_all(&self.pool)
-                    .await?;
-            for (_, queue, state) in &rows {
-                let bucket = if state == "failed" {
+            let rows = sqlx::query_file!(
+                "src/engine/maintenance/rescue_expired.sql",
+                now,
+                RESCUE_BATCH,
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            for row in &rows {
+                let bucket = if row.state == "failed" {
                     &mut report.failed
                 } else {
                     &mut report.requeued
                 };
-                *bucket.entry(queue.clone()).or_default() += 1;
+                *bucket.entry(row.queue.clone()).or_default() += 1;
             }
             if (rows.len() as i64) < RESCUE_BATCH {
                 return Ok(report);

@@ -24,4 +24,4 @@ SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'available'
     updated_at = now()
 FROM expired
 WHERE j.id = expired.id
-RETURNING j.id, j.queue, j.state::text
+RETURNING j.id, j.queue, j.state::text AS "state!"

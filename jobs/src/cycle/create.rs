@@ -72,7 +72,7 @@ pub struct CreatedCycle {
 }
 
 /// A cycle as stored, for comparing a repeated request with the first.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct StoredCycle {
     id: CycleId,
     code: String,
@@ -126,28 +126,30 @@ pub async fn create_cycle(
     }
     check_tier_and_member(&mut tx, new).await?;
 
-    let inserted: Option<(CycleId, String, CycleStatus)> =
-        sqlx::query_as(include_str!("create_cycle.sql"))
-            .bind(new.claim_reference.trim())
-            .bind(new.tier_id)
-            .bind(new.deceased_member_id)
-            .bind(new.contribution.value_minor)
-            .bind(new.contribution.currency.as_str())
-            .bind(new.duration_days)
-            .bind(idempotency_key)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((id, code, status)) = inserted else {
+    let inserted = sqlx::query_file!(
+        "src/cycle/create_cycle.sql",
+        new.claim_reference.trim(),
+        new.tier_id,
+        new.deceased_member_id,
+        new.contribution.value_minor,
+        new.contribution.currency.as_str(),
+        new.duration_days,
+        idempotency_key,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(created) = inserted else {
         // A concurrent request won the key or the claim; it has committed by now.
         if let Some(key) = idempotency_key {
             if let Some(existing) = replay(&mut tx, new, key).await? {
                 return Ok(existing);
             }
         }
-        let other: CycleId = sqlx::query_scalar(
-            "SELECT id FROM contribution_cycles WHERE claim_reference = $1 AND status <> 'Failed'",
+        let other = sqlx::query_scalar!(
+            "SELECT id AS \"id: CycleId\" \
+             FROM contribution_cycles WHERE claim_reference = $1 AND status <> 'Failed'",
+            new.claim_reference.trim(),
         )
-        .bind(new.claim_reference.trim())
         .fetch_one(&mut *tx)
         .await?;
         return Err(CreateCycleError::ClaimHasCycle {
@@ -155,13 +157,14 @@ pub async fn create_cycle(
             cycle_id: other,
         });
     };
-    sqlx::query(
+    sqlx::query!(
         "UPDATE members SET status = 'deceased', updated_at = now() \
          WHERE id = $1 AND status <> 'deceased'",
+        new.deceased_member_id,
     )
-    .bind(new.deceased_member_id)
     .execute(&mut *tx)
     .await?;
+    let (id, code, status) = (created.id, created.code, created.status);
     enqueue_one(&mut tx, &CycleJob { cycle_id: id }.to_job())
         .await
         .map_err(CreateCycleError::Enqueue)?;
@@ -181,12 +184,13 @@ async fn replay(
     new: &NewCycle,
     key: &str,
 ) -> Result<Option<CreatedCycle>, CreateCycleError> {
-    let stored: Option<StoredCycle> = sqlx::query_as(
-        "SELECT id, code, status, tier_id, deceased_member_id, claim_reference, amount_minor, \
-                currency, duration_days \
+    let stored = sqlx::query_as!(
+        StoredCycle,
+        "SELECT id AS \"id: CycleId\", code, status AS \"status: CycleStatus\", tier_id, \
+                deceased_member_id, claim_reference, amount_minor, currency, duration_days \
          FROM contribution_cycles WHERE idempotency_key = $1",
+        key,
     )
-    .bind(key)
     .fetch_optional(&mut *conn)
     .await?;
     match stored {
@@ -203,9 +207,8 @@ async fn check_tier_and_member(
     conn: &mut PgConnection,
     new: &NewCycle,
 ) -> Result<(), CreateCycleError> {
-    let tier_currency: Option<String> =
-        sqlx::query_scalar("SELECT currency FROM tiers WHERE id = $1")
-            .bind(new.tier_id)
+    let tier_currency =
+        sqlx::query_scalar!("SELECT currency FROM tiers WHERE id = $1", new.tier_id)
             .fetch_optional(&mut *conn)
             .await?;
     let tier_currency = tier_currency.ok_or(CreateCycleError::TierNotFound {
@@ -218,10 +221,12 @@ async fn check_tier_and_member(
             currency: new.contribution.currency.to_string(),
         });
     }
-    let member_tier: Option<i64> = sqlx::query_scalar("SELECT tier_id FROM members WHERE id = $1")
-        .bind(new.deceased_member_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let member_tier = sqlx::query_scalar!(
+        "SELECT tier_id FROM members WHERE id = $1",
+        new.deceased_member_id,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     match member_tier {
         None => Err(CreateCycleError::MemberNotFound {
             member_id: new.deceased_member_id,

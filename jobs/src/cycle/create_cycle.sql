@@ -16,4 +16,4 @@ SELECT n.id, 'CYC-' || lpad(n.id::text, 6, '0'), $1, $2, $3, $4, $5, $6,
        now() + make_interval(days => $6), (SELECT coalesce(max(id), 0) FROM members), $7
 FROM new_cycle n
 ON CONFLICT DO NOTHING
-RETURNING id, code, status
+RETURNING id AS "id: CycleId", code, status AS "status: CycleStatus"

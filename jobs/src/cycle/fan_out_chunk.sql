@@ -63,7 +63,7 @@ progressed AS (
       AND EXISTS (SELECT 1 FROM batch)
     RETURNING cc.processed
 )
-SELECT EXISTS (SELECT 1 FROM cycle) AS live,
-       (SELECT count(*) FROM batch) AS scanned,
-       (SELECT count(*) FROM inserted) AS inserted,
-       coalesce((SELECT processed FROM progressed), 0) AS processed
+SELECT EXISTS (SELECT 1 FROM cycle) AS "live!",
+       (SELECT count(*) FROM batch) AS "scanned!",
+       (SELECT count(*) FROM inserted) AS "inserted!",
+       coalesce((SELECT processed FROM progressed), 0) AS "processed!"

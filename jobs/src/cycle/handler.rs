@@ -45,17 +45,17 @@ pub async fn handle(
 
 async fn fan_out(pool: &PgPool, config: &CycleConfig, id: CycleId) -> Result<(), CycleError> {
     let db = CycleError::database;
-    sqlx::query(include_str!("start_fan_out.sql"))
-        .bind(id)
+    sqlx::query_file!("src/cycle/start_fan_out.sql", id.0)
         .execute(pool)
         .await
         .map_err(db(id))?;
-    let status: Option<CycleStatus> =
-        sqlx::query_scalar("SELECT status FROM contribution_cycles WHERE id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await
-            .map_err(db(id))?;
+    let status = sqlx::query_scalar!(
+        "SELECT status AS \"status: CycleStatus\" FROM contribution_cycles WHERE id = $1",
+        id.0,
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(db(id))?;
     match status {
         None => return Err(CycleError::NotFound { id }),
         Some(CycleStatus::Initializing) => {}
@@ -68,22 +68,24 @@ async fn fan_out(pool: &PgPool, config: &CycleConfig, id: CycleId) -> Result<(),
     let started = Instant::now();
     let mut chunks = 0u64;
     loop {
-        let (live, scanned, inserted, processed): (bool, i64, i64, i64) =
-            sqlx::query_as(include_str!("fan_out_chunk.sql"))
-                .bind(id)
-                .bind(config.chunk_size)
-                .fetch_one(pool)
-                .await
-                .map_err(db(id))?;
-        if !live {
+        let chunk = sqlx::query_file!("src/cycle/fan_out_chunk.sql", id.0, config.chunk_size)
+            .fetch_one(pool)
+            .await
+            .map_err(db(id))?;
+        if !chunk.live {
             tracing::info!("cycle settled by another run");
             return Ok(());
         }
-        if scanned == 0 {
+        if chunk.scanned == 0 {
             break;
         }
         chunks += 1;
-        tracing::debug!(scanned, inserted, processed, "chunk committed");
+        tracing::debug!(
+            scanned = chunk.scanned,
+            inserted = chunk.inserted,
+            processed = chunk.processed,
+            "chunk committed"
+        );
     }
     activate(pool, id).await?;
     tracing::info!(
@@ -95,7 +97,6 @@ async fn fan_out(pool: &PgPool, config: &CycleConfig, id: CycleId) -> Result<(),
 }
 
 /// The cycle row as activation needs it.
-#[derive(sqlx::FromRow)]
 struct Settling {
     status: CycleStatus,
     code: String,
@@ -112,11 +113,13 @@ struct Settling {
 async fn activate(pool: &PgPool, id: CycleId) -> Result<(), CycleError> {
     let db = CycleError::database;
     let mut tx = pool.begin().await.map_err(db(id))?;
-    let cycle: Settling = sqlx::query_as(
-        "SELECT status, code, claim_reference, tier_id, amount_minor, currency, processed, deadline \
+    let cycle = sqlx::query_as!(
+        Settling,
+        "SELECT status AS \"status: CycleStatus\", code, claim_reference, tier_id, amount_minor, \
+                currency, processed, deadline \
          FROM contribution_cycles WHERE id = $1 FOR UPDATE",
+        id.0,
     )
-    .bind(id)
     .fetch_optional(&mut *tx)
     .await
     .map_err(db(id))?
@@ -133,23 +136,23 @@ async fn activate(pool: &PgPool, id: CycleId) -> Result<(), CycleError> {
                 members: cycle.processed,
                 amount_minor: cycle.amount_minor,
             })?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE contribution_cycles \
          SET status = 'Active', total = processed, target_minor = $2, activated_at = now(), \
              updated_at = now() \
          WHERE id = $1",
+        id.0,
+        target,
     )
-    .bind(id)
-    .bind(target)
     .execute(&mut *tx)
     .await
     .map_err(db(id))?;
 
-    let agents: Vec<(String, i64, i64)> = sqlx::query_as(
+    let agents = sqlx::query!(
         "SELECT agent_id, members, amount_minor FROM contribution_cycle_agents \
          WHERE cycle_id = $1 ORDER BY agent_id",
+        id.0,
     )
-    .bind(id)
     .fetch_all(&mut *tx)
     .await
     .map_err(db(id))?;
@@ -160,21 +163,21 @@ async fn activate(pool: &PgPool, id: CycleId) -> Result<(), CycleError> {
         })?;
     let jobs: Vec<_> = agents
         .into_iter()
-        .map(|(agent_id, members, amount_minor)| {
+        .map(|agent| {
             AgentSummaryJob {
                 cycle_id: id,
                 cycle_code: cycle.code.clone(),
                 claim_reference: cycle.claim_reference.clone(),
                 tier_id: cycle.tier_id,
-                agent_id,
-                members,
+                agent_id: agent.agent_id,
+                members: agent.members,
                 contribution: Money {
                     currency,
                     value_minor: cycle.amount_minor,
                 },
                 total: Money {
                     currency,
-                    value_minor: amount_minor,
+                    value_minor: agent.amount_minor,
                 },
                 deadline: cycle.deadline,
             }
@@ -194,13 +197,13 @@ async fn activate(pool: &PgPool, id: CycleId) -> Result<(), CycleError> {
 }
 
 async fn mark_failed(pool: &PgPool, id: CycleId, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE contribution_cycles \
          SET status = 'Failed', error = $2, failed_at = now(), updated_at = now() \
          WHERE id = $1 AND status = 'Initializing'",
+        id.0,
+        reason,
     )
-    .bind(id)
-    .bind(reason)
     .execute(pool)
     .await?;
     Ok(())

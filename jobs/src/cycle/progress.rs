@@ -25,7 +25,6 @@ pub struct CycleProgress {
     pub error: Option<String>,
 }
 
-#[derive(sqlx::FromRow)]
 struct Row {
     id: CycleId,
     code: String,
@@ -42,11 +41,13 @@ pub async fn fetch_progress(
     pool: &PgPool,
     id: CycleId,
 ) -> Result<Option<CycleProgress>, sqlx::Error> {
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT id, code, status, total, processed, error, started_at, now() AS now \
+    let row = sqlx::query_as!(
+        Row,
+        "SELECT id AS \"id: CycleId\", code, status AS \"status: CycleStatus\", total, \
+                processed, error, started_at, now() AS \"now!\" \
          FROM contribution_cycles WHERE id = $1",
+        id.0,
     )
-    .bind(id)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(Row::into_progress))

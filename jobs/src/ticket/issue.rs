@@ -428,28 +428,24 @@ async fn lock_payment_codes(
     }
     codes.sort_unstable();
     codes.dedup();
-    type Row = (String, String, Option<String>, i32, i32, String, bool);
-    let rows: Vec<Row> = sqlx::query_as(include_str!("lock_payment_codes.sql"))
-        .bind(&codes)
+    let rows = sqlx::query_file!("src/ticket/lock_payment_codes.sql", &codes as &[&str])
         .fetch_all(&mut *conn)
         .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(code, company_id, route_id, usage_limit, used_count, status, expired)| {
-                (
-                    code,
-                    CodeRow {
-                        company_id,
-                        route_id,
-                        usage_limit,
-                        used_count,
-                        status,
-                        expired,
-                    },
-                )
-            },
-        )
+        .map(|row| {
+            (
+                row.code,
+                CodeRow {
+                    company_id: row.company_id,
+                    route_id: row.route_id,
+                    usage_limit: row.usage_limit,
+                    used_count: row.used_count,
+                    status: row.status,
+                    expired: row.expired,
+                },
+            )
+        })
         .collect())
 }
 
@@ -460,19 +456,14 @@ async fn look_up_batch(
     let payment_ids: Vec<&str> = tickets.iter().map(|t| t.payment_id.as_str()).collect();
     let company_ids: Vec<&str> = tickets.iter().map(|t| t.company_id.as_str()).collect();
     let route_ids: Vec<&str> = tickets.iter().map(|t| t.route_id.as_str()).collect();
-    type Row = (
-        i64,
-        Option<String>,
-        Option<i32>,
-        Option<String>,
-        Option<i64>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(include_str!("look_up_batch.sql"))
-        .bind(&payment_ids)
-        .bind(&company_ids)
-        .bind(&route_ids)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = sqlx::query_file!(
+        "src/ticket/look_up_batch.sql",
+        &payment_ids as &[&str],
+        &company_ids as &[&str],
+        &route_ids as &[&str],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     if rows.len() != tickets.len() {
         return Err(sqlx::Error::Protocol(format!(
             "look_up_batch returned {} rows for {} tickets",
@@ -482,14 +473,12 @@ async fn look_up_batch(
     }
     Ok(rows
         .into_iter()
-        .map(
-            |(_, company_currency, commission_bps, route_company_id, ticket_id)| Found {
-                company_currency,
-                commission_bps,
-                route_company_id,
-                ticket_id,
-            },
-        )
+        .map(|row| Found {
+            company_currency: row.currency,
+            commission_bps: row.commission_bps,
+            route_company_id: row.route_company_id,
+            ticket_id: row.ticket_id,
+        })
         .collect())
 }
 
@@ -527,22 +516,24 @@ async fn insert_tickets(
         currencies.push(t.amount.currency.as_str());
         references.push(t.financial_transaction_reference.as_deref());
     }
-    let rows: Vec<(i64, String)> = sqlx::query_as(include_str!("insert_tickets.sql"))
-        .bind(&payment_ids)
-        .bind(&event_ids)
-        .bind(&company_ids)
-        .bind(&route_ids)
-        .bind(&codes)
-        .bind(&phones)
-        .bind(&amounts)
-        .bind(&commissions)
-        .bind(&currencies)
-        .bind(&references)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = sqlx::query_file!(
+        "src/ticket/insert_tickets.sql",
+        &payment_ids as &[&str],
+        &event_ids as &[&str],
+        &company_ids as &[&str],
+        &route_ids as &[&str],
+        &codes as &[Option<&str>],
+        &phones as &[&str],
+        &amounts,
+        &commissions,
+        &currencies as &[&str],
+        &references as &[Option<&str>],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, payment)| (payment, id))
+        .map(|row| (row.payment_id, row.id))
         .collect())
 }
 
@@ -551,12 +542,16 @@ async fn find_tickets(
     conn: &mut PgConnection,
     payment_ids: &[&str],
 ) -> Result<HashMap<String, i64>, sqlx::Error> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT payment_id, id FROM tickets WHERE payment_id = ANY($1::text[])")
-            .bind(payment_ids)
-            .fetch_all(&mut *conn)
-            .await?;
-    Ok(rows.into_iter().collect())
+    let rows = sqlx::query!(
+        "SELECT payment_id, id FROM tickets WHERE payment_id = ANY($1::text[])",
+        payment_ids as &[&str],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.payment_id, row.id))
+        .collect())
 }
 
 /// Adds the inserted tickets to their codes' usage.
@@ -581,9 +576,7 @@ async fn count_code_uses(
     let mut uses: Vec<(&str, i32)> = uses.into_iter().collect();
     uses.sort_unstable();
     let (codes, counts): (Vec<&str>, Vec<i32>) = uses.into_iter().unzip();
-    sqlx::query(include_str!("count_code_uses.sql"))
-        .bind(&codes)
-        .bind(&counts)
+    sqlx::query_file!("src/ticket/count_code_uses.sql", &codes as &[&str], &counts)
         .execute(&mut *conn)
         .await?;
     Ok(())

@@ -9,8 +9,8 @@ SELECT code,
        route_id,
        usage_limit,
        used_count,
-       status::text AS status,
-       (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+       status::text AS "status!",
+       (expires_at IS NOT NULL AND expires_at <= now()) AS "expired!"
 FROM payment_codes
 WHERE code = ANY($1::text[])
 ORDER BY code

@@ -8,9 +8,9 @@
 -- statistics say: as a join, a large batch made the planner hash a sequential scan of every
 -- ticket (on statistics taken while the table was small), once per batch.
 SELECT b.ord,
-       c.currency,
-       c.commission_bps,
-       r.company_id AS route_company_id,
+       c.currency AS "currency?",
+       c.commission_bps AS "commission_bps?",
+       r.company_id AS "route_company_id?",
        (SELECT t.id FROM tickets t WHERE t.payment_id = b.payment_id) AS ticket_id
 FROM unnest($1::text[], $2::text[], $3::text[])
      WITH ORDINALITY AS b(payment_id, company_id, route_id, ord)

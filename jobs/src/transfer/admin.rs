@@ -49,22 +49,23 @@ pub async fn retry_failed_transfer(
     ticket_id: i64,
 ) -> Result<RetriedTransfer, TransferAdminError> {
     let mut tx = pool.begin().await?;
-    let row: Option<(String, i32, Option<String>)> = sqlx::query_as(
-        "SELECT status::text, generation, monime_status FROM commission_transfers \
-         WHERE ticket_id = $1 FOR UPDATE",
+    let row = sqlx::query!(
+        "SELECT status::text AS \"status!\", generation, monime_status \
+         FROM commission_transfers WHERE ticket_id = $1 FOR UPDATE",
+        ticket_id,
     )
-    .bind(ticket_id)
     .fetch_optional(&mut *tx)
-    .await?;
-    let (status, generation, monime_status) =
-        row.ok_or(TransferAdminError::NotFound { ticket_id })?;
+    .await?
+    .ok_or(TransferAdminError::NotFound { ticket_id })?;
+    let (status, generation, monime_status) = (row.status, row.generation, row.monime_status);
     let job = TransferJob { ticket_id };
     if status != "failed" {
-        let job_state: Option<String> = sqlx::query_scalar(
-            "SELECT state::text FROM jobs WHERE queue = $1 AND unique_key = $2 FOR UPDATE",
+        let job_state = sqlx::query_scalar!(
+            "SELECT state::text AS \"state!\" FROM jobs \
+             WHERE queue = $1 AND unique_key = $2 FOR UPDATE",
+            QUEUE,
+            job.unique_key(),
         )
-        .bind(QUEUE)
-        .bind(job.unique_key())
         .fetch_optional(&mut *tx)
         .await?;
         if status == "completed" {
@@ -81,27 +82,27 @@ pub async fn retry_failed_transfer(
     let new_key = monime_status.as_deref() == Some("failed");
     let generation = if new_key { generation + 1 } else { generation };
     let key = IdempotencyKey::for_ticket(ticket_id, generation);
-    sqlx::query(
+    sqlx::query!(
         "UPDATE commission_transfers SET status = 'pending', generation = $2, idempotency_key = $3, \
          monime_transfer_id = CASE WHEN $4 THEN NULL ELSE monime_transfer_id END, \
          monime_status = CASE WHEN $4 THEN NULL ELSE monime_status END, \
          failure_code = NULL, polls = 0, updated_at = now(), status_changed_at = now() \
          WHERE ticket_id = $1",
+        ticket_id,
+        generation,
+        key.as_str(),
+        new_key,
     )
-    .bind(ticket_id)
-    .bind(generation)
-    .bind(key.as_str())
-    .bind(new_key)
     .execute(&mut *tx)
     .await?;
-    let revived: Option<i64> = sqlx::query_scalar(
+    let revived = sqlx::query_scalar!(
         "UPDATE jobs SET state = 'available', attempt = 0, run_at = now(), finished_at = NULL, \
          updated_at = now() \
          WHERE queue = $1 AND unique_key = $2 AND state IN ('failed', 'cancelled', 'completed') \
          RETURNING id",
+        QUEUE,
+        job.unique_key(),
     )
-    .bind(QUEUE)
-    .bind(job.unique_key())
     .fetch_optional(&mut *tx)
     .await?;
     let job_id = match revived {

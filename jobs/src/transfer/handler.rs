@@ -183,10 +183,12 @@ async fn pace(
         Some(s) if s > 0.001 => return Ok(Some(Duration::from_secs_f64(s))),
         // Its slot has come: use it, once.
         Some(_) => {
-            sqlx::query("UPDATE commission_transfers SET call_not_before = NULL WHERE id = $1")
-                .bind(row.id)
-                .execute(&ctx.status_pool)
-                .await?;
+            sqlx::query!(
+                "UPDATE commission_transfers SET call_not_before = NULL WHERE id = $1",
+                row.id,
+            )
+            .execute(&ctx.status_pool)
+            .await?;
             return Ok(None);
         }
         None => {}
@@ -194,12 +196,12 @@ async fn pace(
     let Some(wait) = limit.reserve().await? else {
         return Ok(None);
     };
-    sqlx::query(
+    sqlx::query!(
         "UPDATE commission_transfers \
          SET call_not_before = now() + $2 * interval '1 second', updated_at = now() WHERE id = $1",
+        row.id,
+        wait.as_secs_f64(),
     )
-    .bind(row.id)
-    .bind(wait.as_secs_f64())
     .execute(&ctx.pool)
     .await?;
     Ok(Some(wait))
@@ -266,17 +268,17 @@ async fn on_answer(
                 code: code.clone(),
                 message,
             };
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE commission_transfers SET status = 'failed', monime_transfer_id = $2, \
                  monime_status = 'failed', failure_code = $3, last_error = $4, updated_at = now(), \
                  status_changed_at = now() \
                  WHERE id = $1 AND idempotency_key = $5 AND status IN ('pending', 'processing')",
+                row.id,
+                &transfer.id,
+                &code,
+                error.to_string(),
+                row.key.as_str(),
             )
-            .bind(row.id)
-            .bind(&transfer.id)
-            .bind(&code)
-            .bind(error.to_string())
-            .bind(row.key.as_str())
             .execute(&ctx.pool)
             .await
             .map_err(db)?;
@@ -295,26 +297,26 @@ async fn record_transient(
     if last_attempt {
         // Out of retries: the row waits for an operator. Monime may or may not have the
         // transfer, so an operator retry keeps the same key (see `retry_failed_transfer`).
-        sqlx::query(
+        sqlx::query!(
             "UPDATE commission_transfers SET status = 'failed', failure_code = 'retries_exhausted', \
              retry_count = retry_count + 1, last_error = $2, updated_at = now(), \
              status_changed_at = now() \
              WHERE id = $1 AND idempotency_key = $3 AND status IN ('pending', 'processing')",
+            row.id,
+            format!("no retries left: {text}"),
+            row.key.as_str(),
         )
-        .bind(row.id)
-        .bind(format!("no retries left: {text}"))
-        .bind(row.key.as_str())
         .execute(pool)
         .await?;
     } else {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE commission_transfers SET retry_count = retry_count + 1, last_error = $2, \
              updated_at = now() \
              WHERE id = $1 AND idempotency_key = $3 AND status IN ('pending', 'processing')",
+            row.id,
+            text,
+            row.key.as_str(),
         )
-        .bind(row.id)
-        .bind(text)
-        .bind(row.key.as_str())
         .execute(pool)
         .await?;
     }
@@ -328,16 +330,16 @@ async fn record_failed(
     code: &str,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE commission_transfers SET status = 'failed', monime_status = $2, failure_code = $3, \
          last_error = $4, updated_at = now(), status_changed_at = now() \
          WHERE id = $1 AND idempotency_key = $5 AND status IN ('pending', 'processing')",
+        row.id,
+        monime_status,
+        code,
+        reason,
+        row.key.as_str(),
     )
-    .bind(row.id)
-    .bind(monime_status)
-    .bind(code)
-    .bind(reason)
-    .bind(row.key.as_str())
     .execute(pool)
     .await?;
     Ok(())

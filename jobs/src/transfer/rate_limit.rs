@@ -49,12 +49,14 @@ impl GlobalRateLimit {
     /// after `wait` (the caller keeps it: it must not reserve again for that call).
     pub async fn reserve(&self) -> Result<Option<Duration>, sqlx::Error> {
         let per_second = self.config.per_second.max(1e-6);
-        let wait_s: f64 = sqlx::query_scalar(include_str!("reserve_rate_slot.sql"))
-            .bind(&self.name)
-            .bind(1.0 / per_second)
-            .bind((self.config.burst - 1.0).max(0.0) / per_second)
-            .fetch_one(&self.pool)
-            .await?;
+        let wait_s = sqlx::query_file_scalar!(
+            "src/transfer/reserve_rate_slot.sql",
+            &self.name,
+            1.0 / per_second,
+            (self.config.burst - 1.0).max(0.0) / per_second,
+        )
+        .fetch_one(&self.pool)
+        .await?;
         if wait_s <= 0.0 {
             return Ok(None);
         }

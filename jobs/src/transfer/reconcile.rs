@@ -73,7 +73,7 @@ impl ReconcileReport {
     }
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct ToCheck {
     ticket_id: i64,
     monime_transfer_id: String,
@@ -88,39 +88,44 @@ pub async fn reconcile(
     config: ReconcileConfig,
 ) -> Result<ReconcileReport, sqlx::Error> {
     let stuck_s = config.stuck_after.as_secs_f64();
-    let missing: Vec<MissingTransfer> = sqlx::query_as(
+    let missing = sqlx::query_as!(
+        MissingTransfer,
         "SELECT t.id AS ticket_id, t.company_id, ct.status::text AS status, ct.last_error \
          FROM tickets t LEFT JOIN commission_transfers ct ON ct.ticket_id = t.id \
          WHERE t.commission_minor > 0 AND t.status = 'issued' \
            AND t.created_at < now() - $1 * interval '1 second' \
            AND (ct.id IS NULL OR ct.status <> 'completed') \
          ORDER BY t.id LIMIT $2",
+        stuck_s,
+        LIST_LIMIT,
     )
-    .bind(stuck_s)
-    .bind(LIST_LIMIT)
     .fetch_all(pool)
     .await?;
-    let stuck: Vec<StuckTransfer> = sqlx::query_as(
-        "SELECT ticket_id, status::text AS status, \
-                floor(extract(epoch FROM now() - status_changed_at))::bigint AS stuck_for_s, last_error \
+    let stuck = sqlx::query_as!(
+        StuckTransfer,
+        "SELECT ticket_id, status::text AS \"status!\", \
+                floor(extract(epoch FROM now() - status_changed_at))::bigint AS \"stuck_for_s!\", \
+                last_error \
          FROM commission_transfers \
          WHERE status IN ('pending', 'processing') \
            AND status_changed_at < now() - $1 * interval '1 second' \
          ORDER BY status_changed_at LIMIT $2",
+        stuck_s,
+        LIST_LIMIT,
     )
-    .bind(stuck_s)
-    .bind(LIST_LIMIT)
     .fetch_all(pool)
     .await?;
-    let to_check: Vec<ToCheck> = sqlx::query_as(
-        "SELECT ticket_id, monime_transfer_id, status::text AS status, amount_minor, currency \
+    let to_check = sqlx::query_as!(
+        ToCheck,
+        "SELECT ticket_id, monime_transfer_id AS \"monime_transfer_id!\", \
+                status::text AS \"status!\", amount_minor, currency \
          FROM commission_transfers \
          WHERE monime_transfer_id IS NOT NULL \
            AND (status IN ('pending', 'processing') \
                 OR (status = 'completed' AND completed_at > now() - $1 * interval '1 second')) \
          ORDER BY ticket_id",
+        config.recent.as_secs_f64(),
     )
-    .bind(config.recent.as_secs_f64())
     .fetch_all(pool)
     .await?;
     let checked = to_check.len();

@@ -11,3 +11,4 @@ SET next_at = greatest(b.next_at, clock_timestamp() - make_interval(secs => $3))
               + make_interval(secs => $2),
     updated_at = clock_timestamp()
 RETURNING extract(epoch FROM b.next_at - make_interval(secs => $2) - clock_timestamp())::float8
+          AS "wait_s!"

@@ -63,7 +63,7 @@ pub struct TransferRow {
     pub slot_in_s: Option<f64>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct Loaded {
     ticket_id: i64,
     company_id: String,
@@ -180,8 +180,7 @@ impl TransferStore {
 }
 
 async fn load_many(pool: &PgPool, tickets: &[i64]) -> Result<HashMap<i64, Loaded>, sqlx::Error> {
-    let loaded: Vec<Loaded> = sqlx::query_as(include_str!("load_transfers.sql"))
-        .bind(tickets)
+    let loaded = sqlx::query_file_as!(Loaded, "src/transfer/load_transfers.sql", tickets)
         .fetch_all(pool)
         .await?;
     Ok(loaded.into_iter().map(|l| (l.ticket_id, l)).collect())
@@ -331,18 +330,20 @@ async fn insert_many(
     rows: &[NewRow],
 ) -> Result<HashMap<i64, i64>, sqlx::Error> {
     let column = |f: fn(&NewRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
-    let inserted: Vec<(i64, i64)> = sqlx::query_as(include_str!("insert_transfers.sql"))
-        .bind(rows.iter().map(|r| r.ticket_id).collect::<Vec<_>>())
-        .bind(column(|r| r.company_id.clone()))
-        .bind(column(|r| r.source_account_id.clone()))
-        .bind(rows.iter().map(|r| r.amount_minor).collect::<Vec<_>>())
-        .bind(column(|r| r.currency.clone()))
-        .bind(column(|r| r.key.as_str().to_owned()))
-        .bind(column(|r| r.body.clone()))
-        .bind(platform_account_id)
-        .fetch_all(pool)
-        .await?;
-    Ok(inserted.into_iter().collect())
+    let inserted = sqlx::query_file!(
+        "src/transfer/insert_transfers.sql",
+        &rows.iter().map(|r| r.ticket_id).collect::<Vec<_>>(),
+        &column(|r| r.company_id.clone()),
+        &column(|r| r.source_account_id.clone()),
+        &rows.iter().map(|r| r.amount_minor).collect::<Vec<_>>(),
+        &column(|r| r.currency.clone()),
+        &column(|r| r.key.as_str().to_owned()),
+        &column(|r| r.body.clone()),
+        platform_account_id,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(inserted.into_iter().map(|r| (r.ticket_id, r.id)).collect())
 }
 
 fn row_of(loaded: &Loaded) -> Option<TransferRow> {
@@ -397,31 +398,34 @@ fn answer_columns(mut answers: Vec<Answer>) -> (Vec<i64>, Vec<String>, Vec<Strin
 async fn record_completed_many(pool: &PgPool, answers: Vec<Answer>) -> Vec<Shared<()>> {
     let n = answers.len();
     let (ids, monime_ids, _, keys) = answer_columns(answers);
-    let result = sqlx::query(include_str!("record_completed.sql"))
-        .bind(ids)
-        .bind(monime_ids)
-        .bind(keys)
-        .execute(pool)
-        .await
-        .map(|_| ())
-        .map_err(Arc::new);
+    let result = sqlx::query_file!(
+        "src/transfer/record_completed.sql",
+        &ids,
+        &monime_ids,
+        &keys,
+    )
+    .execute(pool)
+    .await
+    .map(|_| ())
+    .map_err(Arc::new);
     vec![result; n]
 }
 
 async fn record_unfinished_many(pool: &PgPool, answers: Vec<Answer>) -> Vec<Shared<Option<i32>>> {
     let order: Vec<i64> = answers.iter().map(|a| a.row_id).collect();
     let (ids, monime_ids, statuses, keys) = answer_columns(answers);
-    let polled: Result<Vec<(i64, i32)>, sqlx::Error> =
-        sqlx::query_as(include_str!("record_unfinished.sql"))
-            .bind(ids)
-            .bind(monime_ids)
-            .bind(statuses)
-            .bind(keys)
-            .fetch_all(pool)
-            .await;
+    let polled = sqlx::query_file!(
+        "src/transfer/record_unfinished.sql",
+        &ids,
+        &monime_ids,
+        &statuses,
+        &keys,
+    )
+    .fetch_all(pool)
+    .await;
     match polled {
         Ok(polled) => {
-            let polls: HashMap<i64, i32> = polled.into_iter().collect();
+            let polls: HashMap<i64, i32> = polled.into_iter().map(|r| (r.id, r.polls)).collect();
             order.iter().map(|id| Ok(polls.get(id).copied())).collect()
         }
         Err(e) => {

@@ -116,17 +116,29 @@ fn help_never_prints_secrets_from_the_environment() {
     for binary in [env!("CARGO_BIN_EXE_worker"), env!("CARGO_BIN_EXE_enqueuer")] {
         let output = std::process::Command::new(binary)
             .arg("--help")
-            .env("DATABASE_URL", format!("postgres://poda:{secret}@db.example/poda"))
+            .env(
+                "DATABASE_URL",
+                format!("postgres://poda:{secret}@db.example/poda"),
+            )
             .env("ADMIN_TOKEN", secret)
             .env("MONIME_WEBHOOK_SECRETS", secret)
             .env("MONIME_API_TOKEN", secret)
-            .env("MONIME_API_URL", format!("https://user:{secret}@monime.example"))
-            .env("NOTIFICATIONS_URL", format!("https://user:{secret}@hooks.example"))
+            .env(
+                "MONIME_API_URL",
+                format!("https://user:{secret}@monime.example"),
+            )
+            .env(
+                "NOTIFICATIONS_URL",
+                format!("https://user:{secret}@hooks.example"),
+            )
             .output()
             .expect("running --help");
         assert!(output.status.success(), "{binary} --help failed");
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(text.contains("DATABASE_URL"), "{binary} --help: {text}");
-        assert!(!text.contains(secret), "{binary} --help printed a secret: {text}");
+        assert!(
+            !text.contains(secret),
+            "{binary} --help printed a secret: {text}"
+        );
     }
 }

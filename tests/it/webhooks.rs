@@ -509,8 +509,11 @@ async fn a_delivery_the_database_cannot_store_fails_alone_not_its_batch() {
     for i in 0..10 {
         let app = app.clone();
         sends.push(tokio::spawn(async move {
-            app.post_event(&payment_completed(&format!("evt-ok-{i}"), &format!("pay-ok-{i}")))
-                .await
+            app.post_event(&payment_completed(
+                &format!("evt-ok-{i}"),
+                &format!("pay-ok-{i}"),
+            ))
+            .await
         }));
     }
     let bad = [
@@ -530,5 +533,9 @@ async fn a_delivery_the_database_cannot_store_fails_alone_not_its_batch() {
         let reply = send.await.unwrap();
         assert_eq!(reply.status, 400, "{reply:?}");
     }
-    assert_eq!(app.counts().await, (10, 10), "every good delivery is recorded, no bad one");
+    assert_eq!(
+        app.counts().await,
+        (10, 10),
+        "every good delivery is recorded, no bad one"
+    );
 }

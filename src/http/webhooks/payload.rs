@@ -195,7 +195,11 @@ fn check_jsonb_escapes(body: &[u8]) -> Result<(), PayloadError> {
         let digits = body.get(at..at + 4)?;
         u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
     };
-    let refuse = |what: &str| Err(PayloadError::Syntax(format!("body contains {what}, which cannot be stored")));
+    let refuse = |what: &str| {
+        Err(PayloadError::Syntax(format!(
+            "body contains {what}, which cannot be stored"
+        )))
+    };
     let mut i = 0;
     while i < body.len() {
         if body[i] != b'\\' {
@@ -256,7 +260,10 @@ mod tests {
         ];
         for body in refused {
             assert!(
-                matches!(check_jsonb_escapes(body.as_bytes()), Err(PayloadError::Syntax(_))),
+                matches!(
+                    check_jsonb_escapes(body.as_bytes()),
+                    Err(PayloadError::Syntax(_))
+                ),
                 "{body}"
             );
         }
@@ -272,14 +279,22 @@ mod tests {
     #[test]
     fn a_lone_surrogate_in_a_skipped_field_is_a_bad_request() {
         let mut body = payload_with_extra(r#""\ud800""#);
-        assert!(matches!(WebhookEvent::parse(&body), Err(PayloadError::Syntax(_))));
+        assert!(matches!(
+            WebhookEvent::parse(&body),
+            Err(PayloadError::Syntax(_))
+        ));
         body = payload_with_extra(r#""fine""#);
         assert!(WebhookEvent::parse(&body).is_ok());
     }
 
     fn payload_with_extra(value: &str) -> Vec<u8> {
-        let body = String::from_utf8(payment(good_metadata(), json!({"currency": "SLE", "value": 5}))).unwrap();
-        body.replacen('{', &format!("{{\"extra\": {value}, "), 1).into_bytes()
+        let body = String::from_utf8(payment(
+            good_metadata(),
+            json!({"currency": "SLE", "value": 5}),
+        ))
+        .unwrap();
+        body.replacen('{', &format!("{{\"extra\": {value}, "), 1)
+            .into_bytes()
     }
 
     #[test]

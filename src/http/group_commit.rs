@@ -214,17 +214,17 @@ pub async fn write_batch(
     }
 
     let mut tx = pool.begin().await?;
-    let inserted: Vec<String> = sqlx::query_scalar(
+    let inserted: Vec<String> = sqlx::query_scalar!(
         "INSERT INTO webhook_events (event_id, event_name, payment_id, payload) \
          SELECT e, n, p, b::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
              AS t(e, n, p, b) \
          ON CONFLICT (event_id) DO NOTHING \
          RETURNING event_id",
+        &event_ids as &[&str],
+        &names as &[&str],
+        &payment_ids as &[Option<&str>],
+        &payloads as &[&str],
     )
-    .bind(&event_ids)
-    .bind(&names)
-    .bind(&payment_ids)
-    .bind(&payloads)
     .fetch_all(&mut *tx)
     .await?;
     let inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
@@ -252,12 +252,12 @@ pub async fn write_batch(
     if !job_of_event.is_empty() {
         let (ids, jobs): (Vec<&str>, Vec<i64>) =
             job_of_event.iter().map(|(e, j)| (*e, j.0)).unzip();
-        sqlx::query(
+        sqlx::query!(
             "UPDATE webhook_events w SET job_id = t.j \
              FROM unnest($1::text[], $2::bigint[]) AS t(e, j) WHERE w.event_id = t.e",
+            &ids as &[&str],
+            &jobs,
         )
-        .bind(&ids)
-        .bind(&jobs)
         .execute(&mut *tx)
         .await?;
     }
@@ -269,13 +269,14 @@ pub async fn write_batch(
         .copied()
         .collect();
     if !earlier.is_empty() {
-        let found: Vec<(String, Option<i64>)> = sqlx::query_as(
+        let found = sqlx::query!(
             "SELECT event_id, job_id FROM webhook_events WHERE event_id = ANY($1::text[])",
+            &earlier as &[&str],
         )
-        .bind(&earlier)
         .fetch_all(&mut *tx)
         .await?;
-        let found: HashMap<String, Option<i64>> = found.into_iter().collect();
+        let found: HashMap<String, Option<i64>> =
+            found.into_iter().map(|r| (r.event_id, r.job_id)).collect();
         for e in earlier {
             if let Some(Some(job)) = found.get(e) {
                 job_of_event.insert(e, JobId(*job));

@@ -12,6 +12,8 @@ use poda_jobs::transfer::reconcile::ReconcileConfig;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Fail points named by FAILPOINTS, in builds with the `failpoints` feature (tests).
+    let _failpoints = fail::FailScenario::setup();
     let _ = dotenvy::dotenv();
     let cli = WorkerCli::parse();
     telemetry::init(cli.common.log_format);
@@ -30,7 +32,7 @@ async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
         let handlers = cli
             .common
             .database(options.handler_connections())
-            .connect()
+            .connect_handlers()
             .await?;
         ops::ensure_schema(&handlers, cli.run.migrate).await?;
         let engine = cli
@@ -38,10 +40,7 @@ async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
             .database(options.engine_connections())
             .connect_async_commit()
             .await?;
-        if let Some(addr) = cli.run.metrics_addr {
-            poda::worker::serve_metrics(addr).context("starting the metrics endpoint")?;
-        }
-        run_workers(handlers, engine, options, shutdown::on_signal()).await?;
+        run_workers(handlers, engine, options, shutdown::on_signals()).await?;
         return Ok(ExitCode::SUCCESS);
     };
     let pool = cli.common.database(2).connect().await?;

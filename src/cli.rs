@@ -132,7 +132,8 @@ pub struct RunArgs {
     /// Benchmarks: record each probe run in memory and write it to FILE at shutdown.
     #[arg(long, hide = true)]
     pub probe_tally: Option<std::path::PathBuf>,
-    /// Benchmarks: open every connection, then print `ready` on stdout.
+    /// Benchmarks and tests: open every connection, then print `metrics ADDR` (with
+    /// --metrics-addr, the address it got) and `ready` on stdout.
     #[arg(long, hide = true)]
     pub announce_ready: bool,
     /// Contribution-cycle fan-out: members per chunk (one INSERT … SELECT and one commit each).

@@ -104,6 +104,14 @@ impl DatabaseSettings {
         self.connect_with(options).await
     }
 
+    /// A pool for job handlers, whose sessions cannot hang: a statement, a lock wait and an
+    /// idle transaction are bounded, and the server probes the connection so that a client
+    /// that vanished does not hold its locks (see [`handler_options`]).
+    pub async fn connect_handlers(&self) -> Result<PgPool, ConfigError> {
+        let options = handler_options(self.connect_options()?);
+        self.connect_with(options).await
+    }
+
     async fn connect_with(&self, options: PgConnectOptions) -> Result<PgPool, ConfigError> {
         PgPoolOptions::new()
             .max_connections(self.max_connections)
@@ -130,9 +138,31 @@ pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
 }
 
 /// [`session_options`] with commits that do not wait for the WAL flush, for the engine's own
-/// writes (see [`DatabaseSettings::connect_async_commit`]).
+/// writes (see [`DatabaseSettings::connect_async_commit`]). Its statements are bounded too:
+/// the engine's loops also bound each call on the client side.
 pub fn async_commit_options(options: PgConnectOptions) -> PgConnectOptions {
-    session_options(options).options([("synchronous_commit", "off")])
+    keepalive_options(session_options(options))
+        .options([("synchronous_commit", "off"), ("statement_timeout", "30s")])
+}
+
+/// [`session_options`] for job handlers: a handler's statement, lock wait or idle transaction
+/// cannot outlast these, whatever the handler does (its run timeout bounds it on the client).
+pub fn handler_options(options: PgConnectOptions) -> PgConnectOptions {
+    keepalive_options(session_options(options)).options([
+        ("statement_timeout", "60s"),
+        ("lock_timeout", "30s"),
+        ("idle_in_transaction_session_timeout", "60s"),
+    ])
+}
+
+/// TCP keepalives from the server: a session whose client vanished without closing its
+/// connection (a half-open connection) ends within about a minute, with its locks.
+fn keepalive_options(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([
+        ("tcp_keepalives_idle", "30"),
+        ("tcp_keepalives_interval", "10"),
+        ("tcp_keepalives_count", "3"),
+    ])
 }
 
 /// Parses `30s`, `5m`, `7d`, `2h`, `250ms` or bare seconds.

@@ -12,3 +12,4 @@ pub mod shutdown;
 pub mod tally;
 pub mod telemetry;
 pub mod worker;
+pub mod worker_endpoint;

@@ -16,7 +16,7 @@ use poda_jobs::cycle::{self, CycleConfig, CycleJob};
 use poda_jobs::engine::metrics::DEFAULT_GAUGE_INTERVAL;
 use poda_jobs::engine::{
     batch_worker, BackendSettings, BatchSettings, Engine, EngineConfig, JobError, JobMeta,
-    MaintainerConfig, Outcome, PgBackend, PrunerConfig, RescuerConfig,
+    MaintainerConfig, Outcome, PgBackend, PrunerConfig,
 };
 use poda_jobs::notification::{self, AgentSummaryJob, Notifier, NotifierConfig};
 use poda_jobs::probe::{self, ProbeJob};
@@ -30,6 +30,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{MonimeArgs, RunArgs, TransferArgs};
+use crate::shutdown::Shutdown;
 use crate::tally::ProbeTally;
 
 /// Queues this build has handlers for.
@@ -43,6 +44,12 @@ pub const KNOWN_QUEUES: &[&str] = &[
 
 /// After the workers stop, how long the transfer store may take to write its last batches.
 const BATCHER_DRAIN: Duration = Duration::from_secs(10);
+/// Restarts of one apalis worker before the process gives up and stops.
+const MAX_WORKER_RESTARTS: usize = 3;
+/// After a second signal, how long releasing unstarted jobs and writing outcomes may take.
+const IMMEDIATE_STOP_TIME: Duration = Duration::from_secs(3);
+/// However late the workers stopped, the time the engine gets to write what is left.
+const MIN_FINAL_WRITE_TIME: Duration = Duration::from_secs(2);
 
 /// What the `commission_transfers` queue needs: Monime, and how to pace calls to it.
 #[derive(Debug, Clone)]
@@ -176,6 +183,8 @@ pub struct WorkerOptions {
     pub announce_ready: bool,
     pub cycle: CycleConfig,
     pub notifier: NotifierConfig,
+    /// Serve `/metrics` and `/healthz` here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl WorkerOptions {
@@ -207,6 +216,7 @@ impl WorkerOptions {
             notifier: NotifierConfig::default(),
             ticket_batches: ticket::batch_settings(),
             transfers: None,
+            metrics_addr: None,
         }
     }
 
@@ -284,9 +294,7 @@ impl WorkerOptions {
             bail!("--lease must be at least 1s");
         }
         let mut engine = EngineConfig::default().with_lease(args.lease);
-        engine.rescue = RescuerConfig {
-            interval: args.rescue_interval,
-        };
+        engine.rescue.interval = args.rescue_interval;
         if args.cycle_chunk_size == 0 {
             bail!("--cycle-chunk-size must be at least 1");
         }
@@ -324,6 +332,7 @@ impl WorkerOptions {
             engine_connections: args.engine_connections,
             probe_tally: args.probe_tally.clone(),
             announce_ready: args.announce_ready,
+            metrics_addr: args.metrics_addr,
             cycle: CycleConfig {
                 chunk_size: args.cycle_chunk_size as i64,
             },
@@ -366,17 +375,55 @@ impl WorkerOptions {
 }
 
 /// Runs workers for `options.queues` until `shutdown`, then stops claiming, lets running jobs
-/// finish within the grace period, releases jobs that never started and returns.
+/// finish within the grace period, releases jobs that never started and returns. A second
+/// signal (`shutdown.immediate`) cuts the grace short: what never started is released, what
+/// runs is dropped (its lease lapses and another worker runs it), and the result is an error.
+/// So is the death of one of the process's loops, which shuts the worker down: a process
+/// that no longer renews its leases or writes its outcomes must not go on claiming.
 pub async fn run_workers(
     handler_pool: PgPool,
     engine_pool: PgPool,
     options: WorkerOptions,
-    shutdown: CancellationToken,
+    shutdown: impl Into<Shutdown>,
 ) -> anyhow::Result<()> {
+    let Shutdown {
+        graceful: signalled,
+        immediate,
+    } = shutdown.into();
     let handle = Engine::start(engine_pool, options.engine.clone());
     let engine = handle.engine().clone();
     tracing::info!(queues = ?options.queues, concurrency = ?options.concurrency, owner = %engine.owner(),
         "worker started");
+    let endpoint = match options.metrics_addr {
+        Some(addr) => Some(
+            crate::worker_endpoint::serve(addr, engine.loops().clone())
+                .await
+                .context("starting the metrics and health endpoint")?,
+        ),
+        None => None,
+    };
+    // Stop at the signal, or when a loop died. Claims stop at once either way; the time
+    // running jobs get (the grace) starts then.
+    let shutdown = CancellationToken::new();
+    let shutdown_started = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
+    let broken_loop = Arc::new(std::sync::OnceLock::<Vec<String>>::new());
+    tokio::spawn({
+        let (shutdown, engine) = (shutdown.clone(), engine.clone());
+        let (started, broken_loop) = (shutdown_started.clone(), broken_loop.clone());
+        async move {
+            tokio::select! {
+                _ = signalled.cancelled() => {}
+                _ = engine.loops().broken() => {
+                    let dead = engine.loops().dead();
+                    tracing::error!(loops = ?dead, "a loop of this worker died; shutting down");
+                    let _ = broken_loop.set(dead);
+                }
+            }
+            let _ = started.set(tokio::time::Instant::now());
+            engine.stop_claiming();
+            shutdown.cancel();
+        }
+    });
     if options.announce_ready {
         let engine = engine.clone();
         let handlers = handler_pool.clone();
@@ -391,6 +438,9 @@ pub async fn run_workers(
                 tracing::warn!(error = %format!("{error:#}"), "warming the pools failed");
             }
             engine.wait_listening().await;
+            if let Some(addr) = endpoint {
+                println!("metrics {addr}");
+            }
             println!("ready");
         });
     }
@@ -422,8 +472,21 @@ pub async fn run_workers(
 
     let grace = options.shutdown_grace;
     // The grace timer starts when shutdown starts (a lazy future), not when the monitor is built.
-    let mut monitor =
-        Monitor::new().with_terminator(async move { tokio::time::sleep(grace).await });
+    // A worker whose future failed or panicked (a handler's panic is the handler's failure,
+    // caught by the engine; this is the backend or apalis itself) is restarted a few times;
+    // past that, the process stops rather than go on without that queue.
+    let loops = engine.loops().clone();
+    let mut monitor = Monitor::new()
+        .with_terminator(async move { tokio::time::sleep(grace).await })
+        .should_restart(move |worker, error| {
+            if worker.restarts() < MAX_WORKER_RESTARTS {
+                tracing::warn!(worker = %worker.name(), error = %error, "restarting a failed worker");
+                true
+            } else {
+                loops.mark_dead(format!("apalis:{}", worker.name()));
+                false
+            }
+        });
     let mut apalis_workers = 0;
     for queue in &options.queues {
         if queue == ticket::QUEUE {
@@ -435,6 +498,7 @@ pub async fn run_workers(
             concurrency: options.concurrency[queue],
             batch_size: options.batch_size,
             prefetch: options.prefetch,
+            run_timeout: run_timeout(queue),
         };
         monitor = match queue.as_str() {
             probe::QUEUE => {
@@ -494,32 +558,46 @@ pub async fn run_workers(
         };
     }
 
-    let result = if apalis_workers > 0 {
-        let signal = {
-            let shutdown = shutdown.clone();
-            async move {
-                shutdown.cancelled().await;
-                Ok(())
-            }
+    let drained = async {
+        let result = if apalis_workers > 0 {
+            let signal = {
+                let shutdown = shutdown.clone();
+                async move {
+                    shutdown.cancelled().await;
+                    Ok(())
+                }
+            };
+            monitor
+                .run_with_signal(signal)
+                .await
+                .context("running workers")
+        } else {
+            shutdown.cancelled().await;
+            Ok(())
         };
-        monitor
-            .run_with_signal(signal)
-            .await
-            .context("running workers")
-    } else {
-        shutdown.cancelled().await;
-        Ok(())
-    };
-    // Also when the monitor ended without a shutdown signal.
-    ticket_stop.cancel();
-    if let Some(mut running) = tickets {
-        // Runners finish the batch they hold; one cut off at the grace period rolls back and
-        // its jobs are free for other workers at once.
-        if tokio::time::timeout(grace, &mut running).await.is_err() {
-            running.abort();
-            tracing::warn!("ticket batches still running at the end of the grace period were rolled back; their jobs run again");
+        // Also when the monitor ended without a shutdown signal.
+        ticket_stop.cancel();
+        if let Some(runners) = &tickets {
+            // Runners finish the batch they hold; one cut off at the grace period rolls back
+            // and its jobs are free for other workers at once.
+            if tokio::time::timeout(grace, runners.join()).await.is_err() {
+                runners.abort();
+                tracing::warn!("ticket batches still running at the end of the grace period were rolled back; their jobs run again");
+            }
         }
-    }
+        result
+    };
+    let mut result = tokio::select! {
+        result = drained => result,
+        _ = immediate.cancelled() => {
+            tracing::warn!("second signal: stopping now; running jobs are dropped and run again elsewhere");
+            engine.stop_claiming();
+            if let Some(runners) = &tickets {
+                runners.abort();
+            }
+            Err(anyhow::anyhow!("stopped by a second signal before running jobs finished"))
+        }
+    };
     stores.cancel();
     if tokio::time::timeout(BATCHER_DRAIN, futures::future::join_all(store_tasks))
         .await
@@ -529,9 +607,23 @@ pub async fn run_workers(
             "the transfer store did not finish in time; unrecorded answers are asked again"
         );
     }
-    handle.shutdown().await;
+    // What is left to write gets the rest of the grace (a moment, after a second signal).
+    let now = tokio::time::Instant::now();
+    let deadline = if immediate.is_cancelled() {
+        now + IMMEDIATE_STOP_TIME
+    } else {
+        let started = shutdown_started.get().copied().unwrap_or(now);
+        (started + grace).max(now + MIN_FINAL_WRITE_TIME)
+    };
+    handle.shutdown_by(deadline).await;
     if let Some(path) = &options.probe_tally {
         tally.write_to(path)?;
+    }
+    if let Some(dead) = broken_loop.get() {
+        result = Err(anyhow::anyhow!(
+            "stopped because a loop died: {}",
+            dead.join(", ")
+        ));
     }
     tracing::info!("worker stopped");
     result
@@ -620,12 +712,13 @@ async fn run_notification(
     notification::handle(&notifier, &meta, job).await
 }
 
-/// Serves Prometheus metrics (the engine's counters and histograms) on `addr`.
-pub fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .with_context(|| format!("listening for metrics on {addr}"))?;
-    tracing::info!(%addr, "serving metrics");
-    Ok(())
+/// How long one run of `queue`'s job kind may take.
+fn run_timeout(queue: &str) -> Duration {
+    match queue {
+        cycle::QUEUE => cycle::RUN_TIMEOUT,
+        transfer::QUEUE => transfer::RUN_TIMEOUT,
+        notification::QUEUE => notification::RUN_TIMEOUT,
+        probe::QUEUE => probe::RUN_TIMEOUT,
+        _ => poda_jobs::engine::DEFAULT_RUN_TIMEOUT,
+    }
 }

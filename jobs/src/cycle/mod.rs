@@ -36,6 +36,9 @@ pub const KIND: &str = "contribution_cycle_fan_out";
 
 /// Members per chunk (one INSERT … SELECT and one commit each).
 pub const DEFAULT_CHUNK_SIZE: i64 = 20_000;
+/// How long one fan-out run may take. A run commits its progress chunk by chunk, so one cut
+/// off here resumes where it stopped (a million members take seconds).
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// Contribution periods a cycle may have, in days.
 pub const MIN_DURATION_DAYS: i32 = 1;
 pub const MAX_DURATION_DAYS: i32 = 90;

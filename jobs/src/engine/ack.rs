@@ -2,12 +2,14 @@
 //! an [`Action`](super::outcome::Action), hands it to the completer and frees the slot.
 //!
 //! It sits outside the user's middleware, so timeouts and other layer errors count as
-//! failures of the run like any handler error.
+//! failures of the run like any handler error. It also bounds every run by the queue's run
+//! timeout: a run past it is dropped (its slot freed, its connections returned) and fails
+//! as a retryable attempt, so no handler holds a job, a slot and a renewed lease forever.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use apalis_core::task::Task;
 use futures::future::BoxFuture;
@@ -24,13 +26,27 @@ use super::slots::Slots;
 pub struct AckLayer {
     completer: CompletionHandle,
     slots: Arc<Slots>,
+    run_timeout: Duration,
 }
 
 impl AckLayer {
-    pub(super) fn new(completer: CompletionHandle, slots: Arc<Slots>) -> Self {
-        AckLayer { completer, slots }
+    pub(super) fn new(
+        completer: CompletionHandle,
+        slots: Arc<Slots>,
+        run_timeout: Duration,
+    ) -> Self {
+        AckLayer {
+            completer,
+            slots,
+            run_timeout,
+        }
     }
 }
+
+/// A run that went past its queue's run timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the run took longer than its timeout of {0:?} and was stopped")]
+pub struct RunTimedOut(pub Duration);
 
 impl<S> Layer<S> for AckLayer {
     type Service = AckService<S>;
@@ -40,6 +56,7 @@ impl<S> Layer<S> for AckLayer {
             inner,
             completer: self.completer.clone(),
             slots: self.slots.clone(),
+            run_timeout: self.run_timeout,
         }
     }
 }
@@ -49,6 +66,7 @@ pub struct AckService<S> {
     inner: S,
     completer: CompletionHandle,
     slots: Arc<Slots>,
+    run_timeout: Duration,
 }
 
 impl<S, Args> Service<Task<Args>> for AckService<S>
@@ -70,14 +88,19 @@ where
         let meta = task.data().get::<JobMeta>().cloned();
         let completer = self.completer.clone();
         let slots = self.slots.clone();
+        let run_timeout = self.run_timeout;
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(task)));
         async move {
             let started = Instant::now();
             let result: Result<Result<Outcome, BoxError>, String> = match run {
-                Ok(future) => match AssertUnwindSafe(future).catch_unwind().await {
-                    Ok(result) => Ok(result.map(Into::into).map_err(Into::into)),
-                    Err(panic) => Err(panic_message(panic)),
-                },
+                Ok(future) => {
+                    let bounded = tokio::time::timeout(run_timeout, AssertUnwindSafe(future).catch_unwind());
+                    match bounded.await {
+                        Ok(Ok(result)) => Ok(result.map(Into::into).map_err(Into::into)),
+                        Ok(Err(panic)) => Err(panic_message(panic)),
+                        Err(_) => Ok(Err(Box::new(RunTimedOut(run_timeout)) as BoxError)),
+                    }
+                }
                 Err(panic) => Err(panic_message(panic)),
             };
             let Some(meta) = meta else {
@@ -92,7 +115,7 @@ where
             let sent = completer
                 .send(Completion {
                     id: meta.id,
-                    attempt: meta.attempt,
+                    token: meta.claim_token,
                     action,
                 })
                 .await;

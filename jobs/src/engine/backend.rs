@@ -4,6 +4,11 @@
 //! The backend only decides *when* to claim; claims, completions and leases are the engine's
 //! (`claim`, `complete`, `lease`). The wait between claims is event-driven: a NOTIFY for the
 //! queue, a slot freed after a full claim, or the poll interval as a fallback.
+//!
+//! A claim runs as a task of its own, tracked by the engine, and registers what it took as
+//! soon as the statement returns: a claim whose backend stops being polled (apalis stops
+//! polling while jobs run, and at shutdown) or is dropped still has its jobs held, renewed
+//! and, at shutdown, released without spending an attempt.
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -21,6 +26,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::task::JoinHandle;
 
 use super::ack::AckLayer;
 use super::claim::claim_batch;
@@ -50,7 +56,13 @@ pub struct BackendSettings {
     /// replica never holds jobs its peers could run; more trades that for fewer claims when
     /// jobs are very short.
     pub prefetch: usize,
+    /// How long one run may take; past it the run is stopped and fails as a retryable
+    /// attempt (see `ack`). Each job kind declares its own.
+    pub run_timeout: Duration,
 }
+
+/// The run timeout of a queue whose job kind does not declare one.
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub struct PgBackend<Args> {
     engine: Engine,
@@ -58,7 +70,7 @@ pub struct PgBackend<Args> {
     signal: Arc<QueueSignal>,
     slots: Arc<Slots>,
     buffer: VecDeque<ClaimedJob>,
-    claiming: Option<BoxFuture<'static, Result<Vec<ClaimedJob>, EngineError>>>,
+    claiming: Option<JoinHandle<Result<Vec<ClaimedJob>, EngineError>>>,
     claim_size: usize,
     /// The signal's generation when the last claim started.
     seen_generation: u64,
@@ -104,25 +116,68 @@ impl<Args> PgBackend<Args> {
         let queue = self.settings.queue.clone();
         self.seen_generation = self.signal.generation();
         self.claim_size = limit;
-        self.claiming = Some(
-            async move {
-                let jobs = claim_batch(
-                    engine.pool(),
-                    &queue,
-                    limit,
-                    engine.owner(),
-                    engine.config().lease,
-                    None,
-                )
-                .await?;
-                engine
-                    .registry()
-                    .hold_many(jobs.iter().map(|j| (j.id, j.attempt)));
-                super::metrics::record_claimed(&queue, jobs.len());
-                Ok(jobs)
+        self.claiming = Some(self.engine.track_claim(async move {
+            let jobs = claim_batch(
+                engine.pool(),
+                &queue,
+                limit,
+                engine.owner(),
+                engine.config().lease,
+                None,
+            )
+            .await?;
+            engine
+                .registry()
+                .hold_many(jobs.iter().map(|j| (j.id, j.token)));
+            super::metrics::record_claimed(&queue, jobs.len());
+            Ok(jobs)
+        }));
+    }
+}
+
+/// Releases claimed jobs that will never start here, without spending their attempt.
+async fn release(engine: &Engine, jobs: Vec<ClaimedJob>) -> Result<(), EngineError> {
+    if !jobs.is_empty() {
+        tracing::info!(jobs = jobs.len(), "releasing jobs that never started");
+    }
+    for job in jobs {
+        engine
+            .completer()
+            .send(Completion {
+                id: job.id,
+                token: job.token,
+                action: Action::Release,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// A backend dropped without being closed (its worker restarted after a failure) gives back
+/// what it claimed and never handed out, including a claim still on its way.
+impl<Args> Drop for PgBackend<Args> {
+    fn drop(&mut self) {
+        let unstarted: Vec<ClaimedJob> = self.buffer.drain(..).collect();
+        let claiming = self.claiming.take();
+        if unstarted.is_empty() && claiming.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let engine = self.engine.clone();
+        runtime.spawn(async move {
+            let mut unstarted = unstarted;
+            if let Some(Ok(Ok(jobs))) = match claiming {
+                Some(claim) => Some(claim.await),
+                None => None,
+            } {
+                unstarted.extend(jobs);
             }
-            .boxed(),
-        );
+            if let Err(error) = release(&engine, unstarted).await {
+                tracing::warn!(error = %error, "could not release the jobs of a dropped backend; they run again after their lease");
+            }
+        });
     }
 }
 
@@ -137,6 +192,7 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> PgBackend<Args> {
                     queue: job.queue,
                     kind: job.kind,
                     attempt: job.attempt,
+                    claim_token: job.token,
                     retry: job.retry,
                 };
                 Some(
@@ -153,7 +209,7 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> PgBackend<Args> {
                 let completer = self.engine.completer().clone();
                 let completion = Completion {
                     id: job.id,
-                    attempt: job.attempt,
+                    token: job.token,
                     action: Action::Fail {
                         error: format!(
                             "payload does not decode as {}: {error}",
@@ -185,6 +241,11 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBacke
         cx: &mut Context<'_>,
         _worker: &WorkerContext,
     ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        if self.engine.is_stopping() {
+            // Shutting down: nothing more starts and nothing more is claimed; what this
+            // backend holds is released when apalis closes it (or by the engine's shutdown).
+            return Poll::Pending;
+        }
         loop {
             // 1. Hand out what was claimed, into free slots only.
             if !self.buffer.is_empty() && self.slots.in_flight() >= self.settings.concurrency {
@@ -195,10 +256,10 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBacke
                 return Poll::Pending;
             }
             if let Some(job) = self.buffer.pop_front() {
-                let id: JobId = job.id;
+                let (id, token): (JobId, i32) = (job.id, job.token);
                 if let Some(task) = self.task_from(job) {
                     self.slots.take();
-                    self.engine.registry().mark_started(id);
+                    self.engine.registry().mark_started(id, token);
                     return Poll::Ready(Some(Ok(task)));
                 }
                 continue;
@@ -207,14 +268,19 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBacke
             if let Some(claiming) = self.claiming.as_mut() {
                 match claiming.poll_unpin(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(jobs)) => {
+                    Poll::Ready(Ok(Ok(jobs))) => {
                         self.claiming = None;
                         self.must_wait = jobs.len() < self.claim_size;
                         self.buffer.extend(jobs);
                     }
-                    Poll::Ready(Err(error)) => {
+                    Poll::Ready(Ok(Err(error))) => {
                         self.claiming = None;
                         tracing::warn!(job.queue = %self.settings.queue, error = %error, "claim failed");
+                        self.waiting = Some(tokio::time::sleep(CLAIM_ERROR_PAUSE).boxed());
+                    }
+                    Poll::Ready(Err(error)) => {
+                        self.claiming = None;
+                        tracing::error!(job.queue = %self.settings.queue, error = %error, "claim task failed");
                         self.waiting = Some(tokio::time::sleep(CLAIM_ERROR_PAUSE).boxed());
                     }
                 }
@@ -269,23 +335,11 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBacke
             self.closing = Some(
                 async move {
                     if let Some(claiming) = claiming {
-                        if let Ok(jobs) = claiming.await {
+                        if let Ok(Ok(jobs)) = claiming.await {
                             unstarted.extend(jobs);
                         }
                     }
-                    if !unstarted.is_empty() {
-                        tracing::info!(jobs = unstarted.len(), "releasing jobs that never started");
-                    }
-                    for job in unstarted {
-                        engine
-                            .completer()
-                            .send(Completion {
-                                id: job.id,
-                                attempt: job.attempt,
-                                action: Action::Release,
-                            })
-                            .await?;
-                    }
+                    release(&engine, unstarted).await?;
                     engine.completer().flush().await
                 }
                 .boxed(),
@@ -308,7 +362,11 @@ impl<Args> BackendConfig for PgBackend<Args> {
     }
 
     fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
-        AckLayer::new(self.engine.completer().clone(), self.slots.clone())
+        AckLayer::new(
+            self.engine.completer().clone(),
+            self.slots.clone(),
+            self.settings.run_timeout,
+        )
     }
 }
 

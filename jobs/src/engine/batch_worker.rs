@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, PgPool};
-use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::claim_cursor::ClaimCursor;
@@ -67,6 +66,9 @@ pub struct BatchSettings {
     pub batch_size: usize,
     /// Transactions at once.
     pub runners: usize,
+    /// How long one batch's handler may take; past it the transaction is dropped (rolled
+    /// back) and every job of the batch fails as a retryable attempt.
+    pub run_timeout: Duration,
 }
 
 impl BatchSettings {
@@ -83,6 +85,7 @@ struct LockedRow {
     kind: String,
     payload: String,
     attempt: i32,
+    claim_token: i32,
     max_attempts: i32,
     backoff_base_ms: i32,
     backoff_max_ms: i32,
@@ -96,6 +99,7 @@ impl LockedRow {
             queue: queue.to_owned(),
             kind: self.kind.clone(),
             attempt: self.attempt + 1,
+            claim_token: self.claim_token,
             retry: RetryPolicy::from_row(
                 self.max_attempts,
                 self.backoff_base_ms,
@@ -105,32 +109,56 @@ impl LockedRow {
     }
 }
 
+/// The runners of one batch queue, watched among the process's loops.
+pub struct BatchRunners {
+    engine: Engine,
+    prefix: String,
+}
+
+impl BatchRunners {
+    /// Waits until every runner has ended (after `stop`, each ends after the batch it runs).
+    pub async fn join(&self) {
+        self.engine.loops().join(&self.prefix).await
+    }
+
+    /// Aborts the runners: their transactions roll back and their jobs are free at once.
+    pub fn abort(&self) {
+        self.engine.loops().abort(&self.prefix)
+    }
+}
+
 /// Starts `settings.runners` runners of `handler` on `pool`; they stop claiming once `stop`
-/// is cancelled and end after the batch they are running. The returned task ends when all
-/// of them have; aborting it aborts them (their transactions roll back).
+/// is cancelled and end after the batch they are running.
 pub fn start<H: BatchHandler>(
     engine: &Engine,
     pool: PgPool,
     settings: BatchSettings,
     handler: H,
     stop: CancellationToken,
-) -> JoinHandle<()> {
+) -> BatchRunners {
     let handler = Arc::new(handler);
     let cursor = Arc::new(ClaimCursor::new(engine.config().poll_interval));
-    let mut runners = JoinSet::new();
-    for _ in 0..settings.runners.max(1) {
-        runners.spawn(run(
-            cursor.clone(),
-            engine.clone(),
-            pool.clone(),
-            settings.clone(),
-            handler.clone(),
-            stop.clone(),
-        ));
+    let prefix = format!("batch:{}:", settings.queue);
+    for i in 0..settings.runners.max(1) {
+        engine.loops().spawn(
+            format!("{prefix}{i}"),
+            &stop,
+            run(
+                cursor.clone(),
+                engine.clone(),
+                pool.clone(),
+                settings.clone(),
+                handler.clone(),
+                stop.clone(),
+            ),
+        );
     }
     tracing::info!(queue = %settings.queue, batch_size = settings.batch_size,
         runners = settings.runners, "batch worker started");
-    tokio::spawn(async move { while runners.join_next().await.is_some() {} })
+    BatchRunners {
+        engine: engine.clone(),
+        prefix,
+    }
 }
 
 async fn run<H: BatchHandler>(
@@ -229,13 +257,24 @@ async fn run_batch<H: BatchHandler>(
     // good whatever becomes of the batch's transaction.
     let undecodable = actions.clone();
     let started = Instant::now();
-    let results = AssertUnwindSafe(handler.run(&mut tx, &args))
-        .catch_unwind()
-        .await;
+    let results = tokio::time::timeout(
+        settings.run_timeout,
+        AssertUnwindSafe(handler.run(&mut tx, &args)).catch_unwind(),
+    )
+    .await;
     let seconds = started.elapsed().as_secs_f64();
     let results = match results {
-        Ok(results) if results.len() == args.len() => results,
-        Ok(results) => {
+        Ok(Ok(results)) if results.len() == args.len() => results,
+        Err(_) => {
+            drop(tx);
+            let error = format!(
+                "the batch took longer than its timeout of {:?} and was rolled back",
+                settings.run_timeout
+            );
+            record_failure(pool, &rows, &metas, &undecodable, &error).await;
+            return Ok(claimed);
+        }
+        Ok(Ok(results)) => {
             let error = format!(
                 "the batch handler returned {} results for {} jobs",
                 results.len(),
@@ -245,7 +284,7 @@ async fn run_batch<H: BatchHandler>(
             record_failure(pool, &rows, &metas, &undecodable, &error).await;
             return Ok(claimed);
         }
-        Err(panic) => {
+        Ok(Err(panic)) => {
             drop(tx);
             let error = format!("handler panicked: {}", panic_message(panic));
             record_failure(pool, &rows, &metas, &undecodable, &error).await;
@@ -354,12 +393,12 @@ async fn finish(
     let columns = OutcomeColumns::new(
         rows.iter()
             .zip(actions)
-            .map(|(row, action)| (row.id, row.attempt, action)),
+            .map(|(row, action)| (row.id, row.claim_token, action)),
     );
     sqlx::query_file!(
         "src/engine/finish_locked.sql",
         &columns.ids,
-        &columns.attempts,
+        &columns.tokens,
         &columns.states as &[&str],
         &columns.delays as &[Option<i64>],
         &columns.errors as &[Option<&str>],

@@ -16,6 +16,7 @@ struct ClaimedRow {
     kind: String,
     payload: serde_json::Value,
     attempt: i32,
+    claim_token: i32,
     max_attempts: i32,
     backoff_base_ms: i32,
     backoff_max_ms: i32,
@@ -55,6 +56,7 @@ pub async fn claim_batch(
             kind: r.kind,
             payload: r.payload,
             attempt: r.attempt,
+            token: r.claim_token,
             retry: RetryPolicy::from_row(r.max_attempts, r.backoff_base_ms, r.backoff_max_ms),
             owner,
         })

@@ -1,5 +1,6 @@
 -- claim_batch: move up to $2 runnable jobs of queue $1 to running under owner $3, with a
--- lease of $4 ms, in one statement.
+-- lease of $4 ms, in one statement. Each claim takes the job's next claim_token (the fence
+-- of every later write of this run).
 -- $1 queue, $2 limit, $3 owner (uuid, unique to the process), $4 lease ms, $5 now (NULL = now()).
 -- Relies on jobs_claim_idx (queue, run_at, id) WHERE state = 'available'.
 -- The `id = ANY(ARRAY(...))` shape keeps the plan an index scan plus primary-key lookups;
@@ -8,6 +9,7 @@
 UPDATE jobs
 SET state = 'running',
     attempt = attempt + 1,
+    claim_token = claim_token + 1,
     lease_owner = $3,
     lease_expires_at = coalesce($5, now()) + $4::bigint * interval '1 millisecond',
     attempted_at = now(),
@@ -23,4 +25,4 @@ WHERE id = ANY(ARRAY(
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ))
-RETURNING id, queue, kind, payload, attempt, max_attempts, backoff_base_ms, backoff_max_ms
+RETURNING id, queue, kind, payload, attempt, claim_token, max_attempts, backoff_base_ms, backoff_max_ms

@@ -8,7 +8,7 @@
 -- Relies on jobs_claim_idx (queue, run_at, id) WHERE state = 'available', which the row
 -- comparison enters at the cursor.
 -- A paused queue claims nothing.
-SELECT id, run_at, kind, payload::text AS "payload!", attempt, max_attempts, backoff_base_ms, backoff_max_ms
+SELECT id, run_at, kind, payload::text AS "payload!", attempt, claim_token, max_attempts, backoff_base_ms, backoff_max_ms
 FROM jobs
 WHERE state = 'available'
   AND queue = $1

@@ -1,16 +1,21 @@
-//! Completion: outcomes of runs are written in batches, fenced by owner and attempt.
+//! Completion: outcomes of runs are written in batches, fenced by each run's claim token.
 //!
 //! Handlers hand their outcome to a [`CompletionHandle`] and free their slot at once; one task
 //! per process gathers outcomes and writes each batch with one statement when the batch fills
 //! or a few milliseconds after its first outcome. The channel is bounded, so a database that
 //! falls behind slows handlers down instead of growing memory. [`CompletionHandle::flush`]
 //! waits until everything sent before it is written (used at shutdown).
+//!
+//! No outcome is dropped while the process lives: a batch the database does not take is
+//! written again, with backoff, for as long as it takes (its jobs stay held, so their leases
+//! keep being renewed). Only at the end of a shutdown does the completer give up, and it logs
+//! the ids of the jobs whose outcome it could not write: those run again.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
-use uuid::Uuid;
+use tokio_util::sync::CancellationToken;
 
 use super::error::EngineError;
 use super::job::JobId;
@@ -25,25 +30,28 @@ pub const DEFAULT_COMPLETION_INTERVAL: Duration = Duration::from_millis(2);
 /// kept small so completion batches and lease renewal stay cheap when handlers outrun the
 /// completer.
 pub const DEFAULT_COMPLETION_BACKLOG: usize = 1_000;
-/// How long a batch is retried while the database is unreachable before it is given up;
-/// its jobs then stop being renewed, and the rescuer runs them again.
-const WRITE_RETRY_BUDGET: Duration = Duration::from_secs(60);
+/// One write of a batch that takes longer than this (a connection that went half-open) is
+/// abandoned and tried again on another connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest pause between two writes of a batch the database refused.
+const WRITE_RETRY_MAX_PAUSE: Duration = Duration::from_secs(2);
 
+/// The outcome of one run: which claim of which job, and what became of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
     pub id: JobId,
-    pub attempt: i32,
+    /// The run's claim token (see `claim_batch`): the fence of this write.
+    pub token: i32,
     pub action: Action,
 }
 
-/// Writes `completions` for `owner` in one statement; returns the ids that changed. Outcomes
-/// for jobs no longer running under `owner` at that attempt are ignored.
+/// Writes `completions` in one statement; returns the ids that changed. An outcome whose job
+/// is no longer running under that claim token is ignored.
 pub async fn complete_many(
     pool: &PgPool,
-    owner: Uuid,
     completions: &[Completion],
 ) -> Result<Vec<JobId>, EngineError> {
-    Ok(write_outcomes(pool, owner, completions)
+    Ok(write_outcomes(pool, completions)
         .await?
         .into_iter()
         .map(|row| row.id)
@@ -57,27 +65,38 @@ struct Written {
     runnable_again: bool,
 }
 
+/// Writes a batch. A batch that only completes or releases jobs commits asynchronously (the
+/// engine pool's default: losing it in a server crash only runs those jobs again); a batch
+/// that schedules a retry, a snooze or a failure for good commits durably, so a schedule that
+/// was acknowledged survives a crash.
 async fn write_outcomes(
     pool: &PgPool,
-    owner: Uuid,
     completions: &[Completion],
 ) -> Result<Vec<Written>, EngineError> {
     if completions.is_empty() {
         return Ok(Vec::new());
     }
-    let columns = OutcomeColumns::new(completions.iter().map(|c| (c.id.0, c.attempt, &c.action)));
-    let changed = sqlx::query_file!(
+    let columns = OutcomeColumns::new(completions.iter().map(|c| (c.id.0, c.token, &c.action)));
+    let query = sqlx::query_file!(
         "src/engine/complete_many.sql",
         &columns.ids,
-        &columns.attempts,
+        &columns.tokens,
         &columns.states as &[&str],
         &columns.delays as &[Option<i64>],
         &columns.errors as &[Option<&str>],
         &columns.refunds,
-        owner,
-    )
-    .fetch_all(pool)
-    .await?;
+    );
+    let changed = if completions.iter().any(|c| c.action.must_be_durable()) {
+        // Not a macro: a transaction's settings are statements of their own.
+        let mut tx = pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = on")
+            .await?;
+        let changed = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        changed
+    } else {
+        query.fetch_all(pool).await?
+    };
     Ok(changed
         .into_iter()
         .map(|row| Written {
@@ -137,37 +156,39 @@ impl Default for CompleterConfig {
 }
 
 /// The task that writes batches. It ends when every handle is dropped, after writing what
-/// it holds.
+/// it holds, or when told to give up (the end of a shutdown's grace).
 pub struct Completer {
     rx: mpsc::Receiver<Message>,
     pool: PgPool,
-    owner: Uuid,
     registry: Registry,
     signals: Signals,
     /// Retries due within this long wake this process's idle workers when they are due.
     wake_within: Duration,
     config: CompleterConfig,
+    give_up: CancellationToken,
 }
 
 impl Completer {
+    /// The completer and the handle to send it outcomes. Cancelling `give_up` makes it stop
+    /// retrying, log what it could not write, and end.
     pub fn new(
         pool: PgPool,
-        owner: Uuid,
         registry: Registry,
         signals: Signals,
         wake_within: Duration,
         config: CompleterConfig,
+        give_up: CancellationToken,
     ) -> (Self, CompletionHandle) {
         let (tx, rx) = mpsc::channel(config.backlog.max(1));
         (
             Completer {
                 rx,
                 pool,
-                owner,
                 registry,
                 signals,
                 wake_within,
                 config,
+                give_up,
             },
             CompletionHandle { tx },
         )
@@ -178,7 +199,11 @@ impl Completer {
         let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
             // Wait for the first message of a batch, then gather until full or the interval ends.
-            let Some(first) = self.rx.recv().await else {
+            let first = tokio::select! {
+                message = self.rx.recv() => message,
+                _ = self.give_up.cancelled() => None,
+            };
+            let Some(first) = first else {
                 break;
             };
             let mut flush_now = self.take(first, &mut batch, &mut waiters);
@@ -202,6 +227,11 @@ impl Completer {
             for waiter in waiters.drain(..) {
                 let _ = waiter.send(());
             }
+        }
+        // Every handle is gone, or the shutdown's grace is over: write what is left unless
+        // told to give up, then name what was not written.
+        while let Ok(message) = self.rx.try_recv() {
+            self.take(message, &mut batch, &mut waiters);
         }
         self.write(&mut batch).await;
         for waiter in waiters.drain(..) {
@@ -228,6 +258,8 @@ impl Completer {
         }
     }
 
+    /// Writes `batch`, trying again until the database takes it or the completer is told to
+    /// give up. Its jobs stay held (and their leases renewed) until then.
     async fn write(&self, batch: &mut Vec<Completion>) {
         if batch.is_empty() {
             return;
@@ -235,37 +267,55 @@ impl Completer {
         batch.sort_by_key(|c| c.id);
         let mut backoff = backoff::ExponentialBackoff {
             initial_interval: Duration::from_millis(50),
-            max_interval: Duration::from_secs(5),
-            max_elapsed_time: Some(WRITE_RETRY_BUDGET),
+            max_interval: WRITE_RETRY_MAX_PAUSE,
+            max_elapsed_time: None,
             ..Default::default()
         };
-        loop {
-            match write_outcomes(&self.pool, self.owner, batch).await {
+        let mut failures = 0u32;
+        while !self.give_up.is_cancelled() {
+            let written = tokio::time::timeout(WRITE_TIMEOUT, write_outcomes(&self.pool, batch))
+                .await
+                .unwrap_or_else(|_| Err(EngineError::Timeout("writing job outcomes")));
+            match written {
                 Ok(changed) => {
+                    if failures > 0 {
+                        tracing::info!(
+                            jobs = batch.len(),
+                            failures,
+                            "job outcomes written after the database came back"
+                        );
+                    }
                     self.wake_for_runnable(batch, &changed);
                     let stale = batch.len() - changed.len();
                     if stale > 0 {
                         tracing::info!(
                             stale,
-                            "ignored outcomes of jobs whose lease was taken over"
+                            "ignored outcomes of runs that are no longer their job's claim"
                         );
                     }
-                    break;
+                    self.registry
+                        .forget_many(batch.iter().map(|c| (c.id, c.token)));
+                    batch.clear();
+                    return;
                 }
-                Err(error) => match backoff::backoff::Backoff::next_backoff(&mut backoff) {
-                    Some(wait) => {
-                        tracing::warn!(error = %error, jobs = batch.len(), "writing job outcomes failed; retrying");
-                        tokio::time::sleep(wait).await;
+                Err(error) => {
+                    failures += 1;
+                    let wait = backoff::backoff::Backoff::next_backoff(&mut backoff)
+                        .unwrap_or(WRITE_RETRY_MAX_PAUSE);
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = %error, jobs = batch.len(), failures,
+                            "writing job outcomes failed; trying again until it succeeds");
                     }
-                    None => {
-                        tracing::error!(error = %error, jobs = batch.len(),
-                            "giving up writing job outcomes; their leases will lapse and the jobs run again");
-                        break;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.give_up.cancelled() => {}
                     }
-                },
+                }
             }
         }
-        self.registry.forget_many(batch.iter().map(|c| c.id));
+        let ids: Vec<i64> = batch.iter().map(|c| c.id.0).collect();
+        tracing::error!(jobs = ?ids,
+            "shutting down with job outcomes that could not be written; these jobs run again once their lease lapses");
         batch.clear();
     }
 

@@ -1,9 +1,10 @@
--- complete_many: apply a batch of run outcomes, fenced by owner and attempt.
--- $1 id[], $2 attempt[], $3 new state[] (job_state as text), $4 delay ms[] (NULL keeps run_at),
--- $5 error[] (NULL = none), $6 refund[] (true gives the attempt back: snooze, release),
--- $7 owner.
--- Only rows still running under the same owner and attempt change: a late outcome from a
--- worker whose lease was taken over changes nothing. Rows are found by id (the primary key).
+-- complete_many: apply a batch of run outcomes, fenced by each run's claim token.
+-- $1 id[], $2 claim token[] (as claimed), $3 new state[] (job_state as text), $4 delay ms[]
+-- (NULL keeps run_at), $5 error[] (NULL = none), $6 refund[] (true gives the attempt back:
+-- snooze, release).
+-- Only rows still running under the same claim change: a late outcome of a run whose lease
+-- was taken over, or that was cancelled and claimed again (even by the same process at the
+-- same attempt number), changes nothing. Rows are found by id (the primary key).
 -- Returns the ids that changed, their queue, and whether the job is runnable again (retry,
 -- snooze, release) so the caller can wake its idle workers.
 --
@@ -29,9 +30,8 @@ SET state = o.state::job_state,
     finished_at = CASE WHEN o.state IN ('completed', 'failed', 'cancelled') THEN now() END,
     updated_at = now()
 FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::text[], $6::bool[])
-     AS o(id, attempt, state, delay_ms, error, refund)
+     AS o(id, claim_token, state, delay_ms, error, refund)
 WHERE j.id = o.id
   AND j.state = 'running'
-  AND j.lease_owner = $7
-  AND j.attempt = o.attempt
+  AND j.claim_token = o.claim_token
 RETURNING j.id, j.queue, j.state = 'available' AS "runnable_again!"

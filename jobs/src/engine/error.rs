@@ -33,6 +33,8 @@ pub enum EngineError {
     InvalidJob(String),
     #[error("the engine has stopped")]
     Stopped,
+    #[error("{0} took too long; the connection is abandoned")]
+    Timeout(&'static str),
 }
 
 impl From<sqlx::Error> for EngineError {

@@ -1,14 +1,15 @@
 -- finish_locked: write the outcomes of jobs claimed by claim_locked, each spending its
--- attempt here (a locked claim never marked the row).
--- $1 id[], $2 attempt[] (as claimed), $3 new state[] (job_state as text), $4 delay ms[] (NULL
--- keeps run_at), $5 error[] (NULL = none), $6 refund[] (true: the attempt is not spent).
+-- attempt and its claim token here (a locked claim never marked the row).
+-- $1 id[], $2 claim token[] (as claimed), $3 new state[] (job_state as text), $4 delay ms[]
+-- (NULL keeps run_at), $5 error[] (NULL = none), $6 refund[] (true: the attempt is not spent).
 -- Inside the claiming transaction the rows are locked and the fence below always holds. After
 -- that transaction failed, the same statement records the failure from a new transaction: a
--- row another claimer has meanwhile run (attempt moved on, or no longer available) is left
--- alone. Rows are found by id (the primary key).
+-- row another claimer has meanwhile run (its token moved on, or it is no longer available)
+-- is left alone. Rows are found by id (the primary key).
 UPDATE jobs j
 SET state = o.state::job_state,
     attempt = CASE WHEN o.refund THEN j.attempt ELSE j.attempt + 1 END,
+    claim_token = j.claim_token + 1,
     run_at = CASE WHEN o.delay_ms IS NULL THEN j.run_at
                   ELSE now() + o.delay_ms * interval '1 millisecond' END,
     last_error = coalesce(o.error, j.last_error),
@@ -19,7 +20,7 @@ SET state = o.state::job_state,
     finished_at = CASE WHEN o.state IN ('completed', 'failed', 'cancelled') THEN now() END,
     updated_at = now()
 FROM unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::text[], $6::bool[])
-     AS o(id, attempt, state, delay_ms, error, refund)
+     AS o(id, claim_token, state, delay_ms, error, refund)
 WHERE j.id = o.id
   AND j.state = 'available'
-  AND j.attempt = o.attempt
+  AND j.claim_token = o.claim_token

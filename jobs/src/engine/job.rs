@@ -122,7 +122,7 @@ pub struct Enqueued {
     pub created: bool,
 }
 
-/// A job as a claim hands it out: running under `owner` at `attempt`.
+/// A job as a claim hands it out: running under `owner` at `attempt`, as the claim `token`.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
     pub id: JobId,
@@ -130,6 +130,8 @@ pub struct ClaimedJob {
     pub kind: String,
     pub payload: serde_json::Value,
     pub attempt: i32,
+    /// The claim's fencing token: every later write of this run is fenced by it.
+    pub token: i32,
     pub retry: RetryPolicy,
     pub owner: Uuid,
 }
@@ -143,6 +145,8 @@ pub struct JobMeta {
     pub kind: String,
     /// 1 on the first run.
     pub attempt: i32,
+    /// This run's claim token (see [`ClaimedJob::token`]).
+    pub claim_token: i32,
     pub retry: RetryPolicy,
 }
 

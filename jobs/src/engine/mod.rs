@@ -13,7 +13,8 @@
 //! Modules depend in one direction only, each on those listed before it:
 //!
 //! 1. values: `retry` (policy, handler results), `job` (rows and ids), `error`, `outcome`
-//!    (what became of a run), `slots`, `registry`, `claim_cursor`, `notify`, `metrics`;
+//!    (what became of a run), `slots`, `registry`, `claim_cursor`, `notify`, `metrics`,
+//!    `loops` (the process's watched tasks);
 //! 2. statements: `enqueue`, `claim`, `complete` (the batched completer), `lease`, `queue`,
 //!    `admin`, `migrate`, `maintenance`;
 //! 3. `runtime`: the [`Engine`] of a process and its background tasks;
@@ -33,6 +34,7 @@ pub mod enqueue;
 pub mod error;
 pub mod job;
 pub mod lease;
+pub mod loops;
 pub mod maintenance;
 pub mod metrics;
 pub mod migrate;
@@ -44,7 +46,7 @@ pub mod retry;
 pub mod runtime;
 pub mod slots;
 
-pub use backend::{BackendSettings, PgBackend};
+pub use backend::{BackendSettings, PgBackend, DEFAULT_RUN_TIMEOUT};
 pub use batch_worker::{BatchHandler, BatchSettings};
 pub use complete::{CompleterConfig, Completion, CompletionHandle};
 pub use enqueue::{
@@ -52,6 +54,7 @@ pub use enqueue::{
 };
 pub use error::EngineError;
 pub use job::{ClaimedJob, Enqueued, JobId, JobMeta, JobSnapshot, JobState, NewJob};
+pub use loops::Loops;
 pub use maintenance::{
     Maintainer, MaintainerConfig, PruneReport, Pruner, PrunerConfig, Rescuer, RescuerConfig,
 };

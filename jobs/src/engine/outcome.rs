@@ -28,6 +28,16 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether losing this outcome in a server crash would lose something the job cannot get
+    /// back by running again: a retry's or a snooze's schedule, or a failure for good. Those
+    /// are committed durably; a completion or a release may commit asynchronously.
+    pub fn must_be_durable(&self) -> bool {
+        matches!(
+            self,
+            Action::Retry { .. } | Action::Snooze { .. } | Action::Fail { .. }
+        )
+    }
+
     /// The outcome as the outcome statements take it: the new state, the delay before the job
     /// runs again in ms (None keeps run_at), the error to keep, and whether the attempt is
     /// given back.
@@ -47,7 +57,7 @@ impl Action {
 /// per column (their parameters $1..$6), one element per job.
 pub(super) struct OutcomeColumns<'a> {
     pub ids: Vec<i64>,
-    pub attempts: Vec<i32>,
+    pub tokens: Vec<i32>,
     pub states: Vec<&'static str>,
     pub delays: Vec<Option<i64>>,
     pub errors: Vec<Option<&'a str>>,
@@ -55,21 +65,21 @@ pub(super) struct OutcomeColumns<'a> {
 }
 
 impl<'a> OutcomeColumns<'a> {
-    /// From (job id, attempt, action) triples.
+    /// From (job id, claim token, action) triples.
     pub(super) fn new(outcomes: impl ExactSizeIterator<Item = (i64, i32, &'a Action)>) -> Self {
         let n = outcomes.len();
         let mut columns = OutcomeColumns {
             ids: Vec::with_capacity(n),
-            attempts: Vec::with_capacity(n),
+            tokens: Vec::with_capacity(n),
             states: Vec::with_capacity(n),
             delays: Vec::with_capacity(n),
             errors: Vec::with_capacity(n),
             refunds: Vec::with_capacity(n),
         };
-        for (id, attempt, action) in outcomes {
+        for (id, token, action) in outcomes {
             let (state, delay, error, refund) = action.as_columns();
             columns.ids.push(id);
-            columns.attempts.push(attempt);
+            columns.tokens.push(token);
             columns.states.push(state);
             columns.delays.push(delay);
             columns.errors.push(error);
@@ -81,7 +91,7 @@ impl<'a> OutcomeColumns<'a> {
 
 /// Turns one run's result into what the database should record.
 pub fn decide(meta: &JobMeta, result: Result<Result<Outcome, BoxError>, String>) -> Action {
-    match result {
+    let action = match result {
         Ok(Ok(Outcome::Done)) => Action::Complete,
         Ok(Ok(Outcome::Snooze(delay))) => Action::Snooze { delay },
         Ok(Err(error)) => match error.downcast::<JobError>() {
@@ -97,7 +107,37 @@ pub fn decide(meta: &JobMeta, result: Result<Result<Outcome, BoxError>, String>)
             Err(other) => retry_or_fail(meta, error_chain(other.as_ref()), None),
         },
         Err(panic) => retry_or_fail(meta, format!("handler panicked: {panic}"), None),
+    };
+    match action {
+        Action::Retry { delay, error } => Action::Retry {
+            delay,
+            error: storable(error),
+        },
+        Action::Fail { error } => Action::Fail {
+            error: storable(error),
+        },
+        other => other,
     }
+}
+
+/// The longest error text kept per attempt.
+const MAX_ERROR_LEN: usize = 8 * 1024;
+
+/// An error text Postgres can store (text and jsonb refuse NUL) and of a bounded length, so
+/// that no handler's error can make its outcome impossible to write.
+pub fn storable(mut error: String) -> String {
+    if error.contains('\0') {
+        error = error.replace('\0', "\u{FFFD}");
+    }
+    if error.len() > MAX_ERROR_LEN {
+        let mut end = MAX_ERROR_LEN;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
+        error.push('…');
+    }
+    error
 }
 
 fn retry_or_fail(
@@ -154,5 +194,20 @@ pub fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_texts_are_made_storable() {
+        assert_eq!(storable("a\0b".into()), "a\u{FFFD}b");
+        let long = "é".repeat(MAX_ERROR_LEN);
+        let kept = storable(long);
+        assert!(kept.len() <= MAX_ERROR_LEN + "…".len());
+        assert!(kept.ends_with('…'));
+        assert_eq!(storable("fine".into()), "fine");
     }
 }

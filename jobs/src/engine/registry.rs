@@ -1,6 +1,11 @@
-//! The jobs this process holds: claimed (waiting in a backend's buffer) or started. Lease
-//! renewal renews exactly these, so a job whose outcome could not be written stops being
-//! renewed and is rescued, and a forced shutdown knows which jobs never started.
+//! The runs this process holds: claimed (waiting in a backend's buffer) or started, each by
+//! its job id and claim token. Lease renewal renews exactly these, so a run whose outcome
+//! could not be written stops being renewed only when the process gives it up, and a
+//! shutdown knows which runs never started.
+//!
+//! Entries are keyed by job id but matched by claim token: when the same process claims a
+//! job again (after an operator cancelled and retried it), the new claim replaces the old
+//! one, and the old run's late outcome neither forgets nor marks the new one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +14,7 @@ use super::job::JobId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
-    pub attempt: i32,
+    pub token: i32,
     pub started: bool,
 }
 
@@ -19,44 +24,53 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn hold_many(&self, jobs: impl IntoIterator<Item = (JobId, i32)>) {
+    /// Holds each (job, claim token): a newer claim of a job replaces an older one.
+    pub fn hold_many(&self, claims: impl IntoIterator<Item = (JobId, i32)>) {
         let mut map = self.inner.lock().expect("registry lock");
-        for (id, attempt) in jobs {
-            map.insert(
-                id,
-                Held {
-                    attempt,
+        for (id, token) in claims {
+            let held = map.entry(id).or_insert(Held {
+                token,
+                started: false,
+            });
+            if token >= held.token {
+                *held = Held {
+                    token,
                     started: false,
-                },
-            );
+                };
+            }
         }
     }
 
-    pub fn mark_started(&self, id: JobId) {
+    pub fn mark_started(&self, id: JobId, token: i32) {
         if let Some(held) = self.inner.lock().expect("registry lock").get_mut(&id) {
-            held.started = true;
+            if held.token == token {
+                held.started = true;
+            }
         }
     }
 
-    pub fn forget_many(&self, ids: impl IntoIterator<Item = JobId>) {
+    /// Forgets each (job, claim token) that is still the one held.
+    pub fn forget_many(&self, claims: impl IntoIterator<Item = (JobId, i32)>) {
         let mut map = self.inner.lock().expect("registry lock");
-        for id in ids {
-            map.remove(&id);
+        for (id, token) in claims {
+            if map.get(&id).is_some_and(|held| held.token == token) {
+                map.remove(&id);
+            }
         }
     }
 
-    /// Every held job with its attempt, for lease renewal.
+    /// Every held run with its claim token, for lease renewal.
     pub fn snapshot(&self) -> Vec<(JobId, i32)> {
         let map = self.inner.lock().expect("registry lock");
-        map.iter().map(|(id, held)| (*id, held.attempt)).collect()
+        map.iter().map(|(id, held)| (*id, held.token)).collect()
     }
 
-    /// Held jobs that never started, for release at shutdown.
+    /// Held runs that never started, for release at shutdown.
     pub fn unstarted(&self) -> Vec<(JobId, i32)> {
         let map = self.inner.lock().expect("registry lock");
         map.iter()
             .filter(|(_, held)| !held.started)
-            .map(|(id, held)| (*id, held.attempt))
+            .map(|(id, held)| (*id, held.token))
             .collect()
     }
 
@@ -66,5 +80,27 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_outcome_of_an_older_claim_does_not_forget_the_newer_one() {
+        let registry = Registry::default();
+        let job = JobId(7);
+        registry.hold_many([(job, 1)]);
+        registry.mark_started(job, 1);
+        // The same process claims the job again (cancelled, retried, claimed).
+        registry.hold_many([(job, 2)]);
+        // The first run ends late: neither its start nor its outcome touch the second claim.
+        registry.mark_started(job, 1);
+        registry.forget_many([(job, 1)]);
+        assert_eq!(registry.snapshot(), vec![(job, 2)]);
+        assert_eq!(registry.unstarted(), vec![(job, 2)]);
+        registry.forget_many([(job, 2)]);
+        assert!(registry.is_empty());
     }
 }

@@ -7,10 +7,12 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::complete::{Completer, CompleterConfig, Completion, CompletionHandle};
 use super::lease;
+use super::loops::Loops;
 use super::maintenance::{Maintainer, MaintainerConfig, Rescuer, RescuerConfig};
 use super::metrics;
 use super::notify::{self, Signals};
@@ -19,6 +21,8 @@ use super::registry::Registry;
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a shutdown without a deadline of its own may take to write what is left.
+pub const DEFAULT_SHUTDOWN_TIME: Duration = Duration::from_secs(30);
 
 /// How the engine of one process behaves.
 #[derive(Debug, Clone)]
@@ -57,10 +61,12 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// Sets the lease and derives the heartbeat from it.
+    /// Sets the lease and derives from it the heartbeat and the rescuers' grace after an
+    /// outage (one lease: the time live workers have to renew theirs).
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self.heartbeat = lease / 3;
+        self.rescue.grace = lease;
         self
     }
 }
@@ -78,14 +84,17 @@ struct Inner {
     completer: CompletionHandle,
     registry: Registry,
     signals: Signals,
+    loops: Loops,
+    /// Claims under way (each a task of its own); closed when the process stops claiming.
+    claims: TaskTracker,
+    stopping: CancellationToken,
 }
 
 /// Owns the engine's background tasks; [`EngineHandle::shutdown`] stops them.
 pub struct EngineHandle {
     engine: Engine,
     stop: CancellationToken,
-    services: Vec<JoinHandle<()>>,
-    completer: JoinHandle<()>,
+    give_up: CancellationToken,
 }
 
 impl Engine {
@@ -95,14 +104,16 @@ impl Engine {
         let owner = Uuid::new_v4();
         let registry = Registry::default();
         let signals = Signals::default();
+        let loops = Loops::default();
         let stop = CancellationToken::new();
+        let give_up = CancellationToken::new();
         let (completer, completion_handle) = Completer::new(
             pool.clone(),
-            owner,
             registry.clone(),
             signals.clone(),
             config.poll_interval,
             config.completer,
+            give_up.clone(),
         );
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -112,46 +123,55 @@ impl Engine {
                 completer: completion_handle,
                 registry: registry.clone(),
                 signals: signals.clone(),
+                loops: loops.clone(),
+                claims: TaskTracker::new(),
+                stopping: CancellationToken::new(),
             }),
         };
-        let mut services = vec![
-            tokio::spawn(lease::run_heartbeat(
+        // The completer ends only when told to give up, at the end of a shutdown.
+        loops.spawn("engine:completer", &give_up, completer.run());
+        loops.spawn(
+            "engine:heartbeat",
+            &stop,
+            lease::run_heartbeat(
                 pool.clone(),
-                owner,
                 registry,
                 config.lease,
                 config.heartbeat,
                 stop.clone(),
-            )),
-            tokio::spawn(
-                Rescuer::new(config.rescue, pool.clone()).run(signals.clone(), stop.clone()),
             ),
-        ];
+        );
+        loops.spawn(
+            "engine:rescuer",
+            &stop,
+            Rescuer::new(config.rescue, pool.clone()).run(signals.clone(), stop.clone()),
+        );
         if let Some(maintenance) = config.maintenance {
-            services.push(tokio::spawn(
+            loops.spawn(
+                "engine:maintainer",
+                &stop,
                 Maintainer::new(maintenance, pool.clone()).run(stop.clone()),
-            ));
+            );
         }
         if let Some(interval) = config.gauges {
-            services.push(tokio::spawn(metrics::run_gauges(
-                pool.clone(),
-                interval,
-                stop.clone(),
-            )));
+            loops.spawn(
+                "engine:gauges",
+                &stop,
+                metrics::run_gauges(pool.clone(), interval, stop.clone()),
+            );
         }
         if config.listen {
-            services.push(tokio::spawn(notify::run_listener(
-                pool,
-                signals,
-                stop.clone(),
-            )));
+            loops.spawn(
+                "engine:listener",
+                &stop,
+                notify::run_listener(pool, signals, stop.clone()),
+            );
         }
         tracing::info!(owner = %owner, "engine started");
         EngineHandle {
             engine,
             stop,
-            services,
-            completer: tokio::spawn(completer.run()),
+            give_up,
         }
     }
 
@@ -180,6 +200,31 @@ impl Engine {
         &self.inner.signals
     }
 
+    /// The process's watched loops: the engine's own, and any the worker adds.
+    pub fn loops(&self) -> &Loops {
+        &self.inner.loops
+    }
+
+    /// Runs a claim as a task of its own, so that it finishes (and registers its jobs) even
+    /// when whoever started it stops polling it.
+    pub(crate) fn track_claim<T: Send + 'static>(
+        &self,
+        claim: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> JoinHandle<T> {
+        self.inner.claims.spawn(claim)
+    }
+
+    /// Stops claiming, at once: backends hand out nothing more and start no claim. Claims
+    /// under way finish and their jobs are released by the shutdown.
+    pub fn stop_claiming(&self) {
+        self.inner.stopping.cancel();
+        self.inner.claims.close();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.is_cancelled()
+    }
+
     /// Returns once enqueue notifications reach this process (at once when it does not
     /// listen): from then on an enqueue or a resume wakes its idle workers.
     pub async fn wait_listening(&self) {
@@ -199,28 +244,46 @@ impl EngineHandle {
         &self.engine
     }
 
-    /// Stops the engine after the workers have stopped: releases held jobs that never started
-    /// (in case a worker was cut off before its backend could), writes every outcome still
-    /// queued, then ends the background tasks. Jobs still running at this point keep their
-    /// lease until it lapses and are rescued by another worker.
+    /// [`EngineHandle::shutdown_by`] with [`DEFAULT_SHUTDOWN_TIME`] to write what is left.
     pub async fn shutdown(self) {
-        let completer = self.engine.completer();
-        let unstarted = self.engine.registry().unstarted();
-        for (id, attempt) in unstarted {
-            let _ = completer
-                .send(Completion {
-                    id,
-                    attempt,
-                    action: Action::Release,
-                })
-                .await;
+        self.shutdown_by(tokio::time::Instant::now() + DEFAULT_SHUTDOWN_TIME)
+            .await
+    }
+
+    /// Stops the engine after the workers have stopped, by `deadline`: waits for claims under
+    /// way, releases held jobs that never started (in case a worker was cut off before its
+    /// backend could), writes every outcome still queued, then ends the background tasks.
+    /// Outcomes the database has not taken by the deadline are logged with their job ids;
+    /// jobs still running keep their lease until it lapses and are rescued by another worker.
+    pub async fn shutdown_by(self, deadline: tokio::time::Instant) {
+        let engine = &self.engine;
+        engine.stop_claiming();
+        if tokio::time::timeout_at(deadline, engine.inner.claims.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("claims were still under way at the end of the shutdown");
         }
-        let _ = completer.flush().await;
+        let released = async {
+            let completer = engine.completer();
+            for (id, token) in engine.registry().unstarted() {
+                completer
+                    .send(Completion {
+                        id,
+                        token,
+                        action: Action::Release,
+                    })
+                    .await?;
+            }
+            completer.flush().await
+        };
+        if tokio::time::timeout_at(deadline, released).await.is_err() {
+            tracing::warn!("the shutdown's time ran out before every outcome was written");
+        }
+        // The completer names what it still holds, then ends; the other loops stop.
+        self.give_up.cancel();
         self.stop.cancel();
-        for service in self.services {
-            let _ = service.await;
-        }
-        self.completer.abort();
-        tracing::info!(owner = %self.engine.owner(), "engine stopped");
+        engine.loops().join("engine:").await;
+        tracing::info!(owner = %engine.owner(), "engine stopped");
     }
 }

@@ -26,6 +26,9 @@ pub const QUEUE: &str = "notifications";
 pub const KIND: &str = "cycle_agent_summary";
 /// How long one delivery may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one delivery run may take (the HTTP call is bounded by [`DEFAULT_TIMEOUT`] or its
+/// setting).
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// 2 s, 4 s, 8 s, … up to 10 min between deliveries, 12 attempts, then a terminal failure.
 pub const RETRY_POLICY: RetryPolicy =

@@ -36,6 +36,9 @@ pub const DEFAULT_BATCH_SIZE: usize = 200;
 /// Ticket transactions a process runs at once: while one waits for its commit, the others
 /// claim and write (3 and 4 measured the same; 1 leaves the server idle during commits).
 pub const DEFAULT_BATCHES_IN_FLIGHT: usize = 3;
+/// How long one batch may take (a batch of 200 takes milliseconds; this bounds a batch stuck
+/// on a lock or a lost connection).
+pub const RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The tickets queue's batches at their defaults.
 pub fn batch_settings() -> BatchSettings {
@@ -43,6 +46,7 @@ pub fn batch_settings() -> BatchSettings {
         queue: QUEUE.to_owned(),
         batch_size: DEFAULT_BATCH_SIZE,
         runners: DEFAULT_BATCHES_IN_FLIGHT,
+        run_timeout: RUN_TIMEOUT,
     }
 }
 

@@ -31,6 +31,9 @@ use crate::engine::{NewJob, RetryPolicy};
 
 pub const QUEUE: &str = "commission_transfers";
 pub const KIND: &str = "commission_transfer";
+/// How long one transfer run may take: a create and the inline polls of Monime (each call
+/// bounded by the client's timeout); a transfer still processing snoozes long before this.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Durable retries for Monime calls: 2 s, 4 s, 8 s, 16 s, 32 s (± jitter), at most 5 retries,
 /// then a terminal failure for manual review.

@@ -69,6 +69,7 @@ async fn never_more_handlers_run_at_once_than_the_concurrency() {
             concurrency: 4,
             batch_size: 100,
             prefetch: 0,
+            run_timeout: poda_jobs::engine::DEFAULT_RUN_TIMEOUT,
         };
         Monitor::new()
             .register(move |_| {
@@ -114,6 +115,7 @@ async fn closing_a_backend_releases_claimed_jobs_that_never_started_without_spen
             concurrency: 4,
             batch_size: 100,
             prefetch: 0,
+            run_timeout: poda_jobs::engine::DEFAULT_RUN_TIMEOUT,
         },
     );
     let worker = WorkerContext::new("release-test");
@@ -192,6 +194,7 @@ async fn apalis_task_sink_pushes_durable_jobs_and_honours_idempotency_keys() {
             concurrency: 1,
             batch_size: 1,
             prefetch: 0,
+            run_timeout: poda_jobs::engine::DEFAULT_RUN_TIMEOUT,
         },
     );
     backend.push(ProbeJob::new(1)).await.unwrap();

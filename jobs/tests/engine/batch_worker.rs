@@ -54,7 +54,7 @@ async fn start(
     runners: usize,
 ) -> (
     CancellationToken,
-    tokio::task::JoinHandle<()>,
+    batch_worker::BatchRunners,
     poda_jobs::engine::EngineHandle,
 ) {
     sqlx::query("CREATE TABLE IF NOT EXISTS seen (n bigint PRIMARY KEY)")
@@ -70,6 +70,7 @@ async fn start(
             queue: QUEUE.to_owned(),
             batch_size,
             runners,
+            run_timeout: std::time::Duration::from_secs(60),
         },
         Recorder,
         stop.clone(),
@@ -125,7 +126,7 @@ async fn a_batch_commits_its_work_together_with_each_jobs_own_outcome() {
     let (stop, running, engine) = start(&db.pool, 100, 1).await;
     wait_all_attempted(&db.pool, 21).await;
     stop.cancel();
-    running.await.unwrap();
+    running.join().await;
     engine.shutdown().await;
 
     let rows = jobs_by_n(&db.pool).await;
@@ -192,7 +193,7 @@ async fn a_batch_whose_transaction_fails_writes_nothing_and_every_job_spends_an_
     let (stop, running, engine) = start(&db.pool, 100, 1).await;
     wait_all_attempted(&db.pool, 4).await;
     stop.cancel();
-    running.await.unwrap();
+    running.join().await;
     engine.shutdown().await;
 
     for (n, state, attempt, error) in jobs_by_n(&db.pool).await {
@@ -252,7 +253,7 @@ async fn jobs_that_become_runnable_behind_the_claim_cursor_still_run() {
     )
     .await;
     stop.cancel();
-    running.await.unwrap();
+    running.join().await;
     engine.shutdown().await;
     // The late jobs ran (Recorder writes those not ending in 7 or 9).
     let late_seen: i64 = sqlx::query_scalar("SELECT count(*) FROM seen WHERE n >= 10000")
@@ -275,7 +276,7 @@ async fn a_payload_that_does_not_decode_fails_for_good_even_when_its_batch_fails
     let (stop, running, engine) = start(&db.pool, 100, 1).await;
     wait_all_attempted(&db.pool, 3).await;
     stop.cancel();
-    running.await.unwrap();
+    running.join().await;
     engine.shutdown().await;
 
     let rows = jobs_by_n(&db.pool).await;

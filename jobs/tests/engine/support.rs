@@ -65,6 +65,21 @@ impl ProbeWorker {
     }
 
     pub fn start_with(pool: &PgPool, concurrency: usize, config: EngineConfig) -> ProbeWorker {
+        Self::start_bounded(
+            pool,
+            concurrency,
+            config,
+            poda_jobs::engine::DEFAULT_RUN_TIMEOUT,
+        )
+    }
+
+    /// A worker whose runs are stopped after `run_timeout`.
+    pub fn start_bounded(
+        pool: &PgPool,
+        concurrency: usize,
+        config: EngineConfig,
+        run_timeout: Duration,
+    ) -> ProbeWorker {
         let handle = Engine::start(pool.clone(), config);
         let engine = handle.engine().clone();
         let stop = CancellationToken::new();
@@ -76,6 +91,7 @@ impl ProbeWorker {
                 concurrency,
                 batch_size: 100,
                 prefetch: 0,
+                run_timeout,
             };
             let monitor = Monitor::new().register(move |_| {
                 WorkerBuilder::new("probe-test")

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 /// An in-process tickets worker: its own engine (owner) and batch runners.
 pub struct TicketWorker {
     stop: CancellationToken,
-    running: tokio::task::JoinHandle<()>,
+    running: batch_worker::BatchRunners,
     engine: EngineHandle,
 }
 
@@ -51,7 +51,7 @@ impl TicketWorker {
 
     pub async fn stop(self) {
         self.stop.cancel();
-        self.running.await.unwrap();
+        self.running.join().await;
         self.engine.shutdown().await;
     }
 }

@@ -76,6 +76,15 @@ impl WorkerProcess {
         kill(self.pid(), Signal::SIGKILL).expect("send SIGKILL");
     }
 
+    /// Pauses the process (SIGSTOP) until [`WorkerProcess::resume`].
+    pub fn pause(&self) {
+        kill(self.pid(), Signal::SIGSTOP).expect("send SIGSTOP");
+    }
+
+    pub fn resume(&self) {
+        kill(self.pid(), Signal::SIGCONT).expect("send SIGCONT");
+    }
+
     /// Waits for the process to exit; panics after `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         tokio::time::timeout(timeout, self.child.wait())

@@ -1,12 +1,16 @@
 -- rescue_expired: jobs whose lease ran out (their worker died or hung) become runnable again
 -- at once, or fail for good when that was their last attempt. The attempt that was running
 -- stays spent, and the reason is kept as its error.
--- $1 now (NULL = now()), $2 limit. Relies on jobs_running_idx (lease_expires_at) WHERE running.
+-- $1 now (NULL = now()), $2 limit, $3 grace after a server start (ms): for that long after
+-- the server (re)started no lease counts as expired, since no worker could renew one while
+-- it was down (a live worker's next renewal restores its leases).
+-- Relies on jobs_running_idx (lease_expires_at) WHERE running.
 -- SKIP LOCKED: every worker runs this, and a completion holding the row wins.
 WITH expired AS (
     SELECT id
     FROM jobs
     WHERE state = 'running' AND lease_expires_at < coalesce($1, now())
+      AND coalesce($1, now()) > pg_postmaster_start_time() + $3::bigint * interval '1 millisecond'
     ORDER BY lease_expires_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED

@@ -15,4 +15,5 @@ mod shutdown;
 mod tickets;
 mod transfers;
 mod webhooks;
+mod worker_health;
 mod worker_process;

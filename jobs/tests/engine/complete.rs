@@ -42,10 +42,9 @@ async fn a_worker_whose_lease_was_taken_over_cannot_overwrite_the_new_attempt() 
     ] {
         let changed = complete_many(
             &db.pool,
-            old_owner,
             &[Completion {
                 id,
-                attempt: 1,
+                token: first[0].token,
                 action,
             }],
         )
@@ -53,28 +52,14 @@ async fn a_worker_whose_lease_was_taken_over_cannot_overwrite_the_new_attempt() 
         .unwrap();
         assert!(changed.is_empty());
     }
-    // Even with the right attempt number, another owner is not this one.
-    let changed = complete_many(
-        &db.pool,
-        old_owner,
-        &[Completion {
-            id,
-            attempt: 2,
-            action: Action::Complete,
-        }],
-    )
-    .await
-    .unwrap();
-    assert!(changed.is_empty());
     assert_eq!(state_of(&db.pool, id).await, (JobState::Running, 2));
 
-    // The new attempt completes.
+    // The new claim completes.
     let changed = complete_many(
         &db.pool,
-        new_owner,
         &[Completion {
             id,
-            attempt: 2,
+            token: second[0].token,
             action: Action::Complete,
         }],
     )
@@ -82,6 +67,85 @@ async fn a_worker_whose_lease_was_taken_over_cannot_overwrite_the_new_attempt() 
     .unwrap();
     assert_eq!(changed, vec![id]);
     assert_eq!(state_of(&db.pool, id).await, (JobState::Completed, 2));
+}
+
+/// The case attempt numbers cannot fence: a run looks stuck, an operator cancels and retries
+/// its job, and the same process claims it again at the same attempt number. The first run's
+/// late outcome changes nothing, and only the new claim's lease is renewed.
+#[tokio::test]
+async fn a_cancelled_and_retried_job_claimed_again_by_the_same_process_fences_the_first_run() {
+    let db = TestDb::new().await;
+    let id = enqueue_one_pooled(&db.pool, &job(1)).await.unwrap().id;
+    let owner = Uuid::new_v4();
+    let first = claim_batch(&db.pool, QUEUE, 1, owner, LEASE, None)
+        .await
+        .unwrap();
+    poda_jobs::engine::admin::cancel_job(&db.pool, id)
+        .await
+        .unwrap();
+    poda_jobs::engine::admin::retry_job(&db.pool, id)
+        .await
+        .unwrap();
+    let second = claim_batch(&db.pool, QUEUE, 1, owner, LEASE, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (first[0].attempt, second[0].attempt),
+        (1, 1),
+        "same attempt number"
+    );
+    assert!(
+        second[0].token > first[0].token,
+        "a claim token never repeats"
+    );
+
+    // The first run ends late, with a failure: nothing changes.
+    let changed = complete_many(
+        &db.pool,
+        &[Completion {
+            id,
+            token: first[0].token,
+            action: Action::Fail {
+                error: "late".into(),
+            },
+        }],
+    )
+    .await
+    .unwrap();
+    assert!(changed.is_empty());
+    assert_eq!(state_of(&db.pool, id).await, (JobState::Running, 1));
+
+    // Renewing the first run's lease renews nothing; renewing the second's renews it.
+    use poda_jobs::engine::lease::extend_leases;
+    let renewed = extend_leases(&db.pool, &[(id, first[0].token)], Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(renewed, 0);
+    let renewed = extend_leases(&db.pool, &[(id, second[0].token)], Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(renewed, 1);
+    let left: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM jobs WHERE id = $1",
+    )
+    .bind(id.0)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(left > 500.0, "the second claim's lease was renewed: {left}");
+
+    let changed = complete_many(
+        &db.pool,
+        &[Completion {
+            id,
+            token: second[0].token,
+            action: Action::Complete,
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(changed, vec![id]);
+    assert_eq!(state_of(&db.pool, id).await, (JobState::Completed, 1));
 }
 
 #[tokio::test]
@@ -115,11 +179,11 @@ async fn outcomes_of_one_batch_each_land_in_their_own_state() {
         .zip(actions)
         .map(|(c, action)| Completion {
             id: c.id,
-            attempt: c.attempt,
+            token: c.token,
             action,
         })
         .collect();
-    let changed = complete_many(&db.pool, owner, &batch).await.unwrap();
+    let changed = complete_many(&db.pool, &batch).await.unwrap();
     assert_eq!(changed.len(), 5);
 
     let rows: Vec<(JobState, i32, Option<String>, f64, bool, i64)> = sqlx::query_as(
@@ -177,20 +241,22 @@ async fn a_late_outcome_that_waits_behind_a_takeover_is_fenced_by_the_committed_
     // old worker's late outcome has to wait for its row lock.
     let new_owner = Uuid::new_v4();
     let mut takeover = db.pool.begin().await.unwrap();
-    sqlx::query("UPDATE jobs SET lease_owner = $2, attempt = attempt + 1 WHERE id = $1")
-        .bind(id.0)
-        .bind(new_owner)
-        .execute(&mut *takeover)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET lease_owner = $2, attempt = attempt + 1, claim_token = claim_token + 1 \
+         WHERE id = $1",
+    )
+    .bind(id.0)
+    .bind(new_owner)
+    .execute(&mut *takeover)
+    .await
+    .unwrap();
     let pool = db.pool.clone();
     let late = tokio::spawn(async move {
         complete_many(
             &pool,
-            old_owner,
             &[Completion {
                 id,
-                attempt: 1,
+                token: 1,
                 action: Action::Complete,
             }],
         )
@@ -214,7 +280,7 @@ async fn a_late_outcome_that_waits_behind_a_takeover_is_fenced_by_the_committed_
     .await;
     takeover.commit().await.unwrap();
 
-    // Re-checked against the row the takeover committed: not this owner, not this attempt.
+    // Re-checked against the row the takeover committed: not this claim.
     let changed = late.await.unwrap().unwrap();
     assert!(changed.is_empty());
     assert_eq!(state_of(&db.pool, id).await, (JobState::Running, 2));

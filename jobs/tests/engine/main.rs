@@ -9,6 +9,7 @@ mod claim;
 mod complete;
 mod enqueue;
 mod factory;
+mod faults;
 mod gauges;
 mod leader;
 mod plans;

@@ -1,0 +1,135 @@
+//! The worker's `/healthz`, and what a worker does when one of its loops dies.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use poda_jobs::engine::{enqueue_many_pooled, JobState};
+use poda_jobs::probe::ProbeJob;
+use poda_jobs::testing::{wait_until, TestDb};
+use poda_jobs::RetryPolicy;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::process::{worker_command, WorkerProcess};
+use crate::worker_process::count_state;
+
+/// Starts a worker that serves its endpoint on a port it picks itself, and returns it with
+/// the endpoint's address once it is ready.
+async fn spawn_announcing(
+    database_url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (WorkerProcess, String) {
+    let mut all = vec!["--metrics-addr", "127.0.0.1:0", "--announce-ready"];
+    all.extend_from_slice(args);
+    let mut command = worker_command(database_url, &all);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(if std::env::var("TEST_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the worker binary");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = None;
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(a) = line.strip_prefix("metrics ") {
+                addr = Some(a.to_owned());
+            }
+            if line == "ready" {
+                return;
+            }
+        }
+        panic!("the worker ended before it was ready");
+    })
+    .await;
+    assert!(ready.is_ok(), "the worker is ready in time");
+    (
+        WorkerProcess { child },
+        addr.expect("the worker announces its endpoint"),
+    )
+}
+
+async fn health(addr: &str) -> Option<(u16, serde_json::Value)> {
+    let response = reqwest::get(format!("http://{addr}/healthz")).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.json().await.ok()?))
+}
+
+#[tokio::test]
+async fn healthz_is_ok_while_every_loop_runs() {
+    let db = TestDb::new().await;
+    let (mut worker, addr) = spawn_announcing(&db.url, &[], &[]).await;
+    let (status, body) = health(&addr).await.expect("healthz answers");
+    assert_eq!(status, 200, "{body}");
+    let loops = body["loops"].as_array().unwrap();
+    for expected in [
+        "engine:completer",
+        "engine:heartbeat",
+        "engine:rescuer",
+        "engine:listener",
+    ] {
+        assert!(loops.iter().any(|l| l == expected), "{expected} in {body}");
+    }
+    assert!(
+        loops
+            .iter()
+            .any(|l| l.as_str().unwrap().starts_with("batch:tickets:")),
+        "{body}"
+    );
+    worker.sigterm();
+    assert!(worker.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+/// The lease renewer panics (a fail point): the process must not go on half alive. Its
+/// health check names the dead loop, it stops claiming, lets its running job finish, and
+/// exits non-zero.
+#[tokio::test]
+async fn a_worker_whose_loop_dies_reports_it_and_exits_non_zero() {
+    let db = TestDb::new().await;
+    let jobs: Vec<_> = (0..3)
+        .map(|n| {
+            ProbeJob {
+                sleep_ms: 4_000,
+                ..ProbeJob::new(n)
+            }
+            .to_job(RetryPolicy::default())
+        })
+        .collect();
+    enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
+    // The heartbeat ticks every second; its second tick panics.
+    let (mut worker, addr) = spawn_announcing(
+        &db.url,
+        &[
+            "--concurrency",
+            "1",
+            "--lease",
+            "3s",
+            "--shutdown-grace",
+            "20s",
+        ],
+        &[("FAILPOINTS", "engine-heartbeat=1*off->panic")],
+    )
+    .await;
+    wait_until(
+        "healthz to name the dead loop",
+        Duration::from_secs(20),
+        || health(&addr),
+        |h| matches!(h, Some((503, body)) if body["dead"][0] == "engine:heartbeat"),
+    )
+    .await;
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        !status.success(),
+        "a worker with a dead loop exits non-zero"
+    );
+    // It stopped claiming at once: the job it was running finished, the others never started.
+    assert_eq!(count_state(&db.pool, JobState::Completed).await, 1);
+    assert_eq!(count_state(&db.pool, JobState::Available).await, 2);
+}

@@ -592,3 +592,143 @@ async fn fan_out_marks_the_cycle_failed_with_the_reason_when_an_error_is_permane
         "{stdout}"
     );
 }
+
+/// The id of the cycle's fan-out job.
+async fn fan_out_job(pool: &PgPool, cycle: i64) -> poda_jobs::engine::JobId {
+    poda_jobs::engine::JobId(
+        sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE queue = 'contribution_cycles' AND unique_key = $1",
+        )
+        .bind(format!("cycle:{cycle}"))
+        .fetch_one(pool)
+        .await
+        .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_whose_fan_out_job_ended_without_settling_it_is_failed_and_frees_its_claim() {
+    use poda_jobs::engine::complete::complete_many;
+    use poda_jobs::engine::{admin, claim::claim_batch, Action, Completion};
+
+    let app = spawn_enqueuer().await;
+    let pool = app.db.pool.clone();
+    let tier = seed_tier(&pool, "gold", "SLE").await;
+    let (first, _) = seed_members(&pool, tier, 10, "active", 2).await;
+
+    // The fan-out fails for good, and the cycle's own Failed update is lost (the database
+    // went away between the two writes): the job is failed, the cycle still Initializing.
+    let stuck = app
+        .post_cycle(&cycle_request(tier, first, "CLM-stuck"), None)
+        .await;
+    assert_eq!(stuck.status, 202, "{stuck:?}");
+    let stuck = stuck.body["cycle_id"].as_i64().unwrap();
+    let owner = uuid::Uuid::new_v4();
+    let claimed = claim_batch(
+        &pool,
+        "contribution_cycles",
+        1,
+        owner,
+        Duration::from_secs(60),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let reason = format!("cycle {stuck}: database error: connection reset by peer");
+    complete_many(
+        &pool,
+        owner,
+        &[Completion {
+            id: claimed[0].id,
+            attempt: claimed[0].attempt,
+            action: Action::Fail {
+                error: reason.clone(),
+            },
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(cycle_status(&pool, stuck).await, "Initializing");
+
+    // A new cycle for the claim is created: the stuck one no longer holds it.
+    let again = app
+        .post_cycle(&cycle_request(tier, first, "CLM-stuck"), None)
+        .await;
+    assert_eq!(again.status, 202, "{again:?}");
+    assert_eq!(again.body["status"], "Initializing");
+    let replacement = again.body["cycle_id"].as_i64().unwrap();
+    assert_ne!(replacement, stuck);
+    // The stuck cycle is Failed, with its job's error as the reason.
+    let progress = app.cycle_progress(stuck).await;
+    assert_eq!(progress.status, 200, "{progress:?}");
+    assert_eq!(progress.body["status"], "Failed", "{progress:?}");
+    assert_eq!(progress.body["error"], reason.as_str());
+    assert_eq!(progress.body["eta_seconds"], 0);
+    // The replacement is live: it holds the claim now.
+    let third = app
+        .post_cycle(&cycle_request(tier, first, "CLM-stuck"), None)
+        .await;
+    assert_eq!(third.status, 409, "{third:?}");
+    assert!(
+        third.body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("already has cycle {replacement}")),
+        "{third:?}"
+    );
+
+    // A cycle whose job an operator cancelled: its progress (and `worker cycle`) says Failed
+    // at once, without waiting for a create.
+    let cancelled = app
+        .post_cycle(&cycle_request(tier, first + 1, "CLM-cancelled"), None)
+        .await;
+    assert_eq!(cancelled.status, 202, "{cancelled:?}");
+    let cancelled = cancelled.body["cycle_id"].as_i64().unwrap();
+    admin::cancel_job(&pool, fan_out_job(&pool, cancelled).await)
+        .await
+        .unwrap();
+    let progress = app.cycle_progress(cancelled).await;
+    assert_eq!(progress.body["status"], "Failed", "{progress:?}");
+    assert!(
+        progress.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled"),
+        "{progress:?}"
+    );
+    assert_eq!(cycle_status(&pool, cancelled).await, "Failed");
+    let (ok, stdout, _) = run_worker_command(&app.db.url, &["cycle", &cancelled.to_string()]).await;
+    assert!(!ok, "a Failed cycle exits non-zero");
+    assert!(stdout.contains("Failed"), "{stdout}");
+
+    // A repeated create request answers with its cycle as it stands: Failed, once its job
+    // has ended.
+    let body = cycle_request(tier, first + 3, "CLM-replayed");
+    let replayed = app.post_cycle(&body, Some("key-replayed")).await;
+    assert_eq!(replayed.status, 202, "{replayed:?}");
+    let replayed = replayed.body["cycle_id"].as_i64().unwrap();
+    admin::cancel_job(&pool, fan_out_job(&pool, replayed).await)
+        .await
+        .unwrap();
+    let again = app.post_cycle(&body, Some("key-replayed")).await;
+    assert_eq!(again.status, 202, "{again:?}");
+    assert_eq!(again.body["cycle_id"], replayed);
+    assert_eq!(again.body["status"], "Failed", "{again:?}");
+    assert_eq!(cycle_status(&pool, replayed).await, "Failed");
+
+    // A cycle whose job still waits to run is left alone and keeps its claim.
+    let live = app
+        .post_cycle(&cycle_request(tier, first + 2, "CLM-live"), None)
+        .await;
+    let live = live.body["cycle_id"].as_i64().unwrap();
+    assert_eq!(
+        app.cycle_progress(live).await.body["status"],
+        "Initializing"
+    );
+    let refused = app
+        .post_cycle(&cycle_request(tier, first + 2, "CLM-live"), None)
+        .await;
+    assert_eq!(refused.status, 409, "{refused:?}");
+    assert_eq!(cycle_status(&pool, live).await, "Initializing");
+}

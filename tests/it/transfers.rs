@@ -13,7 +13,9 @@ use poda_jobs::transfer::{self, TransferJob};
 use poda_jobs::RetryPolicy;
 use sqlx::PgPool;
 
-use crate::support::process::{spawn_worker_with, worker_command, WorkerProcess};
+use crate::support::process::{
+    run_worker_command, spawn_worker_with, worker_command, WorkerProcess,
+};
 
 const TOKEN: &str = "sandbox-test-token";
 const PLATFORM: &str = "fa-platform-test";
@@ -931,4 +933,182 @@ async fn a_row_the_database_refuses_fails_alone_and_its_batch_is_written() {
         assert_eq!(key_of(&db.pool, tickets[i]).await, row.key.as_str());
     }
     assert_eq!(count_transfers(&db.pool, "pending").await, 2);
+}
+
+/// One run of the transfer job as a worker runs it, driven step by step: claim the job, run
+/// the handler, decide the outcome. The outcome is returned unwritten, so a test chooses when
+/// it lands (with [`land`]).
+async fn run_claimed(
+    db: &TestDb,
+    context: &transfer::TransferContext,
+    owner: uuid::Uuid,
+) -> poda_jobs::engine::Completion {
+    use poda_jobs::engine::{claim::claim_batch, outcome::decide, JobMeta};
+
+    // Claim as if it were later: a snoozed job is due at once.
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let mut claimed = claim_batch(
+        &db.pool,
+        transfer::QUEUE,
+        1,
+        owner,
+        Duration::from_secs(60),
+        Some(later),
+    )
+    .await
+    .unwrap();
+    let job = claimed.pop().expect("a transfer job to claim");
+    let meta = JobMeta {
+        id: job.id,
+        queue: job.queue.clone(),
+        kind: job.kind.clone(),
+        attempt: job.attempt,
+        retry: job.retry,
+    };
+    let payload: TransferJob = serde_json::from_value(job.payload.clone()).unwrap();
+    let result = transfer::handle(context, &meta, payload).await;
+    let action = decide(
+        &meta,
+        Ok(result.map_err(|e| Box::new(e) as poda_jobs::engine::retry::BoxError)),
+    );
+    poda_jobs::engine::Completion {
+        id: job.id,
+        attempt: job.attempt,
+        action,
+    }
+}
+
+/// Writes a run's outcome as the completer does (fenced by owner and attempt).
+async fn land(db: &TestDb, owner: uuid::Uuid, outcome: poda_jobs::engine::Completion) {
+    poda_jobs::engine::complete::complete_many(&db.pool, owner, &[outcome])
+        .await
+        .unwrap();
+}
+
+async fn transfer_state(pool: &PgPool, ticket_id: i64) -> (String, i32, String, String, i32) {
+    sqlx::query_as(
+        "SELECT ct.status::text, ct.generation, ct.idempotency_key, j.state::text, j.attempt \
+         FROM commission_transfers ct JOIN jobs j ON j.unique_key = 'ticket:' || ct.ticket_id \
+         WHERE ct.ticket_id = $1",
+    )
+    .bind(ticket_id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_operator_retry_of_a_transfer_whose_failing_run_has_not_ended_is_refused_until_it_has() {
+    use poda_jobs::engine::Action;
+    use poda_jobs::transfer::admin::{retry_failed_transfer, TransferAdminError};
+    use poda_jobs::transfer::breaker::{Breaker, BreakerConfig};
+    use poda_jobs::transfer::{TransferContext, TransferSettings};
+
+    let db = TestDb::new().await;
+    // Transfers stay pending at Monime until the test says otherwise (force_status).
+    let sandbox = sandbox(SandboxConfig {
+        completion_delay: Duration::from_secs(3_600),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let ticket = seed_tickets(&db.pool, "co-race", "fa-race", 1).await[0];
+    enqueue_transfers(&db.pool, &[ticket], FAST_RETRY).await;
+    let store = TestStore::start(&db.pool);
+    let context = TransferContext {
+        pool: db.pool.clone(),
+        status_pool: db.pool.clone(),
+        store: store.store.clone(),
+        client: client_for(&sandbox, TOKEN),
+        breaker: Breaker::new(BreakerConfig::default()),
+        rate_limit: None,
+        settings: TransferSettings {
+            platform_account_id: PLATFORM.into(),
+            poll_initial: Duration::from_millis(1),
+            poll_max: Duration::from_millis(1),
+            poll_inline: Duration::ZERO,
+        },
+    };
+    let owner = uuid::Uuid::new_v4();
+
+    // Monime accepts the transfer, then fails it: the second run records the failure on the
+    // row, and its own outcome (a permanent failure) is still on its way to the job.
+    let accepted = run_claimed(&db, &context, owner).await;
+    assert!(
+        matches!(accepted.action, Action::Snooze { .. }),
+        "{accepted:?}"
+    );
+    land(&db, owner, accepted).await;
+    let first_key = key_of(&db.pool, ticket).await;
+    assert!(sandbox.counts.force_status(&first_key, "failed"));
+    let failing = run_claimed(&db, &context, owner).await;
+    assert!(matches!(failing.action, Action::Fail { .. }), "{failing:?}");
+    let before = transfer_state(&db.pool, ticket).await;
+    assert_eq!(
+        (before.0.as_str(), before.1, before.3.as_str()),
+        ("failed", 1, "running")
+    );
+
+    // The operator retries now: refused, with the reason, and nothing changes.
+    let refused = retry_failed_transfer(&db.pool, ticket).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(TransferAdminError::AtWork { status, job_state, .. })
+                if status == "failed" && job_state == "running"
+        ),
+        "{refused:?}"
+    );
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("running"), "{message}");
+    assert_eq!(transfer_state(&db.pool, ticket).await, before);
+    let (ok, _, stderr) =
+        run_worker_command(&db.url, &["retry-transfer", &ticket.to_string()]).await;
+    assert!(!ok, "a refused retry exits non-zero");
+    assert!(
+        stderr.contains("its job is running") && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(transfer_state(&db.pool, ticket).await, before);
+
+    // The run's outcome lands: the job fails for good, as the row says.
+    land(&db, owner, failing).await;
+    let (status, _, _, job_state, _) = transfer_state(&db.pool, ticket).await;
+    assert_eq!((status.as_str(), job_state.as_str()), ("failed", "failed"));
+
+    // Now the retry goes through: a new key, and the job runs again with fresh attempts.
+    let retried = retry_failed_transfer(&db.pool, ticket).await.unwrap();
+    assert!(retried.new_key);
+    assert_eq!(retried.generation, 2);
+    assert_eq!(
+        transfer_state(&db.pool, ticket).await,
+        (
+            "pending".to_owned(),
+            2,
+            retried.idempotency_key.clone(),
+            "available".to_owned(),
+            0
+        )
+    );
+
+    // And the job does run it: a create under the new key, then Monime completes it.
+    let resent = run_claimed(&db, &context, owner).await;
+    assert!(matches!(resent.action, Action::Snooze { .. }), "{resent:?}");
+    land(&db, owner, resent).await;
+    assert_eq!(
+        sandbox.counts.create_requests_for(&retried.idempotency_key),
+        1
+    );
+    assert!(sandbox
+        .counts
+        .force_status(&retried.idempotency_key, "completed"));
+    let done = run_claimed(&db, &context, owner).await;
+    assert_eq!(done.action, Action::Complete);
+    land(&db, owner, done).await;
+    let (status, _, _, job_state, _) = transfer_state(&db.pool, ticket).await;
+    assert_eq!(
+        (status.as_str(), job_state.as_str()),
+        ("completed", "completed")
+    );
+    assert_eq!(sandbox.counts.total_executions(), 2);
+    store.stop().await;
 }

@@ -6,6 +6,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::engine::enqueue_one;
 use crate::ticket::{Currency, Money};
 
+use super::abandoned::fail_if_abandoned;
 use super::error::CreateCycleError;
 use super::{
     CycleId, CycleJob, CycleStatus, MAX_DURATION_DAYS, MAX_REFERENCE_LEN, MIN_DURATION_DAYS,
@@ -108,7 +109,8 @@ impl StoredCycle {
 /// Creates the cycle and enqueues its fan-out job in one transaction, marking the deceased
 /// member `deceased`. With `idempotency_key`, a repeat of the same request returns the first
 /// request's cycle, and a different request with that key is refused. Invalid input is
-/// refused before anything is written.
+/// refused before anything is written. A claim with a live cycle is refused; a cycle whose
+/// fan-out job has ended without settling it is marked Failed first and does not count.
 pub async fn create_cycle(
     pool: &PgPool,
     new: &NewCycle,
@@ -121,10 +123,23 @@ pub async fn create_cycle(
     let mut tx = pool.begin().await?;
     if let Some(key) = idempotency_key {
         if let Some(existing) = replay(&mut tx, new, key).await? {
+            tx.commit().await?;
             return Ok(existing);
         }
     }
     check_tier_and_member(&mut tx, new).await?;
+    // The claim's Initializing cycle, if its fan-out job has ended, is Failed and no longer
+    // holds the claim: mark it so before inserting (see `abandoned`).
+    let initializing = sqlx::query_scalar!(
+        "SELECT id AS \"id: CycleId\" FROM contribution_cycles \
+         WHERE claim_reference = $1 AND status = 'Initializing'",
+        new.claim_reference.trim(),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(id) = initializing {
+        fail_if_abandoned(&mut tx, id).await?;
+    }
 
     let inserted = sqlx::query_file!(
         "src/cycle/create_cycle.sql",
@@ -142,6 +157,7 @@ pub async fn create_cycle(
         // A concurrent request won the key or the claim; it has committed by now.
         if let Some(key) = idempotency_key {
             if let Some(existing) = replay(&mut tx, new, key).await? {
+                tx.commit().await?;
                 return Ok(existing);
             }
         }
@@ -195,7 +211,14 @@ async fn replay(
     .await?;
     match stored {
         None => Ok(None),
-        Some(stored) if stored.matches(new) => Ok(Some(stored.into_created())),
+        Some(mut stored) if stored.matches(new) => {
+            if stored.status == CycleStatus::Initializing
+                && fail_if_abandoned(conn, stored.id).await?.is_some()
+            {
+                stored.status = CycleStatus::Failed;
+            }
+            Ok(Some(stored.into_created()))
+        }
         Some(stored) => Err(CreateCycleError::IdempotencyKeyReused {
             key: key.to_owned(),
             cycle_id: stored.id,

@@ -14,7 +14,9 @@ use super::{CycleConfig, CycleId, CycleJob, CycleStatus};
 
 /// Runs one fan-out job. Idempotent: a settled cycle is left alone, and an unsettled one
 /// continues from its last committed chunk. A permanent error, or a retryable one on the
-/// last attempt, marks the cycle `Failed` with the reason.
+/// last attempt, marks the cycle `Failed` with the reason. If that update is lost while the
+/// job still ends for good, the next reader of the cycle marks it Failed
+/// ([`super::abandoned`]).
 #[tracing::instrument(skip_all, fields(cycle.id = %job.cycle_id, job.id = %meta.id, job.attempt = meta.attempt))]
 pub async fn handle(
     pool: &PgPool,

@@ -10,8 +10,11 @@
 //! ```
 //!
 //! A crash at any point resumes from the last committed chunk: the cursor is read from the
-//! cycle row, and the (cycle, member) primary key makes a redone chunk harmless anyway.
+//! cycle row, and the (cycle, member) primary key makes a redone chunk harmless anyway. A
+//! cycle whose job ended without settling it is marked Failed by whoever next reads it
+//! ([`abandoned`]), so it never holds its claim.
 
+pub mod abandoned;
 pub mod create;
 pub mod error;
 pub mod handler;
@@ -24,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{NewJob, RetryPolicy};
 
+pub use abandoned::fail_if_abandoned;
 pub use create::{create_cycle, CreatedCycle, NewCycle};
 pub use error::{CreateCycleError, CycleError};
 pub use handler::handle;

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::{CycleId, CycleStatus};
+use super::abandoned::fail_if_abandoned;
+use super::{CycleId, CycleJob, CycleStatus, QUEUE};
 
 /// Progress of one cycle. `processed` only goes up (it is committed with each chunk).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -34,23 +35,42 @@ struct Row {
     error: Option<String>,
     started_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
+    /// Whether the fan-out job is waiting or running (it can still settle the cycle).
+    job_live: bool,
 }
 
-/// The cycle's progress, or `None` when it does not exist.
+/// The cycle's progress, or `None` when it does not exist. An `Initializing` cycle whose
+/// fan-out job has ended is marked Failed first, and shown so (see [`super::abandoned`]).
 pub async fn fetch_progress(
     pool: &PgPool,
     id: CycleId,
 ) -> Result<Option<CycleProgress>, sqlx::Error> {
-    let row = sqlx::query_as!(
+    let Some(row) = read(pool, id).await? else {
+        return Ok(None);
+    };
+    if row.status != CycleStatus::Initializing || row.job_live {
+        return Ok(Some(row.into_progress()));
+    }
+    let mut tx = pool.begin().await?;
+    fail_if_abandoned(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(read(pool, id).await?.map(Row::into_progress))
+}
+
+async fn read(pool: &PgPool, id: CycleId) -> Result<Option<Row>, sqlx::Error> {
+    sqlx::query_as!(
         Row,
         "SELECT id AS \"id: CycleId\", code, status AS \"status: CycleStatus\", total, \
-                processed, error, started_at, now() AS \"now!\" \
+                processed, error, started_at, now() AS \"now!\", \
+                EXISTS (SELECT 1 FROM jobs j WHERE j.queue = $2 AND j.unique_key = $3 \
+                          AND j.state IN ('available', 'running')) AS \"job_live!\" \
          FROM contribution_cycles WHERE id = $1",
         id.0,
+        QUEUE,
+        CycleJob { cycle_id: id }.unique_key(),
     )
     .fetch_optional(pool)
-    .await?;
-    Ok(row.map(Row::into_progress))
+    .await
 }
 
 impl Row {
@@ -104,6 +124,7 @@ mod tests {
             error: None,
             started_at: total.map(|_| now - chrono::Duration::seconds(elapsed_s)),
             now,
+            job_live: true,
         }
     }
 

@@ -12,7 +12,11 @@ pub enum TransferAdminError {
     NotFound { ticket_id: i64 },
     #[error("the transfer of ticket {ticket_id} is {status}: nothing to retry")]
     NotFailed { ticket_id: i64, status: String },
-    #[error("the transfer of ticket {ticket_id} is {status} and its job is {job_state}: it is still being worked")]
+    /// The job has not ended: a run may still write its outcome, or it will run the transfer.
+    #[error(
+        "the transfer of ticket {ticket_id} is {status} and its job is {job_state}: the job has \
+         not ended, so nothing was changed; retry once it has ended"
+    )]
     AtWork {
         ticket_id: i64,
         status: String,
@@ -44,6 +48,22 @@ pub struct RetriedTransfer {
 /// A row left unfinished (pending or processing) by a job that ended anyway — its last
 /// attempt met a database error, or it was cancelled or pruned — is retried the same way,
 /// under the same key. An unfinished row whose job is still waiting or running is refused.
+///
+/// A failed row whose job is running is refused too, and nothing changes. A run marks the row
+/// failed before its outcome reaches the job, so the job is still running in between; a retry
+/// then would make the row pending while the run's outcome, landing after it, ends the job
+/// failed: a pending transfer that no job would ever run. Reviving the running job here instead
+/// would not be safe either: a late outcome is fenced by the claim's owner and attempt, and
+/// resetting the attempt lets the next claim by the same process take the attempt number the
+/// old run holds, so the old failure could land on the new run. A running job always ends (its
+/// outcome, or the rescuer when its lease runs out), so the refusal only asks to wait.
+///
+/// Every retry that goes through leaves a job that will run the transfer. The job row is
+/// locked while it is looked at, so its state cannot change before the commit, and an earlier
+/// run's outcome cannot undo it afterwards (an outcome only changes a job still running under
+/// the claim it was run under): a failed, cancelled or completed job is made available with
+/// fresh attempts; an available one (a rescued run with attempts left) is left to run, its
+/// attempt untouched so the next claim gets a new one; a pruned one is enqueued again.
 pub async fn retry_failed_transfer(
     pool: &PgPool,
     ticket_id: i64,
@@ -58,26 +78,30 @@ pub async fn retry_failed_transfer(
     .await?
     .ok_or(TransferAdminError::NotFound { ticket_id })?;
     let (status, generation, monime_status) = (row.status, row.generation, row.monime_status);
+    if status == "completed" {
+        return Err(TransferAdminError::NotFailed { ticket_id, status });
+    }
     let job = TransferJob { ticket_id };
-    if status != "failed" {
-        let job_state = sqlx::query_scalar!(
-            "SELECT state::text AS \"state!\" FROM jobs \
-             WHERE queue = $1 AND unique_key = $2 FOR UPDATE",
-            QUEUE,
-            job.unique_key(),
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if status == "completed" {
-            return Err(TransferAdminError::NotFailed { ticket_id, status });
-        }
-        if let Some(job_state @ ("available" | "running")) = job_state.as_deref() {
-            return Err(TransferAdminError::AtWork {
-                ticket_id,
-                status,
-                job_state: job_state.to_owned(),
-            });
-        }
+    let job_state = sqlx::query_scalar!(
+        "SELECT state::text AS \"state!\" FROM jobs \
+         WHERE queue = $1 AND unique_key = $2 FOR UPDATE",
+        QUEUE,
+        job.unique_key(),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let at_work = match job_state.as_deref() {
+        Some("running") => true,
+        // An unfinished row's waiting job will run it; a failed row's will, once pending.
+        Some("available") => status != "failed",
+        _ => false,
+    };
+    if at_work {
+        return Err(TransferAdminError::AtWork {
+            ticket_id,
+            status,
+            job_state: job_state.unwrap_or_default(),
+        });
     }
     let new_key = monime_status.as_deref() == Some("failed");
     let generation = if new_key { generation + 1 } else { generation };

@@ -638,10 +638,9 @@ async fn a_cycle_whose_fan_out_job_ended_without_settling_it_is_failed_and_frees
     let reason = format!("cycle {stuck}: database error: connection reset by peer");
     complete_many(
         &pool,
-        owner,
         &[Completion {
             id: claimed[0].id,
-            attempt: claimed[0].attempt,
+            token: claimed[0].token,
             action: Action::Fail {
                 error: reason.clone(),
             },

@@ -963,6 +963,7 @@ async fn run_claimed(
         queue: job.queue.clone(),
         kind: job.kind.clone(),
         attempt: job.attempt,
+        claim_token: job.token,
         retry: job.retry,
     };
     let payload: TransferJob = serde_json::from_value(job.payload.clone()).unwrap();
@@ -973,14 +974,14 @@ async fn run_claimed(
     );
     poda_jobs::engine::Completion {
         id: job.id,
-        attempt: job.attempt,
+        token: job.token,
         action,
     }
 }
 
-/// Writes a run's outcome as the completer does (fenced by owner and attempt).
-async fn land(db: &TestDb, owner: uuid::Uuid, outcome: poda_jobs::engine::Completion) {
-    poda_jobs::engine::complete::complete_many(&db.pool, owner, &[outcome])
+/// Writes a run's outcome as the completer does (fenced by its claim token).
+async fn land(db: &TestDb, outcome: poda_jobs::engine::Completion) {
+    poda_jobs::engine::complete::complete_many(&db.pool, &[outcome])
         .await
         .unwrap();
 }
@@ -1037,7 +1038,7 @@ async fn an_operator_retry_of_a_transfer_whose_failing_run_has_not_ended_is_refu
         matches!(accepted.action, Action::Snooze { .. }),
         "{accepted:?}"
     );
-    land(&db, owner, accepted).await;
+    land(&db, accepted).await;
     let first_key = key_of(&db.pool, ticket).await;
     assert!(sandbox.counts.force_status(&first_key, "failed"));
     let failing = run_claimed(&db, &context, owner).await;
@@ -1071,7 +1072,7 @@ async fn an_operator_retry_of_a_transfer_whose_failing_run_has_not_ended_is_refu
     assert_eq!(transfer_state(&db.pool, ticket).await, before);
 
     // The run's outcome lands: the job fails for good, as the row says.
-    land(&db, owner, failing).await;
+    land(&db, failing).await;
     let (status, _, _, job_state, _) = transfer_state(&db.pool, ticket).await;
     assert_eq!((status.as_str(), job_state.as_str()), ("failed", "failed"));
 
@@ -1093,7 +1094,7 @@ async fn an_operator_retry_of_a_transfer_whose_failing_run_has_not_ended_is_refu
     // And the job does run it: a create under the new key, then Monime completes it.
     let resent = run_claimed(&db, &context, owner).await;
     assert!(matches!(resent.action, Action::Snooze { .. }), "{resent:?}");
-    land(&db, owner, resent).await;
+    land(&db, resent).await;
     assert_eq!(
         sandbox.counts.create_requests_for(&retried.idempotency_key),
         1
@@ -1103,7 +1104,7 @@ async fn an_operator_retry_of_a_transfer_whose_failing_run_has_not_ended_is_refu
         .force_status(&retried.idempotency_key, "completed"));
     let done = run_claimed(&db, &context, owner).await;
     assert_eq!(done.action, Action::Complete);
-    land(&db, owner, done).await;
+    land(&db, done).await;
     let (status, _, _, job_state, _) = transfer_state(&db.pool, ticket).await;
     assert_eq!(
         (status.as_str(), job_state.as_str()),

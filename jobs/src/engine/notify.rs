@@ -149,10 +149,11 @@ async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
+/// Reconnects within a few seconds of the database coming back (workers poll meanwhile).
 fn reconnect_backoff() -> backoff::ExponentialBackoff {
     backoff::ExponentialBackoff {
         initial_interval: Duration::from_millis(100),
-        max_interval: Duration::from_secs(30),
+        max_interval: Duration::from_secs(5),
         max_elapsed_time: None,
         ..Default::default()
     }

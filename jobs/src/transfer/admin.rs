@@ -53,10 +53,9 @@ pub struct RetriedTransfer {
 /// failed before its outcome reaches the job, so the job is still running in between; a retry
 /// then would make the row pending while the run's outcome, landing after it, ends the job
 /// failed: a pending transfer that no job would ever run. Reviving the running job here instead
-/// would not be safe either: a late outcome is fenced by the claim's owner and attempt, and
-/// resetting the attempt lets the next claim by the same process take the attempt number the
-/// old run holds, so the old failure could land on the new run. A running job always ends (its
-/// outcome, or the rescuer when its lease runs out), so the refusal only asks to wait.
+/// would take it from a run that is still calling Monime, and two runs of one transfer at once
+/// is what the row's state machine is there to avoid. A running job always ends (its outcome,
+/// or the rescuer when its lease runs out), so the refusal only asks to wait.
 ///
 /// Every retry that goes through leaves a job that will run the transfer. The job row is
 /// locked while it is looked at, so its state cannot change before the commit, and an earlier

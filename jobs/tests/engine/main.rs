@@ -6,6 +6,7 @@ mod support;
 mod backend;
 mod batch_worker;
 mod claim;
+mod cluster;
 mod complete;
 mod enqueue;
 mod factory;

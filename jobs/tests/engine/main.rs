@@ -17,3 +17,4 @@ mod prune;
 mod queue;
 mod rescue;
 mod retry;
+mod views;

@@ -46,6 +46,13 @@ pub fn base_command(database_url: &str, args: &[&str]) -> std::process::Command 
     command
 }
 
+/// `url` with `application_name` set, so a process's sessions can be told apart in
+/// `pg_stat_activity`.
+pub fn with_application_name(url: &str, name: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={name}")
+}
+
 pub fn worker_command(database_url: &str, args: &[&str]) -> Command {
     Command::from(base_command(database_url, args))
 }

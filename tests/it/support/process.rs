@@ -1,11 +1,14 @@
 //! The real `worker` binary as a child process.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
 
 pub struct WorkerProcess {
     pub child: Child,
@@ -30,6 +33,86 @@ pub fn spawn_worker_with(mut command: Command) -> WorkerProcess {
         .spawn()
         .expect("start the worker binary");
     WorkerProcess { child }
+}
+
+/// Starts the worker `make()` prepares (with `--metrics-addr` added) and returns it with the
+/// address of its metrics endpoint once it serves it; killed when dropped.
+///
+/// The worker binds the address it is given and cannot report a port the system chose, so
+/// the port is one that was free a moment ago. Another process can take it before the
+/// worker binds it: then the worker exits saying the address is in use, and is started
+/// again on another port.
+pub async fn spawn_worker_serving_metrics(
+    make: impl Fn() -> Command,
+) -> (WorkerProcess, SocketAddr) {
+    const ATTEMPTS: usize = 10;
+    let mut last = String::new();
+    for _ in 0..ATTEMPTS {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let mut command = make();
+        command
+            .arg("--metrics-addr")
+            .arg(addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("start the worker binary");
+        let serving = watch_stderr(&mut child, "serving metrics");
+        match tokio::time::timeout(Duration::from_secs(30), serving).await {
+            Ok(Ok(())) => return (WorkerProcess { child }, addr),
+            Ok(Err(stderr)) if stderr.contains("Address already in use") => {
+                let _ = child.wait().await;
+                last = stderr;
+            }
+            Ok(Err(stderr)) => panic!("the worker exited before serving metrics:\n{stderr}"),
+            Err(_) => panic!("the worker did not serve metrics on {addr} within 30 s"),
+        }
+    }
+    panic!("the metrics port was taken {ATTEMPTS} times; last:\n{last}");
+}
+
+/// Reads `child`'s stderr to its end (forwarded to the test output with `TEST_LOG` set);
+/// resolves when a line contains `ready`, or fails with what was read if it ends first.
+fn watch_stderr(
+    child: &mut Child,
+    ready: &'static str,
+) -> impl std::future::Future<Output = Result<(), String>> {
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tell, told) = oneshot::channel();
+    let forward = std::env::var("TEST_LOG").is_ok();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut tell = Some(tell);
+        let mut seen = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if forward {
+                eprintln!("{line}");
+            }
+            if tell.is_some() {
+                if line.contains(ready) {
+                    let _ = tell.take().unwrap().send(Ok(()));
+                } else {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                }
+            }
+        }
+        if let Some(tell) = tell {
+            let _ = tell.send(Err(seen));
+        }
+    });
+    async move {
+        told.await
+            .unwrap_or_else(|_| Err("stderr reader stopped".into()))
+    }
+}
+
+/// A loopback port nobody listened on a moment ago (see [`spawn_worker_serving_metrics`]).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free loopback port")
+        .port()
 }
 
 /// The `worker` binary on `database_url` with `args`. Its pools are sized for a server that

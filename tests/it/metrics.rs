@@ -1,24 +1,25 @@
 use poda_jobs::probe;
 use poda_jobs::testing::{wait_until, TestDb};
 
-use crate::support::worker::{count, enqueue_recorded_probes, free_port, WorkerProcess, TIMEOUT};
+use crate::support::process::{spawn_worker_serving_metrics, worker_command};
+use crate::support::worker::{count, enqueue_recorded_probes, TIMEOUT};
 
 #[tokio::test]
 async fn the_metrics_endpoint_shows_per_queue_counters_and_gauges() {
     let db = TestDb::new().await;
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let _worker = WorkerProcess::start(
-        &db.url,
-        &[
-            "--queues",
-            probe::QUEUE,
-            "--queue-concurrency",
-            &format!("{}=4", probe::QUEUE),
-            "--metrics-addr",
-            &addr,
-        ],
-    );
+    let concurrency = format!("{}=4", probe::QUEUE);
+    let (_worker, addr) = spawn_worker_serving_metrics(|| {
+        worker_command(
+            &db.url,
+            &[
+                "--queues",
+                probe::QUEUE,
+                "--queue-concurrency",
+                &concurrency,
+            ],
+        )
+    })
+    .await;
     enqueue_recorded_probes(&db.pool, 25).await;
     wait_until(
         "the probes to complete",

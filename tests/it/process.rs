@@ -1,14 +1,15 @@
 //! The real `enqueuer` binary: killed with SIGKILL right after acknowledging, it has lost
 //! nothing it acknowledged.
 
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use poda_jobs::testing::{wait_until, TestDb};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::support::monime::{self, payment_completed, signature, SECRET};
 
@@ -24,34 +25,34 @@ impl Drop for Enqueuer {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// Starts the enqueuer binary on port 0 (the system picks a free port as it binds) and
+/// learns the port from its "enqueuer listening" log line.
 async fn spawn_binary(db: &TestDb, envs: &[(&str, &str)]) -> Enqueuer {
-    let port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_enqueuer"));
     command
         .env("DATABASE_URL", &db.url)
-        .env("ENQUEUER_ADDR", format!("127.0.0.1:{port}"))
+        .env("ENQUEUER_ADDR", "127.0.0.1:0")
         .env("MONIME_WEBHOOK_SECRETS", SECRET)
         .env("ADMIN_TOKEN", "process-test-token")
         .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,poda::enqueuer=info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     for (k, v) in envs {
         command.env(k, v);
     }
-    let child = command.spawn().expect("start the enqueuer binary");
-    let enqueuer = Enqueuer {
+    let mut child = command.spawn().expect("start the enqueuer binary");
+    let port = listening_port(child.stderr.take().expect("stderr is piped"));
+    let mut enqueuer = Enqueuer {
         child,
-        base: format!("http://127.0.0.1:{port}"),
+        base: String::new(),
     };
+    let port = tokio::time::timeout(Duration::from_secs(20), port)
+        .await
+        .expect("the enqueuer reports its port within 20 s")
+        .unwrap_or_else(|_| Err("the log reader stopped".into()))
+        .unwrap_or_else(|stderr| panic!("the enqueuer exited before listening:\n{stderr}"));
+    enqueuer.base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let url = format!("{}/readyz", enqueuer.base);
     wait_until(
@@ -73,6 +74,40 @@ async fn spawn_binary(db: &TestDb, envs: &[(&str, &str)]) -> Enqueuer {
     )
     .await;
     enqueuer
+}
+
+/// Reads the enqueuer's JSON log lines to their end (echoed with `TEST_LOG` set); resolves
+/// with the port of its "enqueuer listening" line, or with what it read if the log ends
+/// first.
+fn listening_port(stderr: ChildStderr) -> oneshot::Receiver<Result<u16, String>> {
+    let (tell, told) = oneshot::channel();
+    let forward = std::env::var("TEST_LOG").is_ok();
+    std::thread::spawn(move || {
+        let mut tell = Some(tell);
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if forward {
+                eprintln!("{line}");
+            }
+            let Some(pending) = tell.take() else { continue };
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            match event["port"].as_u64() {
+                Some(port) if event["message"] == "enqueuer listening" => {
+                    let _ = pending.send(Ok(port as u16));
+                }
+                _ => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                    tell = Some(pending);
+                }
+            }
+        }
+        if let Some(tell) = tell {
+            let _ = tell.send(Err(seen));
+        }
+    });
+    told
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,9 +1,28 @@
+use std::time::{Duration, Instant};
+
+use poda_jobs::engine::enqueue_many_pooled;
 use poda_jobs::probe;
+use poda_jobs::testing::tickets::{seed_one_company, ticket_job};
 use poda_jobs::testing::{wait_until, TestDb};
+use poda_jobs::ticket;
+use sqlx::PgPool;
 
 use crate::support::worker::{
     count, enqueue_recorded_probes, worker_command, WorkerProcess, TIMEOUT,
 };
+
+/// (jobs of `queue` ever claimed, probe runs).
+async fn claimed_and_run(pool: &PgPool, queue: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM jobs WHERE queue = $1 \
+                   AND (state <> 'available' OR attempt > 0 OR attempted_at IS NOT NULL)), \
+                (SELECT count(*) FROM probe_runs)",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
 
 #[tokio::test]
 async fn pause_holds_a_running_workers_jobs_and_resume_releases_them() {
@@ -17,32 +36,48 @@ async fn pause_holds_a_running_workers_jobs_and_resume_releases_them() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("paused"));
+    // A job on a queue that is not paused: once it has run, the worker is up and claiming.
+    seed_one_company(&db.pool).await;
+    enqueue_many_pooled(
+        &db.pool,
+        &[ticket_job("pay-pause", "co-1", "rt-1", 10_000).to_job()],
+    )
+    .await
+    .unwrap();
 
-    let _worker = WorkerProcess::start(&db.url, &["--queues", probe::QUEUE]);
-    // The worker is up and polling (it holds connections), yet nothing runs while paused.
+    let queues = format!("{},{}", probe::QUEUE, ticket::QUEUE);
+    let _worker = WorkerProcess::start(&db.url, &["--queues", &queues, "--poll-interval", "100ms"]);
     wait_until(
-        "the worker to connect",
+        "the worker to run the job of the queue that is not paused",
         TIMEOUT,
         || async {
-            count(
-                &db.pool,
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()",
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'completed'",
             )
+            .bind(ticket::QUEUE)
+            .fetch_one(&db.pool)
             .await
+            .unwrap()
         },
-        |n| *n >= 3,
+        |n| *n == 1,
     )
     .await;
-    assert_eq!(count(&db.pool, "SELECT count(*) FROM probe_runs").await, 0);
-    assert_eq!(
-        count(
-            &db.pool,
-            "SELECT count(*) FROM jobs WHERE state = 'available'"
-        )
-        .await,
-        20
-    );
+    // The worker claims, yet for ten of its poll intervals nothing of the paused queue is
+    // claimed or run. (Absence is watched for a while; nothing waits on it.)
+    let watch_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < watch_until {
+        assert_eq!(
+            claimed_and_run(&db.pool, probe::QUEUE).await,
+            (0, 0),
+            "jobs of a paused queue were claimed or run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
+    let resumed_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     let out = worker_command(&db.url, &["resume", probe::QUEUE]);
     assert!(
         out.status.success(),
@@ -59,13 +94,21 @@ async fn pause_holds_a_running_workers_jobs_and_resume_releases_them() {
             )
             .await
         },
-        |n| *n == 20,
+        |n| *n == 21,
     )
     .await;
-    assert_eq!(
-        count(&db.pool, "SELECT count(DISTINCT n) FROM probe_runs").await,
-        20
-    );
+    // Each probe ran once, at its first attempt, after the resume.
+    let (runs, distinct, first_attempts, before_resume): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT n), count(*) FILTER (WHERE attempt = 1), \
+                count(*) FILTER (WHERE started_at < $1) \
+         FROM probe_runs",
+    )
+    .bind(resumed_at)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((runs, distinct, first_attempts), (20, 20, 20));
+    assert_eq!(before_resume, 0, "probes ran before the queue was resumed");
 }
 
 #[tokio::test]

@@ -15,6 +15,9 @@ use sqlx::PgPool;
 
 use crate::support::process::spawn_worker;
 
+/// How long the probe of the SIGTERM test runs.
+const PROBE_SLEEP_MS: u64 = 4_000;
+
 const TICKETS_FAST_RESCUE: &[&str] = &[
     "--queues",
     "tickets",
@@ -178,7 +181,7 @@ async fn tickets_sigterm_stops_ticket_claims_at_once_while_other_queues_drain() 
     jobs.push(
         ProbeJob {
             record: true,
-            sleep_ms: 4_000,
+            sleep_ms: PROBE_SLEEP_MS,
             ..ProbeJob::new(1)
         }
         .to_job(RetryPolicy::default()),
@@ -188,18 +191,36 @@ async fn tickets_sigterm_stops_ticket_claims_at_once_while_other_queues_drain() 
     let queues = format!("{},{}", ticket::QUEUE, probe::QUEUE);
     let mut worker = spawn_worker(&db.url, &["--queues", &queues, "--shutdown-grace", "20s"]);
     wait_until(
-        "the probe to run and tickets to be issued",
+        "the probe to be running and tickets to be issued",
         Duration::from_secs(60),
         || async {
-            let probes: i64 = sqlx::query_scalar("SELECT count(*) FROM probe_runs")
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
-            (probes, ticket_counts(&db.pool).await.tickets)
+            // Runs of the probe, its state, and how long ago its run began (ms).
+            let probe: (i64, String, Option<f64>) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM probe_runs), \
+                        (SELECT state::text FROM jobs WHERE queue = $1), \
+                        (SELECT extract(epoch FROM clock_timestamp() - max(started_at)) * 1000 \
+                         FROM probe_runs)::float8",
+            )
+            .bind(probe::QUEUE)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            (probe, ticket_counts(&db.pool).await.tickets)
         },
-        |(probes, tickets)| *probes == 1 && *tickets >= 1_000,
+        // With a second or more of its sleep left, so that it still runs at the signal.
+        |((runs, state, age_ms), tickets)| {
+            *runs == 1
+                && state == "running"
+                && age_ms.is_some_and(|age| age < (PROBE_SLEEP_MS - 1_000) as f64)
+                && *tickets >= 1_000
+        },
     )
     .await;
+    let before_signal: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     worker.sigterm();
     let at_signal = ticket_counts(&db.pool).await.tickets;
     let status = worker.wait_exit(Duration::from_secs(30)).await;
@@ -216,10 +237,38 @@ async fn tickets_sigterm_stops_ticket_claims_at_once_while_other_queues_drain() 
     );
     assert!(at_exit.tickets < N);
     assert_eq!(at_exit.tickets_without_transfer, 0);
-    let probe_state: String = sqlx::query_scalar("SELECT state::text FROM jobs WHERE queue = $1")
-        .bind(probe::QUEUE)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(probe_state, "completed", "the running probe finished");
+    // The probe was still running when the signal came (its run began before it, its
+    // completion was written after it), and the drain let it finish: one run, first attempt.
+    let (probe_state, attempt, runs, started_at, finished_at): (
+        String,
+        i32,
+        i64,
+        chrono::DateTime<chrono::Utc>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    ) = sqlx::query_as(
+        "SELECT j.state::text, j.attempt, \
+                (SELECT count(*) FROM probe_runs r WHERE r.job_id = j.id), \
+                (SELECT min(r.started_at) FROM probe_runs r WHERE r.job_id = j.id), \
+                j.finished_at \
+         FROM jobs j WHERE j.queue = $1",
+    )
+    .bind(probe::QUEUE)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (probe_state.as_str(), attempt, runs),
+        ("completed", 1, 1),
+        "the running probe finished"
+    );
+    let sleep_ended = started_at + chrono::TimeDelta::milliseconds(PROBE_SLEEP_MS as i64);
+    assert!(
+        started_at < before_signal && sleep_ended > before_signal,
+        "the probe ran from {started_at} to at least {sleep_ended}, not across the signal \
+         (just after {before_signal}): the drain was not tested"
+    );
+    assert!(
+        finished_at.is_some_and(|f| f > before_signal),
+        "the probe's completion was written at {finished_at:?}, before the signal"
+    );
 }

@@ -12,9 +12,11 @@ use poda_jobs::transfer::monime::{
 use poda_jobs::transfer::{self, TransferJob};
 use poda_jobs::RetryPolicy;
 use sqlx::PgPool;
+use tokio::process::Command;
 
 use crate::support::process::{
-    run_worker_command, spawn_worker_with, worker_command, WorkerProcess,
+    run_worker_command, spawn_worker_serving_metrics, spawn_worker_with, worker_command,
+    WorkerProcess,
 };
 
 const TOKEN: &str = "sandbox-test-token";
@@ -104,6 +106,10 @@ async fn enqueue_transfers(pool: &PgPool, tickets: &[i64], retry: RetryPolicy) {
 
 /// A worker process working only the transfer queue against `sandbox`.
 fn spawn_transfer_worker(db: &TestDb, sandbox: &Sandbox, args: &[&str]) -> WorkerProcess {
+    spawn_worker_with(transfer_worker_command(db, sandbox, args))
+}
+
+fn transfer_worker_command(db: &TestDb, sandbox: &Sandbox, args: &[&str]) -> Command {
     let mut all = vec!["--queues", transfer::QUEUE];
     all.extend_from_slice(args);
     let mut command = worker_command(&db.url, &all);
@@ -112,7 +118,7 @@ fn spawn_transfer_worker(db: &TestDb, sandbox: &Sandbox, args: &[&str]) -> Worke
         .env("MONIME_API_TOKEN", TOKEN)
         .env("MONIME_SPACE_ID", "spc-test")
         .env("MONIME_PLATFORM_ACCOUNT_ID", PLATFORM);
-    spawn_worker_with(command)
+    command
 }
 
 async fn sandbox(config: SandboxConfig) -> Sandbox {
@@ -363,11 +369,6 @@ async fn metric(addr: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn free_loopback_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn circuit_opens_during_an_outage_and_held_back_jobs_complete_after_it() {
     let db = TestDb::new().await;
@@ -381,25 +382,26 @@ async fn circuit_opens_during_an_outage_and_held_back_jobs_complete_after_it() {
     // Five attempts 100-200 ms apart: without the breaker the outage would exhaust them.
     let retry = RetryPolicy::new(5, Duration::from_millis(100), Duration::from_millis(200));
     enqueue_transfers(&db.pool, &tickets, retry).await;
-    let metrics_addr = free_loopback_addr();
-    let _worker = spawn_transfer_worker(
-        &db,
-        &sandbox,
-        &[
-            "--concurrency",
-            "8",
-            "--breaker-min-calls",
-            "5",
-            "--breaker-reset",
-            "500ms",
-            "--transfer-poll-initial",
-            "20ms",
-            "--poll-interval",
-            "100ms",
-            "--metrics-addr",
-            &metrics_addr,
-        ],
-    );
+    let (_worker, metrics_addr) = spawn_worker_serving_metrics(|| {
+        transfer_worker_command(
+            &db,
+            &sandbox,
+            &[
+                "--concurrency",
+                "8",
+                "--breaker-min-calls",
+                "5",
+                "--breaker-reset",
+                "500ms",
+                "--transfer-poll-initial",
+                "20ms",
+                "--poll-interval",
+                "100ms",
+            ],
+        )
+    })
+    .await;
+    let metrics_addr = metrics_addr.to_string();
     // Opened, probed after the reset, failed the probe and opened again.
     wait_until(
         "the circuit to open twice",

@@ -450,7 +450,7 @@ async fn enqueuer_answers_in_flight_webhooks_before_it_stops() {
         .map(|i| {
             let app = app.clone();
             tokio::spawn(async move {
-                app.post_event(&payment_completed(
+                app.try_post_event(&payment_completed(
                     &format!("evt-g{i}"),
                     &format!("pay-g{i}"),
                 ))
@@ -469,13 +469,18 @@ async fn enqueuer_answers_in_flight_webhooks_before_it_stops() {
     app.shutdown.cancel();
     let mut acknowledged = Vec::new();
     for task in tasks {
-        // Requests that were not accepted before the listener closed fail to connect; every
-        // one that was accepted gets its answer.
-        if let Ok(reply) = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        let sent = tokio::time::timeout(std::time::Duration::from_secs(10), task)
             .await
-            .expect("in-flight requests are answered")
-        {
-            if reply.status == 202 {
+            .expect("in-flight requests are answered");
+        match sent {
+            // A task that panicked fails the test with its panic.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => panic!("a delivery task did not finish: {error}"),
+            // Requests that were not accepted before the listener closed get no answer
+            // (refused or reset); every one that was accepted is answered, and acknowledged.
+            Ok(Err(error)) => assert!(error.is_connect() || error.is_request(), "{error:?}"),
+            Ok(Ok(reply)) => {
+                assert_eq!(reply.status, 202, "{reply:?}");
                 acknowledged.push(reply.job_id());
             }
         }

@@ -1,59 +1,30 @@
 //! The worker's `/healthz`, and what a worker does when one of its loops dies.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use poda_jobs::engine::{enqueue_many_pooled, JobState};
 use poda_jobs::probe::ProbeJob;
 use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::RetryPolicy;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::process::{worker_command, WorkerProcess};
+use crate::support::process::{spawn_worker_serving_metrics, worker_command, WorkerProcess};
 use crate::worker_process::count_state;
 
-/// Starts a worker that serves its endpoint on a port it picks itself, and returns it with
-/// the endpoint's address once it is ready.
+/// A worker serving its endpoint on a port it picked, and that endpoint's address.
 async fn spawn_announcing(
     database_url: &str,
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (WorkerProcess, String) {
-    let mut all = vec!["--metrics-addr", "127.0.0.1:0", "--announce-ready"];
-    all.extend_from_slice(args);
-    let mut command = worker_command(database_url, &all);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(if std::env::var("TEST_LOG").is_ok() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the worker binary");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = None;
-    let ready = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(a) = line.strip_prefix("metrics ") {
-                addr = Some(a.to_owned());
-            }
-            if line == "ready" {
-                return;
-            }
+    let (worker, addr) = spawn_worker_serving_metrics(|| {
+        let mut command = worker_command(database_url, args);
+        for (key, value) in env {
+            command.env(key, value);
         }
-        panic!("the worker ended before it was ready");
+        command
     })
     .await;
-    assert!(ready.is_ok(), "the worker is ready in time");
-    (
-        WorkerProcess { child },
-        addr.expect("the worker announces its endpoint"),
-    )
+    (worker, addr.to_string())
 }
 
 async fn health(addr: &str) -> Option<(u16, serde_json::Value)> {

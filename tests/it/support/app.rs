@@ -104,6 +104,17 @@ impl TestApp {
 
     /// POSTs `body` to the webhook with the given signature header (or none).
     pub async fn post_webhook_raw(&self, body: Vec<u8>, signature: Option<String>) -> Reply {
+        self.try_post_webhook_raw(body, signature)
+            .await
+            .expect("send the webhook")
+    }
+
+    /// As [`TestApp::post_webhook_raw`], with the transport error (no answer) as an error.
+    pub async fn try_post_webhook_raw(
+        &self,
+        body: Vec<u8>,
+        signature: Option<String>,
+    ) -> reqwest::Result<Reply> {
         let mut request = self
             .client
             .post(self.url("/webhooks/monime"))
@@ -112,7 +123,7 @@ impl TestApp {
         if let Some(signature) = signature {
             request = request.header("Monime-Signature", signature);
         }
-        Reply::from(request.send().await.expect("send the webhook")).await
+        Ok(Reply::from(request.send().await?).await)
     }
 
     /// POSTs `body`, signed now with the primary secret.
@@ -123,6 +134,13 @@ impl TestApp {
 
     pub async fn post_event(&self, event: &Value) -> Reply {
         self.post_signed(serde_json::to_vec(event).unwrap()).await
+    }
+
+    /// As [`TestApp::post_event`], with the transport error (no answer) as an error.
+    pub async fn try_post_event(&self, event: &Value) -> reqwest::Result<Reply> {
+        let body = serde_json::to_vec(event).unwrap();
+        let signature = monime::signature(monime::SECRET, monime::now(), &body);
+        self.try_post_webhook_raw(body, Some(signature)).await
     }
 
     pub async fn admin(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> Reply {

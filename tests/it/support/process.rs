@@ -1,10 +1,12 @@
 //! The real `worker` binary as a child process.
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub struct WorkerProcess {
@@ -32,6 +34,42 @@ pub fn spawn_worker_with(mut command: Command) -> WorkerProcess {
     WorkerProcess { child }
 }
 
+/// Starts the worker `make()` prepares, serving its metrics and health endpoint on a port it
+/// picks itself (`--metrics-addr 127.0.0.1:0`), and returns it with that address once it is
+/// ready (`--announce-ready` prints `metrics ADDR`, then `ready`); killed when dropped.
+pub async fn spawn_worker_serving_metrics(
+    make: impl Fn() -> Command,
+) -> (WorkerProcess, SocketAddr) {
+    let mut command = make();
+    command
+        .args(["--metrics-addr", "127.0.0.1:0", "--announce-ready"])
+        .stdout(Stdio::piped())
+        .stderr(if std::env::var("TEST_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("start the worker binary");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+    let announced = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut addr = None;
+        while let Some(line) = lines.next_line().await.expect("read the worker's stdout") {
+            if let Some(text) = line.strip_prefix("metrics ") {
+                addr = Some(text.parse::<SocketAddr>().expect("an address"));
+            }
+            if line == "ready" {
+                return addr;
+            }
+        }
+        panic!("the worker exited before it was ready");
+    })
+    .await
+    .expect("the worker is ready within 30 s");
+    let addr = announced.expect("the worker announces its endpoint's address");
+    (WorkerProcess { child }, addr)
+}
+
 /// The `worker` binary on `database_url` with `args`. Its pools are sized for a server that
 /// parallel tests share (flags in `args` override these).
 pub fn base_command(database_url: &str, args: &[&str]) -> std::process::Command {
@@ -44,6 +82,13 @@ pub fn base_command(database_url: &str, args: &[&str]) -> std::process::Command 
         .env("WORKER_ENGINE_CONNECTIONS", "6")
         .env_remove("WORKER_QUEUES");
     command
+}
+
+/// `url` with `application_name` set, so a process's sessions can be told apart in
+/// `pg_stat_activity`.
+pub fn with_application_name(url: &str, name: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={name}")
 }
 
 pub fn worker_command(database_url: &str, args: &[&str]) -> Command {

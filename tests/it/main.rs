@@ -9,6 +9,7 @@ mod cycles;
 mod health;
 mod metrics;
 mod ops;
+mod outage;
 mod process;
 mod queue_ops;
 mod shutdown;

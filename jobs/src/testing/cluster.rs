@@ -54,6 +54,12 @@ impl PrivateCluster {
     /// Creates a cluster in a fresh directory and starts it on a free loopback port.
     /// Panics (with the server's log) if that fails.
     pub async fn start() -> PrivateCluster {
+        Self::start_with("").await
+    }
+
+    /// [`PrivateCluster::start`] with `settings` (postgresql.conf lines) added to the
+    /// cluster's own.
+    pub async fn start_with(settings: &str) -> PrivateCluster {
         let bindir = bindir();
         let (root, run_as) = make_root();
         let mut cluster = PrivateCluster {
@@ -65,7 +71,7 @@ impl PrivateCluster {
             run_as,
             running: false,
         };
-        cluster.initdb().await;
+        cluster.initdb(settings).await;
         let mut last_failure = String::new();
         for _ in 0..PORT_ATTEMPTS {
             cluster.port = free_port();
@@ -102,6 +108,28 @@ impl PrivateCluster {
             "pg_ctl stop failed: {}{}",
             String::from_utf8_lossy(&output.stderr),
             self.log_since(0)
+        );
+        self.running = false;
+    }
+
+    /// Crashes the server (an immediate shutdown: no checkpoint, sessions cut): what was
+    /// committed durably survives in the WAL; an asynchronous commit whose WAL was not
+    /// written yet is lost. Start it again with [`PrivateCluster::start_again`].
+    pub async fn crash(&mut self) {
+        assert!(self.running, "the private cluster is not running");
+        let output = self
+            .command("pg_ctl")
+            .arg("stop")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "-t", PG_CTL_TIMEOUT_S])
+            .output()
+            .await
+            .expect("run pg_ctl stop");
+        assert!(
+            output.status.success(),
+            "pg_ctl stop -m immediate failed: {}",
+            String::from_utf8_lossy(&output.stderr)
         );
         self.running = false;
     }
@@ -179,7 +207,7 @@ impl PrivateCluster {
         command
     }
 
-    async fn initdb(&self) {
+    async fn initdb(&self, settings: &str) {
         let output = self
             .command("initdb")
             .arg("-D")
@@ -203,6 +231,8 @@ impl PrivateCluster {
         let conf = self.data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
         text.push_str(SETTINGS);
+        text.push_str(settings);
+        text.push('\n');
         std::fs::write(&conf, text).expect("write postgresql.conf");
     }
 

@@ -142,3 +142,25 @@ fn help_never_prints_secrets_from_the_environment() {
         );
     }
 }
+
+/// A handler's session cannot hang: its statements, lock waits and idle transactions are
+/// bounded, and the server probes the connection.
+#[tokio::test]
+async fn handler_sessions_are_bounded() {
+    let db = TestDb::new().await;
+    let settings =
+        poda::config::DatabaseSettings::new(poda::config::Secret::new(db.url.clone()), 1);
+    let pool = settings.connect_handlers().await.unwrap();
+    let shown: (String, String, String, String) = sqlx::query_as(
+        "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), \
+                current_setting('idle_in_transaction_session_timeout'), \
+                current_setting('tcp_keepalives_idle')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        shown,
+        ("1min".into(), "30s".into(), "1min".into(), "30".into())
+    );
+}

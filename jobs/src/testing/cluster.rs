@@ -93,43 +93,32 @@ impl PrivateCluster {
     /// Stops the server with a fast shutdown (sessions are ended, data is kept). Queries
     /// and connections fail until [`PrivateCluster::start_again`].
     pub async fn stop(&mut self) {
-        assert!(self.running, "the private cluster is not running");
-        let output = self
-            .command("pg_ctl")
-            .arg("stop")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "fast", "-w", "-t", PG_CTL_TIMEOUT_S])
-            .output()
-            .await
-            .expect("run pg_ctl stop");
-        assert!(
-            output.status.success(),
-            "pg_ctl stop failed: {}{}",
-            String::from_utf8_lossy(&output.stderr),
-            self.log_since(0)
-        );
-        self.running = false;
+        self.pg_ctl_stop("fast").await;
     }
 
     /// Crashes the server (an immediate shutdown: no checkpoint, sessions cut): what was
     /// committed durably survives in the WAL; an asynchronous commit whose WAL was not
     /// written yet is lost. Start it again with [`PrivateCluster::start_again`].
     pub async fn crash(&mut self) {
+        self.pg_ctl_stop("immediate").await;
+    }
+
+    async fn pg_ctl_stop(&mut self, mode: &str) {
         assert!(self.running, "the private cluster is not running");
         let output = self
             .command("pg_ctl")
             .arg("stop")
             .arg("-D")
             .arg(&self.data)
-            .args(["-m", "immediate", "-w", "-t", PG_CTL_TIMEOUT_S])
+            .args(["-m", mode, "-w", "-t", PG_CTL_TIMEOUT_S])
             .output()
             .await
             .expect("run pg_ctl stop");
         assert!(
             output.status.success(),
-            "pg_ctl stop -m immediate failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+            "pg_ctl stop -m {mode} failed: {}{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.log_since(0)
         );
         self.running = false;
     }

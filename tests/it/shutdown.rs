@@ -9,7 +9,7 @@ use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::RetryPolicy;
 use sqlx::PgPool;
 
-use crate::support::process::spawn_worker;
+use crate::support::process::{spawn_worker, spawn_worker_logging, worker_command};
 use crate::worker_process::count_state;
 
 async fn enqueue_sleepers(pool: &PgPool, n: i64, sleep_ms: u64) {
@@ -93,7 +93,7 @@ async fn sigterm_lets_running_jobs_finish_releases_the_rest_and_exits_0() {
 async fn a_second_signal_releases_what_never_started_and_exits_non_zero_at_once() {
     let db = TestDb::new().await;
     enqueue_sleepers(&db.pool, 6, 60_000).await;
-    let mut worker = spawn_worker(
+    let (mut worker, mut logs) = spawn_worker_logging(worker_command(
         &db.url,
         &[
             "--concurrency",
@@ -103,11 +103,13 @@ async fn a_second_signal_releases_what_never_started_and_exits_non_zero_at_once(
             "--shutdown-grace",
             "60s",
         ],
-    );
+    ));
     wait_started_and_held(&db.pool, 2, 4).await;
     worker.sigterm();
-    // The first signal alone would wait up to a minute for the running jobs.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first signal alone would wait up to a minute for the running jobs. Two signals sent
+    // before the first is handled may arrive as one, so the second waits for the first's log.
+    logs.wait_for("shutdown signal received", Duration::from_secs(10))
+        .await;
     let signalled = Instant::now();
     worker.sigterm();
     let status = worker.wait_exit(Duration::from_secs(15)).await;
@@ -152,6 +154,42 @@ async fn when_the_grace_runs_out_unstarted_jobs_are_released_and_the_worker_exit
         "the held jobs were released, not dropped"
     );
     assert_eq!(count_state(&db.pool, JobState::Running).await, 1);
+}
+
+/// A claim whose statement has committed but whose jobs are not yet handed over when SIGTERM
+/// arrives: the shutdown waits for it and gives its jobs back without spending an attempt.
+// Needs the fail points compiled in: `cargo test --all-features`.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn sigterm_during_a_claim_releases_its_jobs_unspent() {
+    let db = TestDb::new().await;
+    enqueue_sleepers(&db.pool, 4, 0).await;
+    // The first claim that returns jobs waits 5 s before handing them over.
+    let mut command = worker_command(
+        &db.url,
+        &[
+            "--queues",
+            poda_jobs::probe::QUEUE,
+            "--concurrency",
+            "4",
+            "--shutdown-grace",
+            "20s",
+        ],
+    );
+    command.env("FAILPOINTS", "engine-claim-returned=1*return(5000)");
+    let mut worker = crate::support::process::spawn_worker_with(command);
+    // Committed as running, not yet started: the claim is in its window.
+    wait_started_and_held(&db.pool, 0, 4).await;
+    worker.sigterm();
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit 0 after SIGTERM: {status:?}");
+    assert_eq!(count_state(&db.pool, JobState::Running).await, 0);
+    assert_eq!(
+        available_and_spent(&db.pool).await,
+        (4, 0),
+        "the claimed jobs went back without spending an attempt"
+    );
+    assert_eq!(runs(&db.pool).await, 0, "no job started after the signal");
 }
 
 /// A worker paused (SIGSTOP) past its lease loses its job to another worker; resumed, its

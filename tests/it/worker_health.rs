@@ -61,6 +61,8 @@ async fn healthz_is_ok_while_every_loop_runs() {
 /// The lease renewer panics (a fail point): the process must not go on half alive. Its
 /// health check names the dead loop, it stops claiming, lets its running job finish, and
 /// exits non-zero.
+// Needs the fail points compiled in: `cargo test --all-features`.
+#[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn a_worker_whose_loop_dies_reports_it_and_exits_non_zero() {
     let db = TestDb::new().await;

@@ -126,6 +126,15 @@ impl<Args> PgBackend<Args> {
                 None,
             )
             .await?;
+            // Tests widen the window between a claim's commit and its jobs being handed over,
+            // to signal the process inside it (`engine-claim-returned=1*return(MS)`).
+            #[cfg(feature = "failpoints")]
+            if !jobs.is_empty() {
+                let pause = fail::eval("engine-claim-returned", |ms| ms?.parse::<u64>().ok());
+                if let Some(Some(ms)) = pause {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                }
+            }
             engine
                 .registry()
                 .hold_many(jobs.iter().map(|j| (j.id, j.token)));

@@ -34,6 +34,57 @@ pub fn spawn_worker_with(mut command: Command) -> WorkerProcess {
     WorkerProcess { child }
 }
 
+/// Starts a prepared `worker` command whose logs (stderr) the test reads with
+/// [`WorkerLogs::wait_for`]; killed when dropped. With `TEST_LOG` set they are echoed too.
+pub fn spawn_worker_logging(mut command: Command) -> (WorkerProcess, WorkerLogs) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the worker binary");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    let echo = std::env::var("TEST_LOG").is_ok();
+    // Read to the end, so the worker never blocks on a full pipe.
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if echo {
+                eprintln!("{line}");
+            }
+            let _ = lines_tx.send(line);
+        }
+    });
+    (WorkerProcess { child }, WorkerLogs { lines })
+}
+
+/// The log lines of a worker started by [`spawn_worker_logging`].
+pub struct WorkerLogs {
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl WorkerLogs {
+    /// Waits for a line that contains `text`; panics after `timeout` or when the worker's
+    /// logs end first.
+    pub async fn wait_for(&mut self, text: &str, timeout: Duration) {
+        let found = tokio::time::timeout(timeout, async {
+            while let Some(line) = self.lines.recv().await {
+                if line.contains(text) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        match found {
+            Ok(true) => {}
+            Ok(false) => panic!("the worker's logs ended without {text:?}"),
+            Err(_) => panic!("the worker did not log {text:?} within {timeout:?}"),
+        }
+    }
+}
+
 /// Starts the worker `make()` prepares, serving its metrics and health endpoint on a port it
 /// picks itself (`--metrics-addr 127.0.0.1:0`), and returns it with that address once it is
 /// ready (`--announce-ready` prints `metrics ADDR`, then `ready`); killed when dropped.

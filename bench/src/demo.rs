@@ -22,7 +22,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use poda::config::{DatabaseSettings, Secret};
+use poda::config::{DatabaseSettings, Secret, DEFAULT_DATABASE_URL};
 use poda::enqueuer::{Enqueuer, EnqueuerSettings};
 use poda::http::webhooks::signature::sign;
 use poda::ops;
@@ -40,10 +40,55 @@ const DEMO_CODE_LIMIT: i32 = 150;
 const COMPANIES: usize = 3;
 const AGENTS: i64 = 40;
 
+/// The PostgreSQL server the demo runs on.
+#[derive(Debug, Clone)]
+pub struct DemoServer {
+    /// Any database URL on the server; the demo works in its own `poda_demo` database.
+    pub url: Secret,
+    /// A private cluster of the demo's own, gone when the demo exits.
+    pub private: bool,
+}
+
+/// Chooses the demo's server: `--private-db` starts a private cluster; a `DATABASE_URL` (or
+/// `--database-url`) is used as given, and a server that refuses fails the demo with its
+/// reason; with neither, the local server when it lets the demo in, else a private cluster.
+pub async fn choose_server(given: Option<Secret>, private_db: bool) -> anyhow::Result<DemoServer> {
+    let why_private = match given {
+        _ if private_db => "--private-db",
+        Some(url) => {
+            return Ok(DemoServer {
+                url,
+                private: false,
+            })
+        }
+        None => {
+            let local = Secret::new(DEFAULT_DATABASE_URL);
+            let local_admin = crate::url_with_database(local.expose(), "postgres");
+            if poda_jobs::testing::can_log_in(&local_admin).await {
+                return Ok(DemoServer {
+                    url: local,
+                    private: false,
+                });
+            }
+            "DATABASE_URL is not set and the local server (127.0.0.1:5432) does not let user \
+             postgres in"
+        }
+    };
+    println!(
+        "▸ {why_private}: starting a private PostgreSQL cluster (removed when the demo exits)"
+    );
+    let cluster =
+        poda_jobs::testing::PrivateCluster::start_with(poda_jobs::testing::SHARED_CLUSTER_SETTINGS)
+            .await;
+    Ok(DemoServer {
+        url: Secret::new(cluster.keep_until_process_exits()),
+        private: true,
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Any database URL on the server to use; the demo works in its own `poda_demo` database.
-    pub server_url: Secret,
+    pub server: DemoServer,
     /// Payments to send as webhooks (each becomes a ticket and a commission transfer).
     pub payments: usize,
     /// Members of the tier whose contribution cycle the demo runs.
@@ -54,7 +99,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     if options.payments == 0 || options.members < 2 {
         bail!("the demo needs at least 1 payment and 2 members");
     }
-    let server = DatabaseSettings::new(options.server_url.clone(), 1);
+    let server = DatabaseSettings::new(options.server.url.clone(), 1);
     let database = DatabaseSettings::new(recreate_database(&server).await?, 40);
     let pool = database.connect().await?;
     ops::migrate(&pool).await?;
@@ -226,7 +271,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     {
         println!("\nSELECT id, last_error FROM job_failures LIMIT 1;\n  {id}  {error}");
     }
-    println!("\nExplore it: psql {DEMO_DATABASE}, or DATABASE_URL=…/{DEMO_DATABASE} worker stats");
+    if options.server.private {
+        println!("\nThe private cluster stops and is removed as the demo exits.");
+    } else {
+        println!(
+            "\nExplore it: psql {DEMO_DATABASE}, or DATABASE_URL=…/{DEMO_DATABASE} worker stats"
+        );
+    }
     sandbox.shutdown().await;
     if !executed_once {
         bail!("a transfer was executed more than once at the sandbox");

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use poda::config::parse_duration;
-use poda::config::{Secret, DEFAULT_DATABASE_URL};
+use poda::config::Secret;
 use poda::sandbox::{self, faults::FaultConfig, SandboxConfig};
 use poda_bench::demo::{self, DemoOptions};
 use poda_bench::fanout::{run_fanout, FanoutOptions};
@@ -57,6 +57,17 @@ enum Scenario {
     Fanout(FanoutArgs),
     /// Poda end to end on the local Postgres (database poda_demo), with progress and a summary.
     Demo(DemoArgs),
+    /// Start a private PostgreSQL cluster for a script (CI on a machine whose server does not
+    /// let it in): prints its admin URL and returns; the cluster is stopped and removed once
+    /// process --watch-pid has exited.
+    PrivateDb(PrivateDbArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct PrivateDbArgs {
+    /// The process whose exit stops the cluster (a script passes its own, `$$`).
+    #[arg(long)]
+    watch_pid: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -162,8 +173,14 @@ struct DemoArgs {
     #[arg(long, default_value_t = 5_000)]
     members: i64,
     /// Any Postgres URL on the server to use; the demo works in its own database poda_demo.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    database_url: Secret,
+    /// Unset: the local server (postgres@127.0.0.1:5432) when it lets the demo in, else a
+    /// private cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<Secret>,
+    /// Run on a private PostgreSQL cluster of the demo's own (initdb into the target
+    /// directory, a free loopback port), stopped and removed when the demo exits.
+    #[arg(long)]
+    private_db: bool,
 }
 
 #[tokio::main]
@@ -177,13 +194,24 @@ async fn main() -> ExitCode {
                 poda::telemetry::LogFormat::Pretty,
                 poda::telemetry::QUIET_FILTER,
             );
-            demo::run(DemoOptions {
-                server_url: args.database_url.clone(),
-                payments: args.payments,
-                members: args.members,
-            })
-            .await
-            .map(|()| None)
+            match demo::choose_server(args.database_url.clone(), args.private_db).await {
+                Ok(server) => demo::run(DemoOptions {
+                    server,
+                    payments: args.payments,
+                    members: args.members,
+                })
+                .await
+                .map(|()| None),
+                Err(error) => Err(error),
+            }
+        }
+        Scenario::PrivateDb(args) => {
+            let cluster = poda_jobs::testing::PrivateCluster::start_with(
+                poda_jobs::testing::SHARED_CLUSTER_SETTINGS,
+            )
+            .await;
+            println!("{}", cluster.keep_until_exit_of(args.watch_pid));
+            Ok(None)
         }
         scenario => {
             poda::telemetry::init(poda::telemetry::LogFormat::Pretty);
@@ -198,7 +226,7 @@ async fn main() -> ExitCode {
                 Scenario::Tickets(args) => tickets(args, &mut summary).await,
                 Scenario::Transfers(args) => transfers(args, &mut summary).await,
                 Scenario::Sandbox(args) => serve_sandbox(args).await,
-                Scenario::Demo(_) => unreachable!("handled above"),
+                Scenario::Demo(_) | Scenario::PrivateDb(_) => unreachable!("handled above"),
             };
             run.map(Some)
         }

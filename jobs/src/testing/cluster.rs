@@ -169,6 +169,48 @@ impl PrivateCluster {
         self.url(name)
     }
 
+    /// Keeps the cluster running for the rest of this process and returns its admin URL. For
+    /// a server shared by every test of a process, which no `Drop` would stop: statics are
+    /// never dropped.
+    pub fn keep_until_process_exits(self) -> String {
+        self.keep_until_exit_of(std::process::id())
+    }
+
+    /// Keeps the cluster running until process `pid` has exited and returns its admin URL: a
+    /// watchdog (`sh`, in a process group of its own so a Ctrl-C of the caller does not kill
+    /// it first) then stops the server and deletes its directory.
+    pub fn keep_until_exit_of(self, pid: u32) -> String {
+        use std::os::unix::process::CommandExt;
+        let stop = self.std_command("pg_ctl");
+        let mut argv = vec![stop.get_program().to_owned()];
+        argv.extend(stop.get_args().map(ToOwned::to_owned));
+        let spawned = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(
+                r#"pid=$1; root=$2; shift 2
+while kill -0 "$pid" 2>/dev/null; do sleep 1; done
+"$@" stop -D "$root/data" -m immediate -w >/dev/null 2>&1
+rm -rf "$root""#,
+            )
+            .arg("sh")
+            .arg(pid.to_string())
+            .arg(&self.root)
+            .args(argv)
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn();
+        if let Err(error) = spawned {
+            panic!("could not start the watchdog of the private cluster: {error}");
+        }
+        let url = self.admin_url();
+        // The watchdog owns the server from here on.
+        std::mem::forget(self);
+        url
+    }
+
     /// A PostgreSQL program, run as the `postgres` OS user when this process is root.
     fn std_command(&self, program: &str) -> std::process::Command {
         let path = self.bindir.join(program);

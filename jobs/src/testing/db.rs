@@ -11,12 +11,73 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use crate::engine::migrate::MIGRATOR;
 
-/// The server tests use: `POSTGRES_ADMIN_URL` or `DATABASE_URL` with the database part
-/// ignored, else the local server.
+/// The local server a machine set up for development runs.
+const LOCAL_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The server tests use, chosen once per test process:
+/// - `POSTGRES_ADMIN_URL` or `DATABASE_URL` (the database part ignored), when set: that
+///   server and no other, so a wrong URL fails the tests rather than testing somewhere else;
+/// - else the local server (`postgres@127.0.0.1:5432`, trust auth) when it lets us in;
+/// - else, or with `PODA_PRIVATE_DB=1`, a private cluster of this process's own (`initdb`
+///   under the target directory, a free loopback port), stopped when the process exits.
 pub fn admin_url() -> String {
-    std::env::var("POSTGRES_ADMIN_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    static SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SERVER.get_or_init(choose_server).clone()
+}
+
+fn choose_server() -> String {
+    if let Ok(url) = std::env::var("POSTGRES_ADMIN_URL").or_else(|_| std::env::var("DATABASE_URL"))
+    {
+        return url;
+    }
+    let forced = std::env::var("PODA_PRIVATE_DB").is_ok_and(|v| v == "1" || v == "true");
+    // Tests call this from inside their own runtime; the check and the start get a runtime
+    // of their own on a thread of their own.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime to choose the test server");
+        runtime.block_on(async move {
+            if !forced && can_log_in(LOCAL_SERVER).await {
+                return LOCAL_SERVER.to_owned();
+            }
+            eprintln!(
+                "tests: {}; starting a private PostgreSQL cluster for this test process",
+                if forced {
+                    "PODA_PRIVATE_DB is set"
+                } else {
+                    "no POSTGRES_ADMIN_URL or DATABASE_URL, and the local server at \
+                     127.0.0.1:5432 does not let user postgres in"
+                }
+            );
+            super::cluster::PrivateCluster::start_with(SHARED_CLUSTER_SETTINGS)
+                .await
+                .keep_until_process_exits()
+        })
+    })
+    .join()
+    .expect("choosing the test server")
+}
+
+/// Settings of a private cluster that stands in for a shared server: it serves every test of
+/// a process at once (parallel tests, each with pools and worker processes), or the demo.
+pub const SHARED_CLUSTER_SETTINGS: &str = "max_connections = 400\nshared_buffers = 128MB";
+
+/// Whether `url` accepts a login within a few seconds.
+pub async fn can_log_in(url: &str) -> bool {
+    let Ok(options) = url.parse::<PgConnectOptions>() else {
+        return false;
+    };
+    let options = options.disable_statement_logging();
+    let attempt = PgConnection::connect_with(&options);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
+        Ok(Ok(conn)) => {
+            conn.close().await.ok();
+            true
+        }
+        _ => false,
+    }
 }
 
 fn admin_options() -> PgConnectOptions {
@@ -24,6 +85,19 @@ fn admin_options() -> PgConnectOptions {
         .parse()
         .expect("POSTGRES_ADMIN_URL is a valid URL");
     options.database("postgres").disable_statement_logging()
+}
+
+/// Fails a test that cannot reach its server, naming the server (never its password) and
+/// what chooses it.
+fn cannot_connect(error: sqlx::Error) -> ! {
+    let options = admin_options();
+    panic!(
+        "could not connect to the test server at {}:{}: {error}. POSTGRES_ADMIN_URL or \
+         DATABASE_URL, when set, names the server the tests use; unset, they use the local \
+         server or a private cluster of their own",
+        options.get_host(),
+        options.get_port()
+    )
 }
 
 fn template_name() -> String {
@@ -48,7 +122,7 @@ impl TestDb {
         let name = format!("poda_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect_with(&admin_options())
             .await
-            .expect("connect to Postgres");
+            .unwrap_or_else(|e| cannot_connect(e));
         let create = format!("CREATE DATABASE {name} TEMPLATE {template}");
         sqlx::query(sqlx::AssertSqlSafe(create))
             .execute(&mut admin)
@@ -87,7 +161,7 @@ async fn ensure_template() -> String {
     let template = template_name();
     let mut admin = PgConnection::connect_with(&admin_options())
         .await
-        .expect("connect to Postgres");
+        .unwrap_or_else(|e| cannot_connect(e));
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(TEMPLATE_LOCK_KEY)
         .execute(&mut admin)

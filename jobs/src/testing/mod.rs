@@ -1,5 +1,6 @@
 //! Test support (feature `testing`): a fresh database per test, a private PostgreSQL cluster
-//! for tests that stop the server, polling waits, plan checks and ticket-domain fixtures.
+//! (for tests that stop the server, and for tests and the demo on a machine whose server does
+//! not let them in), polling waits, plan checks and ticket-domain fixtures.
 
 #[cfg(unix)]
 mod cluster;
@@ -10,5 +11,5 @@ mod wait;
 
 #[cfg(unix)]
 pub use cluster::PrivateCluster;
-pub use db::{admin_url, TestDb};
+pub use db::{admin_url, can_log_in, TestDb, SHARED_CLUSTER_SETTINGS};
 pub use wait::wait_until;

@@ -2,13 +2,12 @@ use std::time::Duration;
 
 use poda_jobs::engine::claim::claim_batch;
 use poda_jobs::engine::complete::{complete_many, Completion};
-use poda_jobs::engine::maintenance::Rescuer;
 use poda_jobs::engine::Action;
-use poda_jobs::engine::{enqueue_one_pooled, JobState, RescuerConfig};
+use poda_jobs::engine::{enqueue_one_pooled, JobState};
 use poda_jobs::testing::TestDb;
 use uuid::Uuid;
 
-use crate::support::{job, state_of, LEASE, QUEUE};
+use crate::support::{job, rescuer, state_of, LEASE, QUEUE};
 
 #[tokio::test]
 async fn a_worker_whose_lease_was_taken_over_cannot_overwrite_the_new_attempt() {
@@ -22,10 +21,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_overwrite_the_new_attempt() 
 
     // The lease lapses (the clock moves past it) and the rescuer takes the job back.
     let later = chrono::Utc::now() + chrono::Duration::seconds(5);
-    let report = Rescuer::new(RescuerConfig::default(), db.pool.clone())
-        .run_once(Some(later))
-        .await
-        .unwrap();
+    let report = rescuer(&db.pool).run_once(Some(later)).await.unwrap();
     assert_eq!(report.total(), 1);
     let new_owner = Uuid::new_v4();
     let second = claim_batch(&db.pool, QUEUE, 1, new_owner, LEASE, Some(later))

@@ -2,12 +2,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use poda_jobs::engine::claim::claim_batch;
-use poda_jobs::engine::maintenance::Rescuer;
-use poda_jobs::engine::{enqueue_one_pooled, JobState, RescuerConfig};
+use poda_jobs::engine::{enqueue_one_pooled, JobState};
 use poda_jobs::testing::TestDb;
 use uuid::Uuid;
 
-use crate::support::{fast_retry, job, state_of, QUEUE};
+use crate::support::{fast_retry, job, rescuer, state_of, QUEUE};
 
 #[tokio::test]
 async fn rescue_takes_back_only_jobs_whose_lease_has_expired() {
@@ -17,7 +16,7 @@ async fn rescue_takes_back_only_jobs_whose_lease_has_expired() {
     claim_batch(&db.pool, QUEUE, 1, Uuid::new_v4(), lease, None)
         .await
         .unwrap();
-    let rescuer = Rescuer::new(RescuerConfig::default(), db.pool.clone());
+    let rescuer = rescuer(&db.pool);
 
     // Just before the lease ends: won't be rescued.
     let before = Utc::now() + chrono::Duration::seconds(8);
@@ -54,7 +53,7 @@ async fn rescue_fails_a_job_whose_last_attempt_was_lost() {
     )
     .await
     .unwrap();
-    let report = Rescuer::new(RescuerConfig::default(), db.pool.clone())
+    let report = rescuer(&db.pool)
         .run_once(Some(Utc::now() + chrono::Duration::seconds(5)))
         .await
         .unwrap();

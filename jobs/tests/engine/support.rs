@@ -12,6 +12,19 @@ pub fn job(n: i64) -> NewJob {
     NewJob::new(QUEUE, KIND, serde_json::json!({ "n": n }))
 }
 
+/// A rescuer for tests that move the clock past leases. Its grace after a server start is
+/// zero: with the default (a lease), these tests would depend on how long the server has
+/// been up. The grace itself is tested against a private cluster (`faults`, `outage`).
+pub fn rescuer(pool: &PgPool) -> poda_jobs::engine::maintenance::Rescuer {
+    poda_jobs::engine::maintenance::Rescuer::new(
+        poda_jobs::engine::RescuerConfig {
+            grace: Duration::ZERO,
+            ..Default::default()
+        },
+        pool.clone(),
+    )
+}
+
 pub fn fast_retry(max_attempts: i32) -> RetryPolicy {
     RetryPolicy::new(
         max_attempts,

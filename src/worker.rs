@@ -305,14 +305,14 @@ impl WorkerOptions {
         }
         engine.poll_interval = args.poll_interval;
         engine.listen = !args.poll_only;
-        engine.maintenance = (!args.no_maintenance).then(|| MaintainerConfig {
+        engine = engine.with_maintenance((!args.no_maintenance).then(|| MaintainerConfig {
             prune: PrunerConfig {
                 interval: args.prune_interval,
                 retention: args.retention,
                 ..PrunerConfig::default()
             },
             ..MaintainerConfig::default()
-        });
+        }));
         engine.gauges = args.metrics_addr.map(|_| DEFAULT_GAUGE_INTERVAL);
         if args.handler_connections == Some(0) || args.engine_connections == Some(0) {
             bail!("--handler-connections and --engine-connections must be at least 1");

@@ -12,6 +12,7 @@ mod ops;
 mod outage;
 mod process;
 mod queue_ops;
+mod replicas;
 mod shutdown;
 mod tickets;
 mod transfers;

@@ -160,6 +160,11 @@ pub async fn run_worker_command(database_url: &str, args: &[&str]) -> (bool, Str
 }
 
 impl WorkerProcess {
+    /// The OS process id.
+    pub fn id(&self) -> u32 {
+        self.child.id().expect("the worker is running")
+    }
+
     fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id().expect("the worker is running") as i32)
     }

@@ -2,9 +2,16 @@
 
 use std::time::{Duration, Instant};
 
+use poda_jobs::cycle::{create_cycle, NewCycle};
+use poda_jobs::engine::{enqueue_many_pooled, NewJob};
+use poda_jobs::probe::ProbeJob;
+use poda_jobs::testing::tickets::{seed_one_company, ticket_counts, ticket_job};
 use poda_jobs::testing::{wait_until, TestDb};
+use poda_jobs::ticket::{Currency, Money};
+use poda_jobs::RetryPolicy;
 use sqlx::PgPool;
 
+use crate::support::cycles::{contribution_counts, seed_members, seed_tier, wait_active};
 use crate::support::process::{spawn_worker, WorkerProcess};
 
 /// The maintenance leader's OS process id and whether its lease is live, from `job_leaders`.
@@ -63,4 +70,135 @@ async fn a_killed_maintenance_leader_is_replaced_by_another_replica_within_its_l
         took < Duration::from_secs(7),
         "maintenance was taken over {took:?} after its leader died"
     );
+}
+
+/// (queue, state, jobs) of every job that has not completed.
+async fn unfinished(pool: &PgPool) -> Vec<(String, String, i64)> {
+    sqlx::query_as(
+        "SELECT queue, state::text, count(*) FROM jobs WHERE state <> 'completed' GROUP BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_replicas_on_small_pools_drain_every_queue_with_one_maintenance_leader() {
+    let db = TestDb::new().await;
+    let pool = db.pool.clone();
+    // Three queues at once: 6,000 no-op jobs, 1,500 ticket payments and a cycle of 3,000.
+    let probes: Vec<_> = (0..6_000)
+        .map(|n| {
+            ProbeJob {
+                record: true,
+                ..ProbeJob::new(n)
+            }
+            .to_job(RetryPolicy::default())
+        })
+        .collect();
+    enqueue_many_pooled(&pool, &probes).await.unwrap();
+    seed_one_company(&pool).await;
+    let payments: Vec<NewJob> = (0..1_500)
+        .map(|n| ticket_job(&format!("pay-{n}"), "co-1", "rt-1", 10_000).to_job())
+        .collect();
+    enqueue_many_pooled(&pool, &payments).await.unwrap();
+    let tier = seed_tier(&pool, "gold", "SLE").await;
+    let (first, _) = seed_members(&pool, tier, 3_001, "active", 4).await;
+    let cycle = create_cycle(
+        &pool,
+        &NewCycle {
+            tier_id: tier,
+            deceased_member_id: first,
+            claim_reference: "CLM-replicas".into(),
+            contribution: Money {
+                currency: Currency::Sle,
+                value_minor: 2_500,
+            },
+            duration_days: 30,
+        },
+        None,
+    )
+    .await
+    .unwrap()
+    .id
+    .0;
+
+    // Eight replicas with 2 handler and 3 engine connections each: 40 connections in all.
+    let queues = format!(
+        "{},{},{}",
+        poda_jobs::probe::QUEUE,
+        poda_jobs::ticket::QUEUE,
+        poda_jobs::cycle::QUEUE
+    );
+    let args = [
+        "--queues",
+        queues.as_str(),
+        "--concurrency",
+        "4",
+        "--handler-connections",
+        "2",
+        "--engine-connections",
+        "3",
+        "--cycle-chunk-size",
+        "100",
+    ];
+    let replicas: Vec<WorkerProcess> = (0..8).map(|_| spawn_worker(&db.url, &args)).collect();
+
+    let total = 6_000 + 1_500 + 1;
+    let done = wait_until(
+        "every queue to drain",
+        Duration::from_secs(180),
+        || async {
+            let completed: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'completed'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            let leaders = maintenance_leader(&pool).await;
+            (completed, leaders)
+        },
+        |(completed, _)| *completed >= total,
+    )
+    .await;
+    assert!(
+        matches!(done.1, Some((_, true))),
+        "one replica leads maintenance: {:?}",
+        done.1
+    );
+    // Jobs of the queues these replicas do not run: a commission transfer per ticket and a
+    // notification per agent of the activated cycle. Nothing failed, nothing is left running.
+    let mut left = unfinished(&pool).await;
+    left.sort();
+    assert_eq!(
+        left,
+        vec![
+            (
+                "commission_transfers".to_owned(),
+                "available".to_owned(),
+                1_500
+            ),
+            ("notifications".to_owned(), "available".to_owned(), 4),
+        ]
+    );
+    let (runs, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT n) FROM probe_runs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((runs, distinct), (6_000, 6_000));
+    let counts = ticket_counts(&pool).await;
+    assert_eq!((counts.tickets, counts.distinct_payments), (1_500, 1_500));
+    wait_active(&pool, cycle, Duration::from_secs(30)).await;
+    assert_eq!(contribution_counts(&pool, cycle).await, (3_000, 3_000));
+
+    for replica in &replicas {
+        replica.sigterm();
+    }
+    for mut replica in replicas {
+        let status = replica.wait_exit(Duration::from_secs(30)).await;
+        assert!(
+            status.success(),
+            "a replica exits 0 after SIGTERM: {status:?}"
+        );
+    }
 }

@@ -7,6 +7,7 @@ use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::RetryPolicy;
 use uuid::Uuid;
 
+use crate::support::enqueue_recorded_probes;
 use crate::support::process::{spawn_worker, with_application_name};
 use crate::worker_process::count_state;
 
@@ -34,17 +35,7 @@ const FAST_RESCUE: &[&str] = &[
 #[tokio::test]
 async fn kill_9_of_a_worker_mid_batch_loses_no_job_and_reruns_none_after_completion() {
     let db = TestDb::new().await;
-    let jobs: Vec<_> = (0..400)
-        .map(|n| {
-            ProbeJob {
-                record: true,
-                sleep_ms: 20,
-                ..ProbeJob::new(n)
-            }
-            .to_job(RetryPolicy::default())
-        })
-        .collect();
-    enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
+    enqueue_recorded_probes(&db.pool, 400, 20).await;
     // The victim's sessions carry their own application_name, to see when they are gone.
     let victim_url = with_application_name(&db.url, VICTIM);
     let victim = spawn_worker(&victim_url, FAST_RESCUE);

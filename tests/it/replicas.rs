@@ -4,14 +4,13 @@ use std::time::{Duration, Instant};
 
 use poda_jobs::cycle::{create_cycle, NewCycle};
 use poda_jobs::engine::{enqueue_many_pooled, NewJob};
-use poda_jobs::probe::ProbeJob;
 use poda_jobs::testing::tickets::{seed_one_company, ticket_counts, ticket_job};
 use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::ticket::{Currency, Money};
-use poda_jobs::RetryPolicy;
 use sqlx::PgPool;
 
 use crate::support::cycles::{contribution_counts, seed_members, seed_tier, wait_active};
+use crate::support::enqueue_recorded_probes;
 use crate::support::process::{spawn_worker, WorkerProcess};
 
 /// The maintenance leader's OS process id and whether its lease is live, from `job_leaders`.
@@ -87,16 +86,7 @@ async fn eight_replicas_on_small_pools_drain_every_queue_with_one_maintenance_le
     let db = TestDb::new().await;
     let pool = db.pool.clone();
     // Three queues at once: 6,000 no-op jobs, 1,500 ticket payments and a cycle of 3,000.
-    let probes: Vec<_> = (0..6_000)
-        .map(|n| {
-            ProbeJob {
-                record: true,
-                ..ProbeJob::new(n)
-            }
-            .to_job(RetryPolicy::default())
-        })
-        .collect();
-    enqueue_many_pooled(&pool, &probes).await.unwrap();
+    enqueue_recorded_probes(&pool, 6_000, 0).await;
     seed_one_company(&pool).await;
     let payments: Vec<NewJob> = (0..1_500)
         .map(|n| ticket_job(&format!("pay-{n}"), "co-1", "rt-1", 10_000).to_job())

@@ -9,22 +9,9 @@ use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::RetryPolicy;
 use sqlx::PgPool;
 
+use crate::support::enqueue_recorded_probes;
 use crate::support::process::{spawn_worker, spawn_worker_logging, worker_command};
 use crate::worker_process::count_state;
-
-async fn enqueue_sleepers(pool: &PgPool, n: i64, sleep_ms: u64) {
-    let jobs: Vec<_> = (0..n)
-        .map(|n| {
-            ProbeJob {
-                record: true,
-                sleep_ms,
-                ..ProbeJob::new(n)
-            }
-            .to_job(RetryPolicy::default())
-        })
-        .collect();
-    enqueue_many_pooled(pool, &jobs).await.unwrap();
-}
 
 async fn runs(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM probe_runs")
@@ -58,7 +45,7 @@ async fn wait_started_and_held(pool: &PgPool, started: i64, held: i64) {
 #[tokio::test]
 async fn sigterm_lets_running_jobs_finish_releases_the_rest_and_exits_0() {
     let db = TestDb::new().await;
-    enqueue_sleepers(&db.pool, 20, 1_500).await;
+    enqueue_recorded_probes(&db.pool, 20, 1_500).await;
     // Four slots and a prefetch of eight: at the signal the worker holds eight claimed jobs
     // that never started.
     let mut worker = spawn_worker(
@@ -92,7 +79,7 @@ async fn sigterm_lets_running_jobs_finish_releases_the_rest_and_exits_0() {
 #[tokio::test]
 async fn a_second_signal_releases_what_never_started_and_exits_non_zero_at_once() {
     let db = TestDb::new().await;
-    enqueue_sleepers(&db.pool, 6, 60_000).await;
+    enqueue_recorded_probes(&db.pool, 6, 60_000).await;
     let (mut worker, mut logs) = spawn_worker_logging(worker_command(
         &db.url,
         &[
@@ -127,7 +114,7 @@ async fn a_second_signal_releases_what_never_started_and_exits_non_zero_at_once(
 #[tokio::test]
 async fn when_the_grace_runs_out_unstarted_jobs_are_released_and_the_worker_exits_0() {
     let db = TestDb::new().await;
-    enqueue_sleepers(&db.pool, 3, 60_000).await;
+    enqueue_recorded_probes(&db.pool, 3, 60_000).await;
     let mut worker = spawn_worker(
         &db.url,
         &[
@@ -163,7 +150,7 @@ async fn when_the_grace_runs_out_unstarted_jobs_are_released_and_the_worker_exit
 #[tokio::test]
 async fn sigterm_during_a_claim_releases_its_jobs_unspent() {
     let db = TestDb::new().await;
-    enqueue_sleepers(&db.pool, 4, 0).await;
+    enqueue_recorded_probes(&db.pool, 4, 0).await;
     // The first claim that returns jobs waits 5 s before handing them over.
     let mut command = worker_command(
         &db.url,

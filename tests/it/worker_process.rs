@@ -1,10 +1,9 @@
 use std::time::Duration;
 
-use poda_jobs::engine::{enqueue_many_pooled, JobState};
-use poda_jobs::probe::ProbeJob;
+use poda_jobs::engine::JobState;
 use poda_jobs::testing::{wait_until, TestDb};
-use poda_jobs::RetryPolicy;
 
+use crate::support::enqueue_recorded_probes;
 use crate::support::process::spawn_worker;
 
 pub async fn count_state(pool: &sqlx::PgPool, state: JobState) -> i64 {
@@ -18,18 +17,7 @@ pub async fn count_state(pool: &sqlx::PgPool, state: JobState) -> i64 {
 #[tokio::test]
 async fn three_worker_processes_drain_20000_jobs_with_each_effect_exactly_once() {
     let db = TestDb::new().await;
-    let jobs: Vec<_> = (0..20_000)
-        .map(|n| {
-            ProbeJob {
-                record: true,
-                ..ProbeJob::new(n)
-            }
-            .to_job(RetryPolicy::default())
-        })
-        .collect();
-    for chunk in jobs.chunks(5_000) {
-        enqueue_many_pooled(&db.pool, chunk).await.unwrap();
-    }
+    enqueue_recorded_probes(&db.pool, 20_000, 0).await;
     let workers: Vec<_> = (0..3)
         .map(|_| spawn_worker(&db.url, &["--concurrency", "16"]))
         .collect();

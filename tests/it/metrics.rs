@@ -1,8 +1,9 @@
 use poda_jobs::probe;
 use poda_jobs::testing::{wait_until, TestDb};
 
+use crate::support::enqueue_recorded_probes;
 use crate::support::process::{spawn_worker_serving_metrics, worker_command};
-use crate::support::worker::{count, enqueue_recorded_probes, TIMEOUT};
+use crate::support::worker::{count, TIMEOUT};
 
 #[tokio::test]
 async fn the_metrics_endpoint_shows_per_queue_counters_and_gauges() {
@@ -20,7 +21,7 @@ async fn the_metrics_endpoint_shows_per_queue_counters_and_gauges() {
         )
     })
     .await;
-    enqueue_recorded_probes(&db.pool, 25).await;
+    enqueue_recorded_probes(&db.pool, 25, 0).await;
     wait_until(
         "the probes to complete",
         TIMEOUT,

@@ -7,9 +7,8 @@ use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::ticket;
 use sqlx::PgPool;
 
-use crate::support::worker::{
-    count, enqueue_recorded_probes, worker_command, WorkerProcess, TIMEOUT,
-};
+use crate::support::enqueue_recorded_probes;
+use crate::support::worker::{count, worker_command, WorkerProcess, TIMEOUT};
 
 /// (jobs of `queue` ever claimed, probe runs).
 async fn claimed_and_run(pool: &PgPool, queue: &str) -> (i64, i64) {
@@ -28,7 +27,7 @@ async fn claimed_and_run(pool: &PgPool, queue: &str) -> (i64, i64) {
 async fn pause_holds_a_running_workers_jobs_and_resume_releases_them() {
     let db = TestDb::new().await;
     // The first enqueue registers the queue.
-    enqueue_recorded_probes(&db.pool, 20).await;
+    enqueue_recorded_probes(&db.pool, 20, 0).await;
     let out = worker_command(&db.url, &["pause", probe::QUEUE]);
     assert!(
         out.status.success(),
@@ -126,7 +125,7 @@ async fn pause_of_an_unknown_queue_fails_with_a_clear_message() {
 #[tokio::test]
 async fn prune_deletes_old_finished_jobs_and_keeps_the_rest() {
     let db = TestDb::new().await;
-    enqueue_recorded_probes(&db.pool, 4).await;
+    enqueue_recorded_probes(&db.pool, 4, 0).await;
     sqlx::query(
         "UPDATE jobs SET state = 'completed', finished_at = now() - interval '3 days' \
          WHERE id IN (SELECT id FROM jobs ORDER BY id LIMIT 2)",

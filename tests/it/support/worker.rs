@@ -3,8 +3,6 @@
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-use poda_jobs::engine::{enqueue_many_pooled, NewJob, RetryPolicy};
-use poda_jobs::probe::ProbeJob;
 use sqlx::PgPool;
 
 use super::process::base_command;
@@ -42,22 +40,6 @@ impl Drop for WorkerProcess {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
     }
-}
-
-/// Enqueues probes `0..count` that record each run in `probe_runs`.
-pub async fn enqueue_recorded_probes(pool: &PgPool, count: usize) {
-    let jobs: Vec<NewJob> = (0..count)
-        .map(|i| {
-            ProbeJob {
-                record: true,
-                ..ProbeJob::new(i as i64)
-            }
-            .to_job(RetryPolicy::default())
-        })
-        .collect();
-    enqueue_many_pooled(pool, &jobs)
-        .await
-        .expect("enqueue probes");
 }
 
 pub async fn count(pool: &PgPool, sql: &'static str) -> i64 {

@@ -123,6 +123,14 @@ pub struct BenchDb {
     server: String,
 }
 
+/// What a timed drain saw: its time, the workers' tallies, and the jobs completed of all.
+pub struct Drain {
+    pub seconds: f64,
+    pub entries: Vec<TallyEntry>,
+    pub completed: i64,
+    pub total: i64,
+}
+
 impl BenchDb {
     pub async fn create(server: &str, scenario: &str, run: usize) -> anyhow::Result<BenchDb> {
         let name = format!(
@@ -233,6 +241,25 @@ impl BenchDb {
     pub async fn resume_probes(&self) -> anyhow::Result<()> {
         resume_queue(&self.pool, probe::QUEUE).await?;
         Ok(())
+    }
+
+    /// Starts `procs` workers on the paused probe queue, resumes it, and stops the clock
+    /// when the database shows every job finished: the timed part of W2 and W4.
+    pub async fn timed_drain(&self, args: &BenchArgs, procs: usize) -> anyhow::Result<Drain> {
+        self.pause_probes().await?;
+        let workers = Workers::start(args, self, procs).await?;
+        let started = Instant::now();
+        self.resume_probes().await?;
+        let finished = self.wait_all_finished(Duration::from_secs(600)).await?;
+        let seconds = finished.duration_since(started).as_secs_f64();
+        let entries = workers.stop().await?;
+        let (completed, total) = self.completed_count().await?;
+        Ok(Drain {
+            seconds,
+            entries,
+            completed,
+            total,
+        })
     }
 
     /// Polls until no job is available or running; returns when it saw that.

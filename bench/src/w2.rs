@@ -4,13 +4,11 @@
 //! job available or running. The check: the workers' tallies hold each `n` exactly once,
 //! and the database shows N completed.
 
-use std::time::{Duration, Instant};
-
 use poda_jobs::engine::RetryPolicy;
 use serde_json::json;
 
 use super::report::Summary;
-use super::{print_result, round3, with_db, BenchArgs, ExactlyOnce, Workers};
+use super::{print_result, round3, with_db, BenchArgs, Drain, ExactlyOnce};
 
 pub const DEFAULT_N: usize = 100_000;
 
@@ -22,14 +20,12 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
                 db.load_finished(args.finished).await?;
                 db.load_probes(n, RetryPolicy::default(), |_| {}).await?;
                 db.analyze().await?;
-                db.pause_probes().await?;
-                let workers = Workers::start(args, db, procs).await?;
-                let started = Instant::now();
-                db.resume_probes().await?;
-                let finished = db.wait_all_finished(Duration::from_secs(600)).await?;
-                let seconds = finished.duration_since(started).as_secs_f64();
-                let entries = workers.stop().await?;
-                let (completed, total) = db.completed_count().await?;
+                let Drain {
+                    seconds,
+                    entries,
+                    completed,
+                    total,
+                } = db.timed_drain(args, procs).await?;
                 let check = ExactlyOnce::check(&entries, n, 1);
                 let all = (n + args.finished) as i64;
                 let ok = check.ok(n) && completed == all && total == all;

@@ -3,13 +3,13 @@
 //! runnable as soon as the failure is written). One worker process. The check: each `n` ran
 //! exactly twice (attempt 1 failed, attempt 2 succeeded) and the database shows N completed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use poda_jobs::engine::RetryPolicy;
 use serde_json::json;
 
 use super::report::Summary;
-use super::{print_result, round3, with_db, BenchArgs, ExactlyOnce, Workers};
+use super::{print_result, round3, with_db, BenchArgs, Drain, ExactlyOnce};
 
 pub const DEFAULT_N: usize = 10_000;
 /// The shortest backoff the engine accepts (`backoff_base_ms >= 0`).
@@ -22,14 +22,12 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
         let result = with_db(args, "w4", run, async |db| {
             db.load_probes(n, retry, |job| job.fail_times = 1).await?;
             db.analyze().await?;
-            db.pause_probes().await?;
-            let workers = Workers::start(args, db, 1).await?;
-            let started = Instant::now();
-            db.resume_probes().await?;
-            let finished = db.wait_all_finished(Duration::from_secs(600)).await?;
-            let seconds = finished.duration_since(started).as_secs_f64();
-            let entries = workers.stop().await?;
-            let (completed, total) = db.completed_count().await?;
+            let Drain {
+                seconds,
+                entries,
+                completed,
+                total,
+            } = db.timed_drain(args, 1).await?;
             let check = ExactlyOnce::check(&entries, n, 2);
             let ok = check.ok(n) && completed == n as i64 && total == n as i64;
             Ok(json!({

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use sqlx::PgPool;
 
+use crate::engine::outcome::error_chain;
 use crate::engine::{enqueue_many, JobError, JobMeta, Outcome};
 use crate::notification::AgentSummaryJob;
 use crate::ticket::{Currency, Money};
@@ -209,16 +210,4 @@ async fn mark_failed(pool: &PgPool, id: CycleId, reason: &str) -> Result<(), sql
     .execute(pool)
     .await?;
     Ok(())
-}
-
-/// `error: cause: cause…`, for the cycle's `error` column.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

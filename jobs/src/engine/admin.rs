@@ -32,19 +32,11 @@ pub async fn retry_job(pool: &PgPool, id: JobId) -> Result<JobSnapshot, EngineEr
     .await?
     .rows_affected()
         > 0;
-    let job = fetch_job(pool, id).await?;
-    if !changed {
-        let reason = match job.state {
-            JobState::Running => "it is running now; wait for it to finish",
-            _ => "it already completed",
-        };
-        return Err(EngineError::WrongState {
-            id,
-            state: job.state,
-            reason,
-        });
-    }
-    Ok(job)
+    acted_on(pool, id, changed, |state| match state {
+        JobState::Running => "it is running now; wait for it to finish",
+        _ => "it already completed",
+    })
+    .await
 }
 
 /// Cancels a job that has not finished. A running job's outcome is then ignored when it
@@ -60,19 +52,30 @@ pub async fn cancel_job(pool: &PgPool, id: JobId) -> Result<JobSnapshot, EngineE
     .await?
     .rows_affected()
         > 0;
+    acted_on(pool, id, changed, |_| "it has already finished").await
+}
+
+/// The job after an operator action: as it is now when the action `changed` it, else why the
+/// action does not apply to its state (`reason`), or that it does not exist.
+async fn acted_on(
+    pool: &PgPool,
+    id: JobId,
+    changed: bool,
+    reason: impl FnOnce(JobState) -> &'static str,
+) -> Result<JobSnapshot, EngineError> {
     let job = fetch_job(pool, id).await?;
-    if !changed {
-        return Err(EngineError::WrongState {
-            id,
-            state: job.state,
-            reason: "it has already finished",
-        });
+    if changed {
+        return Ok(job);
     }
-    Ok(job)
+    Err(EngineError::WrongState {
+        id,
+        state: job.state,
+        reason: reason(job.state),
+    })
 }
 
 /// One row of the `job_queue_stats` view.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct QueueStats {
     pub queue: String,
     pub pending: i64,

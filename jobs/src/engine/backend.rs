@@ -70,7 +70,7 @@ pub struct PgBackend<Args> {
     signal: Arc<QueueSignal>,
     slots: Arc<Slots>,
     buffer: VecDeque<ClaimedJob>,
-    claiming: Option<JoinHandle<Result<Vec<ClaimedJob>, EngineError>>>,
+    claiming: Option<Claim>,
     claim_size: usize,
     /// The signal's generation when the last claim started.
     seen_generation: u64,
@@ -162,28 +162,40 @@ async fn release(engine: &Engine, jobs: Vec<ClaimedJob>) -> Result<(), EngineErr
     Ok(())
 }
 
+type Claim = JoinHandle<Result<Vec<ClaimedJob>, EngineError>>;
+
+/// Gives back, without spending an attempt, what a backend claimed and never handed out:
+/// its buffered jobs, and the jobs of a claim still on its way.
+async fn give_back(
+    engine: Engine,
+    mut unstarted: Vec<ClaimedJob>,
+    claiming: Option<Claim>,
+) -> Result<(), EngineError> {
+    if let Some(claiming) = claiming {
+        if let Ok(Ok(jobs)) = claiming.await {
+            unstarted.extend(jobs);
+        }
+    }
+    release(&engine, unstarted).await
+}
+
 /// A backend dropped without being closed (its worker restarted after a failure) gives back
-/// what it claimed and never handed out, including a claim still on its way.
+/// what it claimed and never handed out.
 impl<Args> Drop for PgBackend<Args> {
     fn drop(&mut self) {
-        let unstarted: Vec<ClaimedJob> = self.buffer.drain(..).collect();
-        let claiming = self.claiming.take();
-        if unstarted.is_empty() && claiming.is_none() {
+        if self.buffer.is_empty() && self.claiming.is_none() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let engine = self.engine.clone();
+        let unstarted = give_back(
+            self.engine.clone(),
+            self.buffer.drain(..).collect(),
+            self.claiming.take(),
+        );
         runtime.spawn(async move {
-            let mut unstarted = unstarted;
-            if let Some(Ok(Ok(jobs))) = match claiming {
-                Some(claim) => Some(claim.await),
-                None => None,
-            } {
-                unstarted.extend(jobs);
-            }
-            if let Err(error) = release(&engine, unstarted).await {
+            if let Err(error) = unstarted.await {
                 tracing::warn!(error = %error, "could not release the jobs of a dropped backend; they run again after their lease");
             }
         });
@@ -336,20 +348,16 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> Backend for PgBacke
         _worker: &WorkerContext,
     ) -> Poll<Result<(), Self::Error>> {
         if self.closing.is_none() {
-            // Jobs claimed but never started go back without spending an attempt, including
-            // those of a claim that was still under way when the worker stopped.
-            let mut unstarted: Vec<ClaimedJob> = self.buffer.drain(..).collect();
-            let claiming = self.claiming.take();
-            let engine = self.engine.clone();
+            let unstarted = give_back(
+                self.engine.clone(),
+                self.buffer.drain(..).collect(),
+                self.claiming.take(),
+            );
+            let completer = self.engine.completer().clone();
             self.closing = Some(
                 async move {
-                    if let Some(claiming) = claiming {
-                        if let Ok(Ok(jobs)) = claiming.await {
-                            unstarted.extend(jobs);
-                        }
-                    }
-                    release(&engine, unstarted).await?;
-                    engine.completer().flush().await
+                    unstarted.await?;
+                    completer.flush().await
                 }
                 .boxed(),
             );

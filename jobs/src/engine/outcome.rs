@@ -91,13 +91,13 @@ impl<'a> OutcomeColumns<'a> {
 
 /// Turns one run's result into what the database should record.
 pub fn decide(meta: &JobMeta, result: Result<Result<Outcome, BoxError>, String>) -> Action {
-    let action = match result {
+    match result {
         Ok(Ok(Outcome::Done)) => Action::Complete,
         Ok(Ok(Outcome::Snooze(delay))) => Action::Snooze { delay },
         Ok(Err(error)) => match error.downcast::<JobError>() {
             Ok(job_error) => match *job_error {
                 JobError::Permanent { source } => Action::Fail {
-                    error: error_chain(source.as_ref()),
+                    error: storable(error_chain(source.as_ref())),
                 },
                 JobError::Retryable {
                     source,
@@ -107,16 +107,6 @@ pub fn decide(meta: &JobMeta, result: Result<Result<Outcome, BoxError>, String>)
             Err(other) => retry_or_fail(meta, error_chain(other.as_ref()), None),
         },
         Err(panic) => retry_or_fail(meta, format!("handler panicked: {panic}"), None),
-    };
-    match action {
-        Action::Retry { delay, error } => Action::Retry {
-            delay,
-            error: storable(error),
-        },
-        Action::Fail { error } => Action::Fail {
-            error: storable(error),
-        },
-        other => other,
     }
 }
 
@@ -124,7 +114,8 @@ pub fn decide(meta: &JobMeta, result: Result<Result<Outcome, BoxError>, String>)
 const MAX_ERROR_LEN: usize = 8 * 1024;
 
 /// An error text Postgres can store (text and jsonb refuse NUL) and of a bounded length, so
-/// that no handler's error can make its outcome impossible to write.
+/// that no handler's error can make its outcome impossible to write. Every error [`decide`]
+/// records goes through it.
 pub fn storable(mut error: String) -> String {
     if error.contains('\0') {
         error = error.replace('\0', "\u{FFFD}");
@@ -145,6 +136,7 @@ fn retry_or_fail(
     error: String,
     retry_after: Option<std::time::Duration>,
 ) -> Action {
+    let error = storable(error);
     if meta.attempt >= meta.retry.max_attempts {
         Action::Fail {
             error: format!(

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use poda_jobs::engine::admin::QueueStats;
 use poda_jobs::testing::TestDb;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -113,18 +114,6 @@ async fn columns(conn: &mut PgConnection, view: &str) -> Vec<String> {
     .unwrap()
 }
 
-#[derive(Debug, PartialEq, Eq, sqlx::FromRow)]
-struct Stats {
-    queue: String,
-    pending: i64,
-    scheduled: i64,
-    running: i64,
-    retrying: i64,
-    failed: i64,
-    done_last_hour: i64,
-    oldest_pending_age_s: i64,
-}
-
 #[tokio::test]
 async fn job_queue_stats_counts_each_state_of_each_queue() {
     let (_db, mut tx, _) = setup().await;
@@ -141,7 +130,7 @@ async fn job_queue_stats_counts_each_state_of_each_queue() {
             "oldest_pending_age_s"
         ]
     );
-    let stats: Vec<Stats> =
+    let stats: Vec<QueueStats> =
         sqlx::query_as("SELECT * FROM job_queue_stats WHERE queue = ANY($1) ORDER BY queue")
             .bind([QUEUE, OTHER, EMPTY])
             .fetch_all(&mut *tx)
@@ -150,7 +139,7 @@ async fn job_queue_stats_counts_each_state_of_each_queue() {
     assert_eq!(
         stats,
         [
-            Stats {
+            QueueStats {
                 queue: EMPTY.into(),
                 pending: 0,
                 scheduled: 0,
@@ -160,7 +149,7 @@ async fn job_queue_stats_counts_each_state_of_each_queue() {
                 done_last_hour: 0,
                 oldest_pending_age_s: 0,
             },
-            Stats {
+            QueueStats {
                 queue: QUEUE.into(),
                 // pending-oldest, pending, pending-now, retry-due.
                 pending: 4,
@@ -173,7 +162,7 @@ async fn job_queue_stats_counts_each_state_of_each_queue() {
                 done_last_hour: 3,
                 oldest_pending_age_s: 90,
             },
-            Stats {
+            QueueStats {
                 queue: OTHER.into(),
                 pending: 1,
                 scheduled: 0,

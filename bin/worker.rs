@@ -13,6 +13,7 @@ use poda_jobs::transfer::reconcile::ReconcileConfig;
 #[tokio::main]
 async fn main() -> ExitCode {
     // Fail points named by FAILPOINTS, in builds with the `failpoints` feature (tests).
+    #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let _ = dotenvy::dotenv();
     let cli = WorkerCli::parse();
@@ -29,12 +30,18 @@ async fn main() -> ExitCode {
 async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
     let Some(command) = cli.command else {
         let options = WorkerOptions::from_args(&cli.run, &cli.monime)?;
+        // Migrations run on a session of their own: the handlers' statement and lock timeouts
+        // would cut off a long migration, or one waiting for another replica's.
+        {
+            let pool = cli.common.database(1).connect().await?;
+            ops::ensure_schema(&pool, cli.run.migrate).await?;
+            pool.close().await;
+        }
         let handlers = cli
             .common
             .database(options.handler_connections())
             .connect_handlers()
             .await?;
-        ops::ensure_schema(&handlers, cli.run.migrate).await?;
         let engine = cli
             .common
             .database(options.engine_connections())

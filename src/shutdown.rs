@@ -20,9 +20,17 @@ impl From<CancellationToken> for Shutdown {
     }
 }
 
-/// A token cancelled on the first SIGINT or SIGTERM.
+/// A token cancelled on the first SIGINT or SIGTERM, for processes with one way to stop
+/// (the enqueuer drains its requests whatever follows).
 pub fn on_signal() -> CancellationToken {
-    on_signals().graceful
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        Signals::new().next().await;
+        tracing::info!("shutdown signal received");
+        cancel.cancel();
+    });
+    token
 }
 
 /// Tokens cancelled on the first and on the second SIGINT or SIGTERM.

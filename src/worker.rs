@@ -406,17 +406,14 @@ pub async fn run_workers(
     // running jobs get (the grace) starts then.
     let shutdown = CancellationToken::new();
     let shutdown_started = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
-    let broken_loop = Arc::new(std::sync::OnceLock::<Vec<String>>::new());
     tokio::spawn({
         let (shutdown, engine) = (shutdown.clone(), engine.clone());
-        let (started, broken_loop) = (shutdown_started.clone(), broken_loop.clone());
+        let started = shutdown_started.clone();
         async move {
             tokio::select! {
                 _ = signalled.cancelled() => {}
                 _ = engine.loops().broken() => {
-                    let dead = engine.loops().dead();
-                    tracing::error!(loops = ?dead, "a loop of this worker died; shutting down");
-                    let _ = broken_loop.set(dead);
+                    tracing::error!(loops = ?engine.loops().dead(), "a loop of this worker died; shutting down");
                 }
             }
             let _ = started.set(tokio::time::Instant::now());
@@ -578,9 +575,12 @@ pub async fn run_workers(
         // Also when the monitor ended without a shutdown signal.
         ticket_stop.cancel();
         if let Some(runners) = &tickets {
-            // Runners finish the batch they hold; one cut off at the grace period rolls back
-            // and its jobs are free for other workers at once.
-            if tokio::time::timeout(grace, runners.join()).await.is_err() {
+            // Runners finish the batch they hold within what is left of the grace; one cut
+            // off rolls back and its jobs are free for other workers at once.
+            if tokio::time::timeout_at(grace_ends(&shutdown_started, grace), runners.join())
+                .await
+                .is_err()
+            {
                 runners.abort();
                 tracing::warn!("ticket batches still running at the end of the grace period were rolled back; their jobs run again");
             }
@@ -599,7 +599,13 @@ pub async fn run_workers(
         }
     };
     stores.cancel();
-    if tokio::time::timeout(BATCHER_DRAIN, futures::future::join_all(store_tasks))
+    // The store gets its drain time, but not past the stop a second signal asked for.
+    let store_drain = if immediate.is_cancelled() {
+        IMMEDIATE_STOP_TIME
+    } else {
+        BATCHER_DRAIN
+    };
+    if tokio::time::timeout(store_drain, futures::future::join_all(store_tasks))
         .await
         .is_err()
     {
@@ -612,14 +618,14 @@ pub async fn run_workers(
     let deadline = if immediate.is_cancelled() {
         now + IMMEDIATE_STOP_TIME
     } else {
-        let started = shutdown_started.get().copied().unwrap_or(now);
-        (started + grace).max(now + MIN_FINAL_WRITE_TIME)
+        grace_ends(&shutdown_started, grace).max(now + MIN_FINAL_WRITE_TIME)
     };
     handle.shutdown_by(deadline).await;
     if let Some(path) = &options.probe_tally {
         tally.write_to(path)?;
     }
-    if let Some(dead) = broken_loop.get() {
+    let dead = engine.loops().dead();
+    if !dead.is_empty() {
         result = Err(anyhow::anyhow!(
             "stopped because a loop died: {}",
             dead.join(", ")
@@ -627,6 +633,19 @@ pub async fn run_workers(
     }
     tracing::info!("worker stopped");
     result
+}
+
+/// When the shutdown's grace ends: `grace` after the shutdown started (from now, if it has
+/// not started: the monitor ended on its own).
+fn grace_ends(
+    started: &std::sync::OnceLock<tokio::time::Instant>,
+    grace: Duration,
+) -> tokio::time::Instant {
+    started
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now)
+        + grace
 }
 
 /// The shared state of this process's transfer handlers: one Monime client (its connection

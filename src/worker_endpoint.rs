@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -47,11 +46,7 @@ pub async fn serve(addr: SocketAddr, loops: Loops) -> anyhow::Result<SocketAddr>
 
 async fn metrics(State(state): State<EndpointState>) -> Response {
     match &state.metrics {
-        Some(handle) => (
-            [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
+        Some(handle) => crate::http::metrics::exposition(handle),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics are recorded by another recorder in this process",

@@ -180,12 +180,7 @@ async fn flush(
 
 /// An error caused by the rows written (SQLSTATE classes 22 and 23), not by the connection.
 fn is_data_error(error: &EngineError) -> bool {
-    match error {
-        EngineError::Database(e) | EngineError::UniqueConflict { source: e, .. } => {
-            poda_jobs::sqlstate::is_data_error(e)
-        }
-        _ => false,
-    }
+    error.sqlx().is_some_and(poda_jobs::sqlstate::is_data_error)
 }
 
 /// Writes one batch in one transaction and returns, in input order, what each delivery did.

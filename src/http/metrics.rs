@@ -62,11 +62,16 @@ async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
         .metrics
         .as_ref()
         .ok_or_else(|| ApiError::Unavailable("metrics are not recorded in this process".into()))?;
-    Ok((
+    Ok(exposition(handle))
+}
+
+/// The Prometheus text exposition of every metric `handle` records (also served by workers).
+pub fn exposition(handle: &PrometheusHandle) -> Response {
+    (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),
     )
-        .into_response())
+        .into_response()
 }
 
 /// Counts requests by method, route and status, and records their latency by route.

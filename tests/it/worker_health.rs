@@ -2,13 +2,9 @@
 
 use std::time::Duration;
 
-use poda_jobs::engine::{enqueue_many_pooled, JobState};
-use poda_jobs::probe::ProbeJob;
-use poda_jobs::testing::{wait_until, TestDb};
-use poda_jobs::RetryPolicy;
+use poda_jobs::testing::TestDb;
 
 use crate::support::process::{spawn_worker_serving_metrics, worker_command, WorkerProcess};
-use crate::worker_process::count_state;
 
 /// A worker serving its endpoint on a port it picked, and that endpoint's address.
 async fn spawn_announcing(
@@ -58,51 +54,53 @@ async fn healthz_is_ok_while_every_loop_runs() {
     assert!(worker.wait_exit(Duration::from_secs(30)).await.success());
 }
 
-/// The lease renewer panics (a fail point): the process must not go on half alive. Its
-/// health check names the dead loop, it stops claiming, lets its running job finish, and
-/// exits non-zero.
 // Needs the fail points compiled in: `cargo test --all-features`.
 #[cfg(feature = "failpoints")]
-#[tokio::test]
-async fn a_worker_whose_loop_dies_reports_it_and_exits_non_zero() {
-    let db = TestDb::new().await;
-    let jobs: Vec<_> = (0..3)
-        .map(|n| {
-            ProbeJob {
-                sleep_ms: 4_000,
-                ..ProbeJob::new(n)
-            }
-            .to_job(RetryPolicy::default())
-        })
-        .collect();
-    enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
-    // The heartbeat ticks every second; its second tick panics.
-    let (mut worker, addr) = spawn_announcing(
-        &db.url,
-        &[
-            "--concurrency",
-            "1",
-            "--lease",
-            "3s",
-            "--shutdown-grace",
-            "20s",
-        ],
-        &[("FAILPOINTS", "engine-heartbeat=1*off->panic")],
-    )
-    .await;
-    wait_until(
-        "healthz to name the dead loop",
-        Duration::from_secs(20),
-        || health(&addr),
-        |h| matches!(h, Some((503, body)) if body["dead"][0] == "engine:heartbeat"),
-    )
-    .await;
-    let status = worker.wait_exit(Duration::from_secs(30)).await;
-    assert!(
-        !status.success(),
-        "a worker with a dead loop exits non-zero"
-    );
-    // It stopped claiming at once: the job it was running finished, the others never started.
-    assert_eq!(count_state(&db.pool, JobState::Completed).await, 1);
-    assert_eq!(count_state(&db.pool, JobState::Available).await, 2);
+mod loop_death {
+    use std::time::Duration;
+
+    use poda_jobs::engine::JobState;
+    use poda_jobs::testing::{wait_until, TestDb};
+
+    use super::{health, spawn_announcing};
+    use crate::support::enqueue_recorded_probes;
+    use crate::worker_process::count_state;
+
+    /// The lease renewer panics (a fail point): the process must not go on half alive. Its
+    /// health check names the dead loop, it stops claiming, lets its running job finish, and
+    /// exits non-zero.
+    #[tokio::test]
+    async fn a_worker_whose_loop_dies_reports_it_and_exits_non_zero() {
+        let db = TestDb::new().await;
+        enqueue_recorded_probes(&db.pool, 3, 4_000).await;
+        // The heartbeat ticks every second; its second tick panics.
+        let (mut worker, addr) = spawn_announcing(
+            &db.url,
+            &[
+                "--concurrency",
+                "1",
+                "--lease",
+                "3s",
+                "--shutdown-grace",
+                "20s",
+            ],
+            &[("FAILPOINTS", "engine-heartbeat=1*off->panic")],
+        )
+        .await;
+        wait_until(
+            "healthz to name the dead loop",
+            Duration::from_secs(20),
+            || health(&addr),
+            |h| matches!(h, Some((503, body)) if body["dead"][0] == "engine:heartbeat"),
+        )
+        .await;
+        let status = worker.wait_exit(Duration::from_secs(30)).await;
+        assert!(
+            !status.success(),
+            "a worker with a dead loop exits non-zero"
+        );
+        // It stopped claiming at once: the job it was running finished, the others never started.
+        assert_eq!(count_state(&db.pool, JobState::Completed).await, 1);
+        assert_eq!(count_state(&db.pool, JobState::Available).await, 2);
+    }
 }

@@ -62,18 +62,7 @@ pub async fn fail_if_abandoned(
             JobState::Completed => "its fan-out job completed without settling it".to_owned(),
         },
     };
-    let marked = sqlx::query!(
-        "UPDATE contribution_cycles \
-         SET status = 'Failed', error = $2, failed_at = now(), updated_at = now() \
-         WHERE id = $1 AND status = 'Initializing'",
-        id.0,
-        &reason,
-    )
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        > 0;
-    if !marked {
+    if !super::handler::mark_failed(&mut *conn, id, &reason).await? {
         return Ok(None);
     }
     tracing::warn!(cycle.id = %id, reason, "cycle left Initializing by its ended fan-out; marked Failed");

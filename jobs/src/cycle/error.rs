@@ -94,11 +94,8 @@ impl CycleError {
             | CycleError::UnsupportedCurrency { .. } => true,
             CycleError::Database { source, .. } => is_data_error(source),
             CycleError::Enqueue { source, .. } => match source {
-                EngineError::Database(e) | EngineError::UniqueConflict { source: e, .. } => {
-                    is_data_error(e)
-                }
                 EngineError::InvalidJob(_) | EngineError::Codec(_) => true,
-                _ => false,
+                other => other.sqlx().is_some_and(is_data_error),
             },
         }
     }

@@ -199,15 +199,21 @@ async fn activate(pool: &PgPool, id: CycleId) -> Result<(), CycleError> {
     Ok(())
 }
 
-async fn mark_failed(pool: &PgPool, id: CycleId, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query!(
+/// Marks a cycle that is still Initializing Failed with `reason`; whether it was.
+pub(super) async fn mark_failed(
+    conn: impl sqlx::PgExecutor<'_>,
+    id: CycleId,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let marked = sqlx::query!(
         "UPDATE contribution_cycles \
          SET status = 'Failed', error = $2, failed_at = now(), updated_at = now() \
          WHERE id = $1 AND status = 'Initializing'",
         id.0,
         reason,
     )
-    .execute(pool)
-    .await?;
-    Ok(())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(marked > 0)
 }

@@ -27,7 +27,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{NewJob, RetryPolicy};
 
-pub use abandoned::fail_if_abandoned;
 pub use create::{create_cycle, CreatedCycle, NewCycle};
 pub use error::{CreateCycleError, CycleError};
 pub use handler::handle;

@@ -37,6 +37,16 @@ pub enum EngineError {
     Timeout(&'static str),
 }
 
+impl EngineError {
+    /// The database error behind this one, if a statement failed.
+    pub fn sqlx(&self) -> Option<&sqlx::Error> {
+        match self {
+            EngineError::Database(e) | EngineError::UniqueConflict { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<sqlx::Error> for EngineError {
     fn from(error: sqlx::Error) -> Self {
         map_sqlx_error(error)

@@ -113,10 +113,8 @@ enum Failure {
 impl Failure {
     fn sql(&self) -> Option<&sqlx::Error> {
         match self {
-            Failure::Sql(e)
-            | Failure::Enqueue(EngineError::Database(e))
-            | Failure::Enqueue(EngineError::UniqueConflict { source: e, .. }) => Some(e),
-            Failure::Enqueue(_) => None,
+            Failure::Sql(e) => Some(e),
+            Failure::Enqueue(e) => e.sqlx(),
         }
     }
 

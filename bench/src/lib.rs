@@ -262,16 +262,11 @@ impl BenchDb {
         })
     }
 
-    /// Polls until no job is available or running; returns when it saw that.
+    /// Polls until no probe job is available or running; returns when it saw that.
     pub async fn wait_all_finished(&self, timeout: Duration) -> anyhow::Result<Instant> {
         let deadline = Instant::now() + timeout;
         loop {
-            let busy: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'available') \
-                     OR EXISTS (SELECT 1 FROM jobs WHERE state = 'running')",
-            )
-            .fetch_one(&self.pool)
-            .await?;
+            let busy = queue_has_unfinished_jobs(&self.pool, probe::QUEUE).await?;
             if !busy {
                 return Ok(Instant::now());
             }

@@ -7,9 +7,9 @@ use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::RetryPolicy;
 use uuid::Uuid;
 
+use crate::support::count_state;
 use crate::support::enqueue_recorded_probes;
 use crate::support::process::{spawn_worker, with_application_name};
-use crate::worker_process::count_state;
 
 const VICTIM: &str = "poda-crash-victim";
 

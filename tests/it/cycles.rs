@@ -9,15 +9,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use poda_jobs::cycle::{create_cycle, NewCycle};
+use poda_jobs::cycle::create_cycle;
 use poda_jobs::testing::{wait_until, TestDb};
-use poda_jobs::ticket::{Currency, Money};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::support::app::spawn_enqueuer;
 use crate::support::cycles::{
-    contribution_counts, cycle_request, cycle_status, seed_members, seed_tier, wait_active,
+    contribution_counts, cycle_request, cycle_status, new_cycle, seed_members, seed_tier,
+    wait_active,
 };
 use crate::support::process::{run_worker_command, spawn_worker};
 
@@ -52,19 +52,6 @@ async fn ineligible_contributions(pool: &PgPool, id: i64) -> i64 {
     .fetch_one(pool)
     .await
     .unwrap()
-}
-
-fn new_cycle(tier: i64, deceased: i64, claim: &str) -> NewCycle {
-    NewCycle {
-        tier_id: tier,
-        deceased_member_id: deceased,
-        claim_reference: claim.into(),
-        contribution: Money {
-            currency: Currency::Sle,
-            value_minor: 2_500,
-        },
-        duration_days: 30,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@ use poda_jobs::testing::{wait_until, TestDb};
 
 use crate::support::enqueue_recorded_probes;
 use crate::support::process::{spawn_worker_serving_metrics, worker_command};
-use crate::support::worker::{count, TIMEOUT};
+use crate::support::{count, TIMEOUT};
 
 #[tokio::test]
 async fn the_metrics_endpoint_shows_per_queue_counters_and_gauges() {

@@ -5,8 +5,8 @@ use poda_jobs::probe::ProbeJob;
 use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::RetryPolicy;
 
+use crate::support::count_state;
 use crate::support::process::{run_worker_command, spawn_worker};
-use crate::worker_process::count_state;
 
 #[tokio::test]
 async fn worker_refuses_an_unmigrated_database_and_migrate_fixes_it() {

@@ -11,8 +11,8 @@ use poda_jobs::testing::PrivateCluster;
 use poda_jobs::RetryPolicy;
 use sqlx::PgPool;
 
+use crate::support::count_state;
 use crate::support::process::{run_worker_command, spawn_worker_serving_metrics, worker_command};
-use crate::worker_process::count_state;
 
 /// A migrated database on `cluster`, and a pool on it whose commits (the test's enqueues)
 /// are durable, as the enqueuer's are.

@@ -8,7 +8,8 @@ use poda_jobs::ticket;
 use sqlx::PgPool;
 
 use crate::support::enqueue_recorded_probes;
-use crate::support::worker::{count, worker_command, WorkerProcess, TIMEOUT};
+use crate::support::process::{run_worker_command, spawn_worker};
+use crate::support::{count, TIMEOUT};
 
 /// (jobs of `queue` ever claimed, probe runs).
 async fn claimed_and_run(pool: &PgPool, queue: &str) -> (i64, i64) {
@@ -28,13 +29,9 @@ async fn pause_holds_a_running_workers_jobs_and_resume_releases_them() {
     let db = TestDb::new().await;
     // The first enqueue registers the queue.
     enqueue_recorded_probes(&db.pool, 20, 0).await;
-    let out = worker_command(&db.url, &["pause", probe::QUEUE]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("paused"));
+    let (ok, stdout, stderr) = run_worker_command(&db.url, &["pause", probe::QUEUE]).await;
+    assert!(ok, "{}", stderr);
+    assert!(stdout.contains("paused"));
     // A job on a queue that is not paused: once it has run, the worker is up and claiming.
     seed_one_company(&db.pool).await;
     enqueue_many_pooled(
@@ -45,7 +42,7 @@ async fn pause_holds_a_running_workers_jobs_and_resume_releases_them() {
     .unwrap();
 
     let queues = format!("{},{}", probe::QUEUE, ticket::QUEUE);
-    let _worker = WorkerProcess::start(&db.url, &["--queues", &queues, "--poll-interval", "100ms"]);
+    let _worker = spawn_worker(&db.url, &["--queues", &queues, "--poll-interval", "100ms"]);
     wait_until(
         "the worker to run the job of the queue that is not paused",
         TIMEOUT,
@@ -77,12 +74,8 @@ async fn pause_holds_a_running_workers_jobs_and_resume_releases_them() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    let out = worker_command(&db.url, &["resume", probe::QUEUE]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, _, stderr) = run_worker_command(&db.url, &["resume", probe::QUEUE]).await;
+    assert!(ok, "{}", stderr);
     wait_until(
         "every job to complete after resume",
         TIMEOUT,
@@ -113,9 +106,8 @@ async fn pause_holds_a_running_workers_jobs_and_resume_releases_them() {
 #[tokio::test]
 async fn pause_of_an_unknown_queue_fails_with_a_clear_message() {
     let db = TestDb::new().await;
-    let out = worker_command(&db.url, &["pause", "no_such_queue"]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, stderr) = run_worker_command(&db.url, &["pause", "no_such_queue"]).await;
+    assert!(!ok);
     assert!(
         stderr.contains("no_such_queue") && stderr.contains("does not exist"),
         "{stderr}"
@@ -133,28 +125,20 @@ async fn prune_deletes_old_finished_jobs_and_keeps_the_rest() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let out = worker_command(&db.url, &["prune", "--older-than", "2d"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("deleted 2"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let (ok, stdout, stderr) = run_worker_command(&db.url, &["prune", "--older-than", "2d"]).await;
+    assert!(ok, "{}", stderr);
+    assert!(stdout.contains("deleted 2"), "{}", stdout);
     assert_eq!(count(&db.pool, "SELECT count(*) FROM jobs").await, 2);
 
-    let out = worker_command(&db.url, &["prune", "--older-than", "7 weeks"]);
-    assert!(!out.status.success(), "a bad duration is refused");
+    let (ok, _, _) = run_worker_command(&db.url, &["prune", "--older-than", "7 weeks"]).await;
+    assert!(!ok, "a bad duration is refused");
 }
 
 #[tokio::test]
 async fn queue_concurrency_must_name_a_queue_the_worker_runs() {
     let db = TestDb::new().await;
     // A worker of the probe queue only is told that `tickets` is not among its queues.
-    let out = worker_command(
+    let (ok, _, stderr) = run_worker_command(
         &db.url,
         &[
             "--queues",
@@ -162,16 +146,17 @@ async fn queue_concurrency_must_name_a_queue_the_worker_runs() {
             "--queue-concurrency",
             "tickets=64",
         ],
-    );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    )
+    .await;
+    assert!(!ok);
     assert!(
         stderr.contains("--queue-concurrency") && stderr.contains("tickets"),
         "{stderr}"
     );
-    let out = worker_command(
+    let (ok, _, _) = run_worker_command(
         &db.url,
         &["--queues", probe::QUEUE, "--queue-concurrency", "tickets"],
-    );
-    assert!(!out.status.success());
+    )
+    .await;
+    assert!(!ok);
 }

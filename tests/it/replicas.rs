@@ -2,14 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use poda_jobs::cycle::{create_cycle, NewCycle};
+use poda_jobs::cycle::create_cycle;
 use poda_jobs::engine::{enqueue_many_pooled, NewJob};
 use poda_jobs::testing::tickets::{seed_one_company, ticket_counts, ticket_job};
 use poda_jobs::testing::{wait_until, TestDb};
-use poda_jobs::ticket::{Currency, Money};
 use sqlx::PgPool;
 
-use crate::support::cycles::{contribution_counts, seed_members, seed_tier, wait_active};
+use crate::support::cycles::{
+    contribution_counts, new_cycle, seed_members, seed_tier, wait_active,
+};
 use crate::support::enqueue_recorded_probes;
 use crate::support::process::{spawn_worker, WorkerProcess};
 
@@ -94,24 +95,11 @@ async fn eight_replicas_on_small_pools_drain_every_queue_with_one_maintenance_le
     enqueue_many_pooled(&pool, &payments).await.unwrap();
     let tier = seed_tier(&pool, "gold", "SLE").await;
     let (first, _) = seed_members(&pool, tier, 3_001, "active", 4).await;
-    let cycle = create_cycle(
-        &pool,
-        &NewCycle {
-            tier_id: tier,
-            deceased_member_id: first,
-            claim_reference: "CLM-replicas".into(),
-            contribution: Money {
-                currency: Currency::Sle,
-                value_minor: 2_500,
-            },
-            duration_days: 30,
-        },
-        None,
-    )
-    .await
-    .unwrap()
-    .id
-    .0;
+    let cycle = create_cycle(&pool, &new_cycle(tier, first, "CLM-replicas"), None)
+        .await
+        .unwrap()
+        .id
+        .0;
 
     // Eight replicas with 2 handler and 3 engine connections each: 40 connections in all.
     let queues = format!(
@@ -134,8 +122,11 @@ async fn eight_replicas_on_small_pools_drain_every_queue_with_one_maintenance_le
     ];
     let replicas: Vec<WorkerProcess> = (0..8).map(|_| spawn_worker(&db.url, &args)).collect();
 
+    // While they drain, every replica tries for maintenance leadership every few seconds:
+    // leadership must stay with one of them (no flapping) once taken.
     let total = 6_000 + 1_500 + 1;
-    let done = wait_until(
+    let leaders = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    wait_until(
         "every queue to drain",
         Duration::from_secs(180),
         || async {
@@ -144,17 +135,17 @@ async fn eight_replicas_on_small_pools_drain_every_queue_with_one_maintenance_le
                     .fetch_one(&pool)
                     .await
                     .unwrap();
-            let leaders = maintenance_leader(&pool).await;
-            (completed, leaders)
+            if let Some((pid, true)) = maintenance_leader(&pool).await {
+                leaders.lock().unwrap().insert(pid);
+            }
+            completed
         },
-        |(completed, _)| *completed >= total,
+        |completed| *completed >= total,
     )
     .await;
-    assert!(
-        matches!(done.1, Some((_, true))),
-        "one replica leads maintenance: {:?}",
-        done.1
-    );
+    let leaders = leaders.into_inner().unwrap();
+    assert_eq!(leaders.len(), 1, "maintenance leaders seen: {leaders:?}");
+    assert!(replicas.iter().any(|r| leaders.contains(&r.id())));
     // Jobs of the queues these replicas do not run: a commission transfer per ticket and a
     // notification per agent of the activated cycle. Nothing failed, nothing is left running.
     let mut left = unfinished(&pool).await;

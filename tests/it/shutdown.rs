@@ -9,9 +9,9 @@ use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::RetryPolicy;
 use sqlx::PgPool;
 
+use crate::support::count_state;
 use crate::support::enqueue_recorded_probes;
 use crate::support::process::{spawn_worker, spawn_worker_logging, worker_command};
-use crate::worker_process::count_state;
 
 async fn runs(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM probe_runs")

@@ -63,8 +63,8 @@ mod loop_death {
     use poda_jobs::testing::{wait_until, TestDb};
 
     use super::{health, spawn_announcing};
+    use crate::support::count_state;
     use crate::support::enqueue_recorded_probes;
-    use crate::worker_process::count_state;
 
     /// The lease renewer panics (a fail point): the process must not go on half alive. Its
     /// health check names the dead loop, it stops claiming, lets its running job finish, and

@@ -3,16 +3,8 @@ use std::time::Duration;
 use poda_jobs::engine::JobState;
 use poda_jobs::testing::{wait_until, TestDb};
 
-use crate::support::enqueue_recorded_probes;
 use crate::support::process::spawn_worker;
-
-pub async fn count_state(pool: &sqlx::PgPool, state: JobState) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = $1")
-        .bind(state)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
+use crate::support::{count_state, enqueue_recorded_probes};
 
 #[tokio::test]
 async fn three_worker_processes_drain_20000_jobs_with_each_effect_exactly_once() {

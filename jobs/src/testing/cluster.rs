@@ -490,10 +490,17 @@ fn switch_user_args(user: &str) -> Vec<String> {
     }
 }
 
-/// A loopback port nobody listened on a moment ago (the caller retries if it is taken).
+/// A loopback port nobody listened on a moment ago (the caller retries if it is taken),
+/// below Linux's ephemeral range (32768 and up by default): a port the kernel hands out to
+/// outgoing connections could be taken by one while a stopped server waits to start again.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("find a free loopback port")
-        .port()
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    for _ in 0..1_000 {
+        let port = LOW + (uuid::Uuid::new_v4().as_u128() % u128::from(HIGH - LOW)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {HIGH}");
 }

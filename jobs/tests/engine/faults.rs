@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use poda_jobs::engine::{EngineConfig, JobState, RetryPolicy};
 use poda_jobs::probe::ProbeJob;
-use poda_jobs::testing::{wait_until, TestDb};
+use poda_jobs::testing::TestDb;
 
-use crate::support::{enqueue_probes, fast_retry, state_of, wait_for_state, ProbeWorker};
+use crate::support::{enqueue_probes, fast_retry, wait_for_state, ProbeWorker};
 
 #[tokio::test]
 async fn a_run_past_its_timeout_fails_as_a_retryable_attempt_and_frees_its_slot() {
@@ -67,13 +67,7 @@ async fn a_job_longer_than_its_lease_keeps_it_and_runs_once() {
     let mut config = EngineConfig::default().with_lease(Duration::from_secs(1));
     config.rescue.interval = Duration::from_millis(200);
     let worker = ProbeWorker::start_with(&db.pool, 1, config);
-    wait_until(
-        "the job to complete",
-        Duration::from_secs(20),
-        || state_of(&db.pool, ids[0]),
-        |(state, _)| *state == JobState::Completed,
-    )
-    .await;
+    wait_for_state(&db.pool, ids[0], JobState::Completed).await;
     worker.stop().await;
     let (attempt, errors): (i32, i64) = sqlx::query_as(
         "SELECT attempt, jsonb_array_length(errors)::bigint FROM jobs WHERE id = $1",

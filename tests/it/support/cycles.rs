@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
+use poda_jobs::cycle::NewCycle;
 use poda_jobs::testing::wait_until;
+use poda_jobs::ticket::{Currency, Money};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -114,4 +116,18 @@ pub async fn contribution_counts(pool: &PgPool, id: i64) -> (i64, i64) {
     .fetch_one(pool)
     .await
     .unwrap()
+}
+
+/// A cycle of `tier` for `deceased`: 25.00 SLE per member, due in 30 days.
+pub fn new_cycle(tier: i64, deceased: i64, claim: &str) -> NewCycle {
+    NewCycle {
+        tier_id: tier,
+        deceased_member_id: deceased,
+        claim_reference: claim.into(),
+        contribution: Money {
+            currency: Currency::Sle,
+            value_minor: 2_500,
+        },
+        duration_days: 30,
+    }
 }

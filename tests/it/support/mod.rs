@@ -2,7 +2,6 @@ pub mod app;
 pub mod cycles;
 pub mod monime;
 pub mod process;
-pub mod worker;
 
 /// Raises this process's open-file limit to its hard limit (many concurrent connections).
 pub fn raise_fd_limit() {
@@ -31,4 +30,21 @@ pub async fn enqueue_recorded_probes(pool: &sqlx::PgPool, n: i64, sleep_ms: u64)
             .await
             .unwrap();
     }
+}
+
+/// Jobs in `state`, of every queue.
+pub async fn count_state(pool: &sqlx::PgPool, state: poda_jobs::engine::JobState) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = $1")
+        .bind(state)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// How long tests wait for a worker to get something done.
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The one number `sql` selects.
+pub async fn count(pool: &sqlx::PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
 }

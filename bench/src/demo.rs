@@ -22,7 +22,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use poda::config::{DatabaseSettings, Secret, DEFAULT_DATABASE_URL};
+use poda::config::{DatabaseSettings, Secret};
 use poda::enqueuer::{Enqueuer, EnqueuerSettings};
 use poda::http::webhooks::signature::sign;
 use poda::ops;
@@ -49,40 +49,17 @@ pub struct DemoServer {
     pub private: bool,
 }
 
-/// Chooses the demo's server: `--private-db` starts a private cluster; a `DATABASE_URL` (or
-/// `--database-url`) is used as given, and a server that refuses fails the demo with its
-/// reason; with neither, the local server when it lets the demo in, else a private cluster.
+/// Chooses the demo's server as the tests do ([`poda_jobs::testing::choose_server`]):
+/// `--private-db` starts a private cluster; a `DATABASE_URL` (or `--database-url`) is used as
+/// given, and a server that refuses fails the demo with its reason; with neither, the local
+/// server when it lets the demo in, else a private cluster.
 pub async fn choose_server(given: Option<Secret>, private_db: bool) -> anyhow::Result<DemoServer> {
-    let why_private = match given {
-        _ if private_db => "--private-db",
-        Some(url) => {
-            return Ok(DemoServer {
-                url,
-                private: false,
-            })
-        }
-        None => {
-            let local = Secret::new(DEFAULT_DATABASE_URL);
-            let local_admin = crate::url_with_database(local.expose(), "postgres");
-            if poda_jobs::testing::can_log_in(&local_admin).await {
-                return Ok(DemoServer {
-                    url: local,
-                    private: false,
-                });
-            }
-            "DATABASE_URL is not set and the local server (127.0.0.1:5432) does not let user \
-             postgres in"
-        }
-    };
-    println!(
-        "▸ {why_private}: starting a private PostgreSQL cluster (removed when the demo exits)"
-    );
-    let cluster =
-        poda_jobs::testing::PrivateCluster::start_with(poda_jobs::testing::SHARED_CLUSTER_SETTINGS)
+    let chosen =
+        poda_jobs::testing::choose_server(given.map(|url| url.expose().to_owned()), private_db)
             .await;
     Ok(DemoServer {
-        url: Secret::new(cluster.keep_until_process_exits()),
-        private: true,
+        url: Secret::new(chosen.url),
+        private: chosen.private,
     })
 }
 

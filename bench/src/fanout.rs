@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::scratch::with_scratch_database;
 use anyhow::{ensure, Context};
-use poda::config::{async_commit_options, session_options};
+use poda::config::{async_commit_options, handler_options};
 use poda_jobs::cycle::{self, create_cycle, CycleConfig, CycleId, CycleStatus, NewCycle};
 use poda_jobs::ticket::{Currency, Money};
 use serde_json::{json, Value};
@@ -85,7 +85,7 @@ async fn run_on_database(
 ) -> anyhow::Result<Vec<Value>> {
     let pool = PgPoolOptions::new()
         .max_connections(6)
-        .connect_with(session_options(db.clone()))
+        .connect_with(handler_options(db.clone()))
         .await
         .context("connecting to the bench database")?;
     poda_jobs::engine::migrate::run_migrations(&pool)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::queue_has_unfinished_jobs;
 use crate::scratch::with_scratch_database;
 use anyhow::Context;
-use poda::config::{async_commit_options, session_options};
+use poda::config::{async_commit_options, handler_options};
 use poda_jobs::engine::{enqueue_many, EngineConfig, RetryPolicy};
 use poda_jobs::transfer::breaker::BreakerConfig;
 use poda_jobs::transfer::monime::{ApiToken, MonimeConfig, DEFAULT_VERSION};
@@ -92,7 +92,7 @@ async fn run_once(
 ) -> anyhow::Result<Value> {
     let handler_pool = PgPoolOptions::new()
         .max_connections(32)
-        .connect_with(session_options(db.clone()))
+        .connect_with(handler_options(db.clone()))
         .await
         .context("connecting to the bench database")?;
     let engine_pool = PgPoolOptions::new()

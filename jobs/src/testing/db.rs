@@ -11,53 +11,76 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use crate::engine::migrate::MIGRATOR;
 
-/// The local server a machine set up for development runs.
-const LOCAL_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The local server a machine set up for development runs (its `postgres` database).
+pub const LOCAL_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// The server tests use, chosen once per test process:
-/// - `POSTGRES_ADMIN_URL` or `DATABASE_URL` (the database part ignored), when set: that
-///   server and no other, so a wrong URL fails the tests rather than testing somewhere else;
-/// - else the local server (`postgres@127.0.0.1:5432`, trust auth) when it lets us in;
-/// - else, or with `PODA_PRIVATE_DB=1`, a private cluster of this process's own (`initdb`
-///   under the target directory, a free loopback port), stopped when the process exits.
+/// The server tests use, chosen once per test process by [`choose_server`] from
+/// `POSTGRES_ADMIN_URL` or `DATABASE_URL` (the database part ignored), with
+/// `PODA_PRIVATE_DB=1` forcing a private cluster.
 pub fn admin_url() -> String {
     static SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SERVER.get_or_init(choose_server).clone()
+    SERVER
+        .get_or_init(|| {
+            let given = std::env::var("POSTGRES_ADMIN_URL")
+                .or_else(|_| std::env::var("DATABASE_URL"))
+                .ok();
+            let forced = std::env::var("PODA_PRIVATE_DB").is_ok_and(|v| v == "1" || v == "true");
+            // Tests call this from inside their own runtime; the choice gets a runtime of its
+            // own on a thread of its own.
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime to choose the test server")
+                    .block_on(choose_server(given, forced))
+            })
+            .join()
+            .expect("choosing the test server")
+            .url
+        })
+        .clone()
 }
 
-fn choose_server() -> String {
-    if let Ok(url) = std::env::var("POSTGRES_ADMIN_URL").or_else(|_| std::env::var("DATABASE_URL"))
-    {
-        return url;
-    }
-    let forced = std::env::var("PODA_PRIVATE_DB").is_ok_and(|v| v == "1" || v == "true");
-    // Tests call this from inside their own runtime; the check and the start get a runtime
-    // of their own on a thread of their own.
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime to choose the test server");
-        runtime.block_on(async move {
-            if !forced && can_log_in(LOCAL_SERVER).await {
-                return LOCAL_SERVER.to_owned();
+/// A server chosen by [`choose_server`].
+#[derive(Debug, Clone)]
+pub struct ChosenServer {
+    /// A URL on the server (its `postgres` database for the local or a private server).
+    pub url: String,
+    /// A private cluster of this process's own, stopped and removed once the process exits.
+    pub private: bool,
+}
+
+/// Where the tests and the demo run:
+/// - `given` (a `POSTGRES_ADMIN_URL` or `DATABASE_URL`), when set: that server and no other,
+///   so a wrong URL fails rather than running somewhere else;
+/// - else the local server (`postgres@127.0.0.1:5432`, trust auth) when it lets us in;
+/// - else, or when `force_private`, a private cluster (`initdb` under the target directory, a
+///   free loopback port), kept until this process exits. It says why on stderr.
+pub async fn choose_server(given: Option<String>, force_private: bool) -> ChosenServer {
+    let why = match given {
+        _ if force_private => "a private server was asked for",
+        Some(url) => {
+            return ChosenServer {
+                url,
+                private: false,
             }
-            eprintln!(
-                "tests: {}; starting a private PostgreSQL cluster for this test process",
-                if forced {
-                    "PODA_PRIVATE_DB is set"
-                } else {
-                    "no POSTGRES_ADMIN_URL or DATABASE_URL, and the local server at \
-                     127.0.0.1:5432 does not let user postgres in"
-                }
-            );
-            super::cluster::PrivateCluster::start_with(SHARED_CLUSTER_SETTINGS)
-                .await
-                .keep_until_process_exits()
-        })
-    })
-    .join()
-    .expect("choosing the test server")
+        }
+        None if can_log_in(LOCAL_SERVER).await => {
+            return ChosenServer {
+                url: LOCAL_SERVER.to_owned(),
+                private: false,
+            }
+        }
+        None => {
+            "no POSTGRES_ADMIN_URL or DATABASE_URL, and the local server at 127.0.0.1:5432 \
+             does not let user postgres in"
+        }
+    };
+    eprintln!("{why}: starting a private PostgreSQL cluster, removed when this process exits");
+    let url = super::cluster::PrivateCluster::start_with(SHARED_CLUSTER_SETTINGS)
+        .await
+        .keep_until_process_exits();
+    ChosenServer { url, private: true }
 }
 
 /// Settings of a private cluster that stands in for a shared server: it serves every test of

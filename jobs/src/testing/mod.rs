@@ -11,5 +11,8 @@ mod wait;
 
 #[cfg(unix)]
 pub use cluster::PrivateCluster;
-pub use db::{admin_url, can_log_in, TestDb, SHARED_CLUSTER_SETTINGS};
+pub use db::{
+    admin_url, can_log_in, choose_server, ChosenServer, TestDb, LOCAL_SERVER,
+    SHARED_CLUSTER_SETTINGS,
+};
 pub use wait::wait_until;

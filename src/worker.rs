@@ -495,7 +495,7 @@ pub async fn run_workers(
             concurrency: options.concurrency[queue],
             batch_size: options.batch_size,
             prefetch: options.prefetch,
-            run_timeout: run_timeout(queue),
+            run_timeout: run_timeout(queue, &options),
         };
         monitor = match queue.as_str() {
             probe::QUEUE => {
@@ -731,13 +731,15 @@ async fn run_notification(
     notification::handle(&notifier, &meta, job).await
 }
 
-/// How long one run of `queue`'s job kind may take.
-fn run_timeout(queue: &str) -> Duration {
+/// How long one run of `queue`'s job kind may take, as the kind derives it from its settings.
+fn run_timeout(queue: &str, options: &WorkerOptions) -> Duration {
     match queue {
         cycle::QUEUE => cycle::RUN_TIMEOUT,
-        transfer::QUEUE => transfer::RUN_TIMEOUT,
-        notification::QUEUE => notification::RUN_TIMEOUT,
-        probe::QUEUE => probe::RUN_TIMEOUT,
+        transfer::QUEUE => match &options.transfers {
+            Some(t) => transfer::run_timeout(&t.monime, &t.settings),
+            None => transfer::RUN_TIMEOUT,
+        },
+        notification::QUEUE => notification::run_timeout(options.notifier.timeout),
         _ => poda_jobs::engine::DEFAULT_RUN_TIMEOUT,
     }
 }

@@ -11,8 +11,6 @@ use crate::engine::{JobError, JobMeta, NewJob, Outcome, RetryPolicy};
 
 pub const QUEUE: &str = "poda_probe";
 pub const KIND: &str = "probe";
-/// How long one probe run may take (tests make probes sleep for up to a minute).
-pub const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProbeJob {

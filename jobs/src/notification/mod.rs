@@ -26,9 +26,15 @@ pub const QUEUE: &str = "notifications";
 pub const KIND: &str = "cycle_agent_summary";
 /// How long one delivery may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one delivery run may take (the HTTP call is bounded by [`DEFAULT_TIMEOUT`] or its
-/// setting).
+/// The least time one delivery run may take (the HTTP call is bounded by [`DEFAULT_TIMEOUT`]
+/// or its setting).
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one delivery run may take with the receiver's `timeout`: the call and half a
+/// minute beside it; never less than [`RUN_TIMEOUT`].
+pub fn run_timeout(timeout: Duration) -> Duration {
+    RUN_TIMEOUT.max(timeout + Duration::from_secs(30))
+}
 
 /// 2 s, 4 s, 8 s, … up to 10 min between deliveries, 12 attempts, then a terminal failure.
 pub const RETRY_POLICY: RetryPolicy =

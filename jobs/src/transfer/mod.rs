@@ -31,9 +31,18 @@ use crate::engine::{NewJob, RetryPolicy};
 
 pub const QUEUE: &str = "commission_transfers";
 pub const KIND: &str = "commission_transfer";
-/// How long one transfer run may take: a create and the inline polls of Monime (each call
-/// bounded by the client's timeout); a transfer still processing snoozes long before this.
+/// The least time one transfer run may take: a create and the inline polls of Monime (each
+/// call bounded by the client's timeout); a transfer still processing snoozes long before this.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long one transfer run may take with these settings: a create and one status read (each
+/// up to the client's timeout, plus the connect timeout), the inline wait between them, and a
+/// minute for the row writes; never less than [`RUN_TIMEOUT`]. A run cut off by its timeout
+/// would skip recording its transient failure, so the bound follows the calls it makes.
+pub fn run_timeout(monime: &monime::MonimeConfig, settings: &handler::TransferSettings) -> Duration {
+    let calls = 2 * (monime.timeout + monime.connect_timeout);
+    RUN_TIMEOUT.max(calls + settings.poll_inline + Duration::from_secs(60))
+}
 
 /// Durable retries for Monime calls: 2 s, 4 s, 8 s, 16 s, 32 s (± jitter), at most 5 retries,
 /// then a terminal failure for manual review.

@@ -18,7 +18,7 @@ use poda_jobs::batch::{self, BatchHandle, BatcherConfig};
 use poda_jobs::engine::{enqueue_many, JobId, NewJob};
 use poda_jobs::ticket::{self, TicketJob};
 use poda_jobs::EngineError;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -150,32 +150,36 @@ async fn flush(
         Ok(recorded) => recorded.into_iter().map(Ok).collect(),
         Err(error) if size > 1 && is_data_error(&error) => {
             // Some delivery's data (a value jsonb or a column cannot hold) failed the batch:
-            // write each alone, so only the one that caused it fails.
+            // write each under a savepoint of one transaction, so only the one that caused it
+            // fails, and commit once.
             tracing::warn!(error = %error, batch.size = size, "group commit refused a row; writing its deliveries one by one");
-            let mut results = Vec::with_capacity(size);
-            for delivery in &deliveries {
-                results.push(match write_batch(pool, std::slice::from_ref(delivery)).await {
-                    Ok(mut recorded) => Ok(recorded.remove(0)),
-                    Err(error) if is_data_error(&error) => {
-                        tracing::warn!(error = %error, event.id = %delivery.event_id, "webhook refused by the database");
-                        Err(GroupCommitError::Refused(Arc::new(error)))
-                    }
-                    Err(error) => Err(GroupCommitError::BatchFailed(Arc::new(error))),
-                });
+            match write_each(pool, &deliveries).await {
+                Ok(results) => results
+                    .into_iter()
+                    .zip(&deliveries)
+                    .map(|(result, delivery)| {
+                        result.map_err(|error| {
+                            tracing::warn!(error = %error, event.id = %delivery.event_id, "webhook refused by the database");
+                            GroupCommitError::Refused(Arc::new(error))
+                        })
+                    })
+                    .collect(),
+                Err(error) => batch_failed(error, size),
             }
-            results
         }
         Err(error) if is_data_error(&error) => {
             tracing::warn!(error = %error, "webhook refused by the database");
             vec![Err(GroupCommitError::Refused(Arc::new(error)))]
         }
-        Err(error) => {
-            metrics::counter!("enqueuer_group_commit_failures_total").increment(1);
-            tracing::error!(error = %error, batch.size = size, "group commit failed; its deliveries are answered 503");
-            let error = Arc::new(error);
-            vec![Err(GroupCommitError::BatchFailed(error)); size]
-        }
+        Err(error) => batch_failed(error, size),
     }
+}
+
+/// Every delivery of a batch whose transaction failed: each is answered 503.
+fn batch_failed(error: EngineError, size: usize) -> Vec<Result<Recorded, GroupCommitError>> {
+    metrics::counter!("enqueuer_group_commit_failures_total").increment(1);
+    tracing::error!(error = %error, batch.size = size, "group commit failed; its deliveries are answered 503");
+    vec![Err(GroupCommitError::BatchFailed(Arc::new(error))); size]
 }
 
 /// An error caused by the rows written (SQLSTATE classes 22 and 23), not by the connection.
@@ -186,6 +190,43 @@ fn is_data_error(error: &EngineError) -> bool {
 /// Writes one batch in one transaction and returns, in input order, what each delivery did.
 pub async fn write_batch(
     pool: &PgPool,
+    deliveries: &[Delivery],
+) -> Result<Vec<Recorded>, EngineError> {
+    let mut tx = pool.begin().await?;
+    let recorded = write_in(&mut tx, deliveries).await?;
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+/// Writes each delivery under a savepoint of one transaction and commits once: a delivery
+/// whose data the database refuses fails alone (its own result); any other failure fails all.
+async fn write_each(
+    pool: &PgPool,
+    deliveries: &[Delivery],
+) -> Result<Vec<Result<Recorded, EngineError>>, EngineError> {
+    let mut tx = pool.begin().await?;
+    let mut results = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        let mut one = sqlx::Connection::begin(&mut *tx).await?;
+        match write_in(&mut one, std::slice::from_ref(delivery)).await {
+            Ok(mut recorded) => {
+                one.commit().await?;
+                results.push(Ok(recorded.remove(0)));
+            }
+            Err(error) if is_data_error(&error) => {
+                one.rollback().await?;
+                results.push(Err(error));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// The statements of one batch, on `conn` inside the caller's transaction.
+async fn write_in(
+    conn: &mut PgConnection,
     deliveries: &[Delivery],
 ) -> Result<Vec<Recorded>, EngineError> {
     // Rows go in sorted by key, so two concurrent batches lock keys in the same order.
@@ -208,7 +249,6 @@ pub async fn write_batch(
         payloads.push(d.payload.as_str());
     }
 
-    let mut tx = pool.begin().await?;
     let inserted: Vec<String> = sqlx::query_scalar!(
         "INSERT INTO webhook_events (event_id, event_name, payment_id, payload) \
          SELECT e, n, p, b::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
@@ -220,7 +260,7 @@ pub async fn write_batch(
         &payment_ids as &[Option<&str>],
         &payloads as &[&str],
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
     let inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
 
@@ -238,7 +278,7 @@ pub async fn write_batch(
                 .map(|job| job.with_unique_key(t.unique_key()))
         })
         .collect::<Result<_, _>>()?;
-    let enqueued = enqueue_many(&mut tx, &jobs).await?;
+    let enqueued = enqueue_many(&mut *conn, &jobs).await?;
     let mut job_of_event: HashMap<&str, JobId> = tickets
         .iter()
         .zip(&enqueued)
@@ -253,7 +293,7 @@ pub async fn write_batch(
             &ids as &[&str],
             &jobs,
         )
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     }
 
@@ -268,7 +308,7 @@ pub async fn write_batch(
             "SELECT event_id, job_id FROM webhook_events WHERE event_id = ANY($1::text[])",
             &earlier as &[&str],
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
         let found: HashMap<String, Option<i64>> =
             found.into_iter().map(|r| (r.event_id, r.job_id)).collect();
@@ -278,7 +318,6 @@ pub async fn write_batch(
             }
         }
     }
-    tx.commit().await?;
 
     Ok(deliveries
         .iter()

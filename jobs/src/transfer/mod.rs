@@ -39,7 +39,10 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// up to the client's timeout, plus the connect timeout), the inline wait between them, and a
 /// minute for the row writes; never less than [`RUN_TIMEOUT`]. A run cut off by its timeout
 /// would skip recording its transient failure, so the bound follows the calls it makes.
-pub fn run_timeout(monime: &monime::MonimeConfig, settings: &handler::TransferSettings) -> Duration {
+pub fn run_timeout(
+    monime: &monime::MonimeConfig,
+    settings: &handler::TransferSettings,
+) -> Duration {
     let calls = 2 * (monime.timeout + monime.connect_timeout);
     RUN_TIMEOUT.max(calls + settings.poll_inline + Duration::from_secs(60))
 }

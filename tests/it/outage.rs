@@ -170,9 +170,10 @@ async fn a_retry_schedule_the_database_took_survives_a_server_crash() {
     let id = enqueue_many_pooled(&pool, &[job]).await.unwrap()[0].id;
     let (mut worker, _) =
         spawn_worker_serving_metrics(|| worker_command(&url, &["--concurrency", "1"])).await;
+    // The hour's backoff carries ±20 % jitter: at least 48 minutes.
     let scheduled = || async {
         sqlx::query_as::<_, (JobState, i32, bool, bool)>(
-            "SELECT state, attempt, last_error IS NOT NULL, run_at > now() + interval '50 minutes' \
+            "SELECT state, attempt, last_error IS NOT NULL, run_at > now() + interval '45 minutes' \
              FROM jobs WHERE id = $1",
         )
         .bind(id)

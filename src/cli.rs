@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use poda_jobs::db::Pooler;
 use poda_jobs::JobId;
 
 use crate::config::{parse_duration, DatabaseSettings, Secret, DEFAULT_DATABASE_URL};
@@ -16,6 +17,10 @@ pub struct CommonArgs {
     /// Postgres URL (may carry a password; never logged).
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_default_value = false, hide_env_values = true)]
     pub database_url: Secret,
+    /// `transaction` when DATABASE_URL names PgBouncer (or another pooler) in transaction
+    /// pooling mode: nothing then outlives a transaction. `none`: a direct connection.
+    #[arg(long, env = "DATABASE_POOLER", default_value = "none")]
+    pub database_pooler: Pooler,
     /// Log format: pretty for people, json for log pipelines. RUST_LOG picks the levels.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -104,9 +109,14 @@ pub struct RunArgs {
     /// Claim again after this long without a notification.
     #[arg(long, env = "WORKER_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
-    /// Do not LISTEN for enqueue notifications; poll only (for poolers that break LISTEN).
+    /// Do not LISTEN for enqueue notifications; poll only.
     #[arg(long, env = "WORKER_POLL_ONLY")]
     pub poll_only: bool,
+    /// A direct Postgres URL for LISTEN when DATABASE_URL names a transaction pooler, which
+    /// cannot keep a session (may carry a password; never logged). Without it, such a worker
+    /// polls only.
+    #[arg(long, env = "DATABASE_LISTEN_URL", hide_env_values = true)]
+    pub database_listen_url: Option<Secret>,
     /// On SIGTERM, how long running jobs may take to finish before the process exits anyway.
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -243,6 +253,7 @@ pub fn parse_queue_concurrency(text: &str) -> Result<(String, usize), String> {
 impl CommonArgs {
     pub fn database(&self, max_connections: u32) -> DatabaseSettings {
         DatabaseSettings::new(self.database_url.clone(), max_connections)
+            .with_pooler(self.database_pooler)
     }
 }
 

@@ -4,8 +4,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use poda_jobs::db::{pooled_options, Db, Pooler, SessionSettings};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::ConnectOptions;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/poda";
 
@@ -52,6 +53,15 @@ pub enum ConfigError {
         #[source]
         source: sqlx::Error,
     },
+    #[error(
+        "the server at DATABASE_URL ({target}) refused Poda's session settings; if it is \
+         PgBouncer in transaction mode, set DATABASE_POOLER=transaction: {source}"
+    )]
+    PoolerNotDeclared {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("{name} is invalid: {reason}")]
     Invalid { name: &'static str, reason: String },
 }
@@ -61,6 +71,8 @@ pub enum ConfigError {
 pub struct DatabaseSettings {
     pub url: Secret,
     pub max_connections: u32,
+    /// `transaction` when `url` names PgBouncer (or another pooler) in transaction mode.
+    pub pooler: Pooler,
 }
 
 impl DatabaseSettings {
@@ -68,13 +80,20 @@ impl DatabaseSettings {
         DatabaseSettings {
             url,
             max_connections,
+            pooler: Pooler::None,
         }
     }
 
+    pub fn with_pooler(mut self, pooler: Pooler) -> Self {
+        self.pooler = pooler;
+        self
+    }
+
+    /// The URL's options, with logging; without session settings (see [`Self::connect`]).
     pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
         let options =
             PgConnectOptions::from_str(self.url.expose()).map_err(ConfigError::DatabaseUrl)?;
-        Ok(session_options(options)
+        Ok(options
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
     }
@@ -92,77 +111,110 @@ impl DatabaseSettings {
         }
     }
 
-    pub async fn connect(&self) -> Result<PgPool, ConfigError> {
-        self.connect_with(self.connect_options()?).await
+    /// A fully durable pool with Poda's [`SESSION`] settings: enqueue, business writes,
+    /// operator commands.
+    pub async fn connect(&self) -> Result<Db, ConfigError> {
+        self.connect_with(&[SESSION]).await
     }
 
     /// A pool whose transactions commit without waiting for the WAL flush: for the engine's
     /// claims, completions and leases, which are safe to lose in a server crash (the job runs
     /// again; handlers are idempotent). Enqueue and business writes use [`Self::connect`].
-    pub async fn connect_async_commit(&self) -> Result<PgPool, ConfigError> {
-        let options = async_commit_options(self.connect_options()?);
-        self.connect_with(options).await
+    pub async fn connect_async_commit(&self) -> Result<Db, ConfigError> {
+        self.connect_with(&[SESSION, ASYNC_COMMIT, KEEPALIVES])
+            .await
     }
 
     /// A pool for job handlers, whose sessions cannot hang: a statement, a lock wait and an
     /// idle transaction are bounded, and the server probes the connection so that a client
-    /// that vanished does not hold its locks (see [`handler_options`]).
-    pub async fn connect_handlers(&self) -> Result<PgPool, ConfigError> {
-        let options = handler_options(self.connect_options()?);
-        self.connect_with(options).await
+    /// that vanished does not hold its locks (see [`HANDLER`]).
+    pub async fn connect_handlers(&self) -> Result<Db, ConfigError> {
+        self.connect_with(&[SESSION, HANDLER, KEEPALIVES]).await
     }
 
-    async fn connect_with(&self, options: PgConnectOptions) -> Result<PgPool, ConfigError> {
-        PgPoolOptions::new()
+    /// Directly, `settings` travel as startup options. Behind a transaction pooler they are
+    /// `SET LOCAL` in every transaction (a pooler shares sessions between clients), except the
+    /// TCP keepalives, which are the pooler's own to set (`tcp_keepalive`), and the startup
+    /// packet carries only what PgBouncer accepts.
+    async fn connect_with(&self, settings: &[SessionSettings]) -> Result<Db, ConfigError> {
+        let options = self.connect_options()?;
+        let (options, local) = match self.pooler {
+            Pooler::None => (with_settings(options, settings), Vec::new()),
+            Pooler::Transaction => {
+                let local: Vec<SessionSettings> = settings
+                    .iter()
+                    .copied()
+                    .filter(|s| !std::ptr::eq(*s, KEEPALIVES))
+                    .collect();
+                (pooled_options(options, Pooler::Transaction), local)
+            }
+        };
+        let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
-            .map_err(|source| ConfigError::Connect {
-                target: self.target(),
-                source,
-            })
+            .map_err(|source| {
+                let target = self.target();
+                // PgBouncer refuses the startup parameters a direct connection sends.
+                if self.pooler == Pooler::None
+                    && source.to_string().contains("unsupported startup parameter")
+                {
+                    ConfigError::PoolerNotDeclared { target, source }
+                } else {
+                    ConfigError::Connect { target, source }
+                }
+            })?;
+        Ok(Db::new(pool, self.pooler, &local))
     }
 }
 
-/// The session settings every connection of a worker or enqueuer runs with; benchmarks that
-/// build their own pools use them too, so they measure what production runs.
+/// The settings every connection of a worker or enqueuer runs with.
 ///
 /// Custom plans for every statement: Poda's statements take arrays whose length varies from
 /// 1 to thousands, against tables that grow from empty. A cached generic plan (chosen after
 /// five executions) is planned for whatever the first calls saw and is kept until the table's
 /// statistics change: complete_many went from ~10 ms to seconds per batch, and the ticket
 /// batch lookup hash-joined a seq scan of all tickets.
-pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
-    options.options([("plan_cache_mode", "force_custom_plan")])
-}
+pub const SESSION: SessionSettings = &[("plan_cache_mode", "force_custom_plan")];
 
-/// [`session_options`] with commits that do not wait for the WAL flush, for the engine's own
-/// writes (see [`DatabaseSettings::connect_async_commit`]). Its statements are bounded too:
-/// the engine's loops also bound each call on the client side.
-pub fn async_commit_options(options: PgConnectOptions) -> PgConnectOptions {
-    keepalive_options(session_options(options))
-        .options([("synchronous_commit", "off"), ("statement_timeout", "30s")])
-}
+/// The engine's own writes commit without waiting for the WAL flush (see
+/// [`DatabaseSettings::connect_async_commit`]). Its statements are bounded too: the engine's
+/// loops also bound each call on the client side.
+pub const ASYNC_COMMIT: SessionSettings =
+    &[("synchronous_commit", "off"), ("statement_timeout", "30s")];
 
-/// [`session_options`] for job handlers: a handler's statement, lock wait or idle transaction
-/// cannot outlast these, whatever the handler does (its run timeout bounds it on the client).
-pub fn handler_options(options: PgConnectOptions) -> PgConnectOptions {
-    keepalive_options(session_options(options)).options([
-        ("statement_timeout", "60s"),
-        ("lock_timeout", "30s"),
-        ("idle_in_transaction_session_timeout", "60s"),
-    ])
-}
+/// A handler's statement, lock wait or idle transaction cannot outlast these, whatever the
+/// handler does (its run timeout bounds it on the client).
+pub const HANDLER: SessionSettings = &[
+    ("statement_timeout", "60s"),
+    ("lock_timeout", "30s"),
+    ("idle_in_transaction_session_timeout", "60s"),
+];
 
 /// TCP keepalives from the server: a session whose client vanished without closing its
 /// connection (a half-open connection) ends within about a minute, with its locks.
-fn keepalive_options(options: PgConnectOptions) -> PgConnectOptions {
-    options.options([
-        ("tcp_keepalives_idle", "30"),
-        ("tcp_keepalives_interval", "10"),
-        ("tcp_keepalives_count", "3"),
-    ])
+const KEEPALIVES: SessionSettings = &[
+    ("tcp_keepalives_idle", "30"),
+    ("tcp_keepalives_interval", "10"),
+    ("tcp_keepalives_count", "3"),
+];
+
+fn with_settings(options: PgConnectOptions, settings: &[SessionSettings]) -> PgConnectOptions {
+    settings
+        .iter()
+        .fold(options, |options, s| options.options(s.iter().copied()))
+}
+
+/// Directly connected options with the engine's settings, for benchmarks that build their
+/// own pools: they measure what production runs.
+pub fn async_commit_options(options: PgConnectOptions) -> PgConnectOptions {
+    with_settings(options, &[SESSION, ASYNC_COMMIT, KEEPALIVES])
+}
+
+/// Directly connected options with the handlers' settings (see [`async_commit_options`]).
+pub fn handler_options(options: PgConnectOptions) -> PgConnectOptions {
+    with_settings(options, &[SESSION, HANDLER, KEEPALIVES])
 }
 
 /// Parses `30s`, `5m`, `7d`, `2h`, `250ms` or bare seconds.

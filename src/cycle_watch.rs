@@ -7,12 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use poda_jobs::cycle::{fetch_progress, CycleId, CycleProgress};
-use sqlx::PgPool;
+use poda_jobs::db::Db;
 
 /// Polls the cycle every `interval` until it is no longer Initializing; returns the last
 /// progress seen. An unknown cycle is an error.
 pub async fn watch_cycle(
-    pool: &PgPool,
+    pool: &Db,
     id: CycleId,
     interval: Duration,
 ) -> anyhow::Result<CycleProgress> {

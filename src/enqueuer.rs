@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::PgPool;
+use poda_jobs::db::Db;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -126,10 +126,7 @@ impl Enqueuer {
     }
 
     /// As [`Enqueuer::build`], on an existing pool (tests, benchmarks).
-    pub async fn build_with_pool(
-        settings: EnqueuerSettings,
-        pool: PgPool,
-    ) -> anyhow::Result<Enqueuer> {
+    pub async fn build_with_pool(settings: EnqueuerSettings, pool: Db) -> anyhow::Result<Enqueuer> {
         let secrets = WebhookSecrets::new(settings.webhook_secrets.clone())
             .context("MONIME_WEBHOOK_SECRETS")?;
         let listener = TcpListener::bind(settings.addr)
@@ -161,7 +158,7 @@ impl Enqueuer {
         self.port
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &Db {
         &self.state.pool
     }
 

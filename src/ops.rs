@@ -2,15 +2,15 @@
 
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use poda_jobs::db::Db;
 use poda_jobs::engine::{
     admin, migrate, queue, JobId, JobSnapshot, PruneReport, Pruner, PrunerConfig, QueueStatus,
 };
 use poda_jobs::transfer::admin::{retry_failed_transfer, RetriedTransfer};
 use poda_jobs::transfer::monime::MonimeClient;
 use poda_jobs::transfer::reconcile::{self, ReconcileConfig, ReconcileReport};
-use sqlx::PgPool;
 
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+pub async fn migrate(pool: &Db) -> anyhow::Result<()> {
     migrate::run_migrations(pool)
         .await
         .context("applying migrations")?;
@@ -18,7 +18,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// Refuses an unmigrated database unless `apply` is set, in which case it migrates.
-pub async fn ensure_schema(pool: &PgPool, apply: bool) -> anyhow::Result<()> {
+pub async fn ensure_schema(pool: &Db, apply: bool) -> anyhow::Result<()> {
     if apply {
         return migrate(pool).await;
     }
@@ -27,7 +27,7 @@ pub async fn ensure_schema(pool: &PgPool, apply: bool) -> anyhow::Result<()> {
 }
 
 /// The job_queue_stats view as a table.
-pub async fn stats_table(pool: &PgPool) -> anyhow::Result<String> {
+pub async fn stats_table(pool: &Db) -> anyhow::Result<String> {
     let stats = admin::queue_stats(pool)
         .await
         .context("reading job_queue_stats")?;
@@ -57,16 +57,16 @@ pub async fn stats_table(pool: &PgPool) -> anyhow::Result<String> {
     Ok(table.to_string())
 }
 
-pub async fn retry(pool: &PgPool, id: JobId) -> anyhow::Result<JobSnapshot> {
+pub async fn retry(pool: &Db, id: JobId) -> anyhow::Result<JobSnapshot> {
     Ok(admin::retry_job(pool, id).await?)
 }
 
-pub async fn cancel(pool: &PgPool, id: JobId) -> anyhow::Result<JobSnapshot> {
+pub async fn cancel(pool: &Db, id: JobId) -> anyhow::Result<JobSnapshot> {
     Ok(admin::cancel_job(pool, id).await?)
 }
 
 /// Deletes finished jobs older than `older_than`, now.
-pub async fn prune(pool: &PgPool, older_than: std::time::Duration) -> anyhow::Result<PruneReport> {
+pub async fn prune(pool: &Db, older_than: std::time::Duration) -> anyhow::Result<PruneReport> {
     let pruner = Pruner::new(
         PrunerConfig {
             retention: older_than,
@@ -77,16 +77,16 @@ pub async fn prune(pool: &PgPool, older_than: std::time::Duration) -> anyhow::Re
     pruner.run_once(None).await.context("pruning finished jobs")
 }
 
-pub async fn pause(pool: &PgPool, queue: &str) -> anyhow::Result<QueueStatus> {
+pub async fn pause(pool: &Db, queue: &str) -> anyhow::Result<QueueStatus> {
     Ok(queue::pause_queue(pool, queue).await?)
 }
 
-pub async fn resume(pool: &PgPool, queue: &str) -> anyhow::Result<QueueStatus> {
+pub async fn resume(pool: &Db, queue: &str) -> anyhow::Result<QueueStatus> {
     Ok(queue::resume_queue(pool, queue).await?)
 }
 
 /// Retries a failed commission transfer (see `transfer::admin::retry_failed_transfer`).
-pub async fn retry_transfer(pool: &PgPool, ticket_id: i64) -> anyhow::Result<RetriedTransfer> {
+pub async fn retry_transfer(pool: &Db, ticket_id: i64) -> anyhow::Result<RetriedTransfer> {
     retry_failed_transfer(pool, ticket_id)
         .await
         .with_context(|| format!("retrying the transfer of ticket {ticket_id}"))
@@ -94,7 +94,7 @@ pub async fn retry_transfer(pool: &PgPool, ticket_id: i64) -> anyhow::Result<Ret
 
 /// Reconciles commission transfers with Monime; returns the report and its text for people.
 pub async fn reconcile(
-    pool: &PgPool,
+    pool: &Db,
     client: &MonimeClient,
     config: ReconcileConfig,
 ) -> anyhow::Result<(ReconcileReport, String)> {

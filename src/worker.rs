@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use poda_jobs::cycle::{self, CycleConfig, CycleJob};
+use poda_jobs::db::{Db, Pooler};
 use poda_jobs::engine::metrics::DEFAULT_GAUGE_INTERVAL;
 use poda_jobs::engine::{
     batch_worker, BackendSettings, BatchSettings, Engine, EngineConfig, JobError, JobMeta,
@@ -25,11 +26,10 @@ use poda_jobs::transfer::breaker::{Breaker, BreakerConfig, DEFAULT_FAILURE_RATE}
 use poda_jobs::transfer::monime::{ApiToken, MonimeClient, MonimeConfig, DEFAULT_CONNECT_TIMEOUT};
 use poda_jobs::transfer::rate_limit::{GlobalRateLimit, RateLimitConfig, TRANSFER_BUCKET};
 use poda_jobs::transfer::{self, TransferContext, TransferJob, TransferSettings, TransferStore};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{MonimeArgs, RunArgs, TransferArgs};
+use crate::config::{DatabaseSettings, Secret};
 use crate::shutdown::Shutdown;
 use crate::tally::ProbeTally;
 
@@ -220,7 +220,7 @@ impl WorkerOptions {
         }
     }
 
-    pub fn from_args(args: &RunArgs, monime: &MonimeArgs) -> anyhow::Result<Self> {
+    pub fn from_args(args: &RunArgs, monime: &MonimeArgs, pooler: Pooler) -> anyhow::Result<Self> {
         let transfers = TransferOptions::from_args(monime, &args.transfers)?;
         let queues: Vec<String> = if args.queues.is_empty() {
             // Without Monime settings the default skips commission transfers; naming the
@@ -305,6 +305,15 @@ impl WorkerOptions {
         }
         engine.poll_interval = args.poll_interval;
         engine.listen = !args.poll_only;
+        engine.listen_via = listen_pool(args.database_listen_url.as_ref())?;
+        if engine.listen && engine.listen_via.is_none() && pooler == Pooler::Transaction {
+            tracing::info!(
+                poll_interval = ?args.poll_interval,
+                "DATABASE_URL is a transaction pooler and DATABASE_LISTEN_URL is not set: \
+                 polling for new jobs instead of LISTENing"
+            );
+            engine.listen = false;
+        }
         engine = engine.with_maintenance((!args.no_maintenance).then(|| MaintainerConfig {
             prune: PrunerConfig {
                 interval: args.prune_interval,
@@ -381,8 +390,8 @@ impl WorkerOptions {
 /// So is the death of one of the process's loops, which shuts the worker down: a process
 /// that no longer renews its leases or writes its outcomes must not go on claiming.
 pub async fn run_workers(
-    handler_pool: PgPool,
-    engine_pool: PgPool,
+    handler_pool: Db,
+    engine_pool: Db,
     options: WorkerOptions,
     shutdown: impl Into<Shutdown>,
 ) -> anyhow::Result<()> {
@@ -648,10 +657,25 @@ fn grace_ends(
         + grace
 }
 
+/// A pool that opens no connection of its own: the listener takes its connect options for
+/// the one session it keeps (`DATABASE_LISTEN_URL`).
+fn listen_pool(url: Option<&Secret>) -> anyhow::Result<Option<sqlx::PgPool>> {
+    let Some(url) = url else { return Ok(None) };
+    let settings = DatabaseSettings::new(url.clone(), 1);
+    let options = settings
+        .connect_options()
+        .context("DATABASE_LISTEN_URL (--database-listen-url)")?;
+    Ok(Some(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options),
+    ))
+}
+
 /// The shared state of this process's transfer handlers: one Monime client (its connection
 /// pool), one circuit breaker, and the global rate limit if one is set.
 pub fn transfer_context(
-    pool: &PgPool,
+    pool: &Db,
     options: &TransferOptions,
     stop: CancellationToken,
 ) -> anyhow::Result<(TransferContext, Vec<tokio::task::JoinHandle<()>>)> {
@@ -660,13 +684,10 @@ pub fn transfer_context(
         "commission transfers enabled");
     // Status updates commit asynchronously (see TransferContext); the store batches the
     // common ones, so a few connections serve every handler.
-    let status_options = (*pool.connect_options())
-        .clone()
-        .options([("synchronous_commit", "off")]);
-    let status_pool = PgPoolOptions::new()
-        .max_connections(transfer::store::ROW_BATCHES_IN_FLIGHT as u32 + 2)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(status_options);
+    let status_pool = pool.sibling(
+        transfer::store::ROW_BATCHES_IN_FLIGHT as u32 + 2,
+        &[("synchronous_commit", "off")],
+    );
     let (store, tasks) = TransferStore::start(
         pool.clone(),
         status_pool.clone(),
@@ -698,7 +719,7 @@ async fn run_transfer(
 async fn run_probe(
     job: ProbeJob,
     meta: JobMeta,
-    pool: Data<PgPool>,
+    pool: Data<Db>,
     tally: Data<ProbeTally>,
 ) -> Result<Outcome, JobError> {
     tally.record(job.n, meta.attempt, job.enqueued_at_us);
@@ -706,8 +727,8 @@ async fn run_probe(
 }
 
 /// Opens `n` connections of `pool` at once, so a benchmark's clock does not pay for them.
-pub async fn warm_pool(pool: &PgPool, n: u32) -> anyhow::Result<()> {
-    let conns = futures::future::try_join_all((0..n).map(|_| pool.acquire()))
+pub async fn warm_pool(pool: &Db, n: u32) -> anyhow::Result<()> {
+    let conns = futures::future::try_join_all((0..n).map(|_| pool.pool().acquire()))
         .await
         .context("opening connections")?;
     drop(conns);
@@ -717,7 +738,7 @@ pub async fn warm_pool(pool: &PgPool, n: u32) -> anyhow::Result<()> {
 async fn run_cycle(
     job: CycleJob,
     meta: JobMeta,
-    pool: Data<PgPool>,
+    pool: Data<Db>,
     config: Data<CycleConfig>,
 ) -> Result<Outcome, JobError> {
     cycle::handle(&pool, &config, &meta, job).await

@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use poda_jobs::db::Db;
 use poda_jobs::transfer::monime::{
     ApiToken, MonimeConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_VERSION,
 };
 use poda_jobs::{cycle, notification, ticket, transfer};
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 use poda::config::{DatabaseSettings, Secret};
@@ -265,7 +266,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
 /// Three companies with their Monime accounts and commission rates, two routes each, the
 /// demo payment code, and a tier of `members` (one in fifty inactive) plus the deceased
 /// member whose death opens the cycle. Returns the tier and the deceased member.
-async fn seed(pool: &PgPool, members: i64) -> anyhow::Result<(i64, i64)> {
+async fn seed(pool: &Db, members: i64) -> anyhow::Result<(i64, i64)> {
     sqlx::query(
         "INSERT INTO companies (id, name, monime_account_id, commission_bps, currency) VALUES \
          ('co-0', 'Freetown Express', 'fa-freetown-express', 250, 'SLE'), \
@@ -396,7 +397,7 @@ struct Progress {
 }
 
 impl Progress {
-    async fn read(pool: &PgPool, cycle_id: i64) -> anyhow::Result<Progress> {
+    async fn read(pool: &Db, cycle_id: i64) -> anyhow::Result<Progress> {
         Ok(sqlx::query_as(
             "SELECT \
                (SELECT count(*) FROM jobs WHERE queue = 'tickets' AND state IN ('completed', 'failed')) AS ticket_jobs_done, \

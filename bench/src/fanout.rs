@@ -14,10 +14,10 @@ use crate::scratch::with_scratch_database;
 use anyhow::{ensure, Context};
 use poda::config::{async_commit_options, handler_options};
 use poda_jobs::cycle::{self, create_cycle, CycleConfig, CycleId, CycleStatus, NewCycle};
+use poda_jobs::db::Db;
 use poda_jobs::ticket::{Currency, Money};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use poda::worker::{run_workers, WorkerOptions};
@@ -87,6 +87,7 @@ async fn run_on_database(
         .max_connections(6)
         .connect_with(handler_options(db.clone()))
         .await
+        .map(Db::from)
         .context("connecting to the bench database")?;
     poda_jobs::engine::migrate::run_migrations(&pool)
         .await
@@ -104,6 +105,7 @@ async fn run_on_database(
         .max_connections(6)
         .connect_with(async_commit_options(db.clone()))
         .await
+        .map(Db::from)
         .context("connecting the engine pool")?;
     let options = WorkerOptions {
         cycle: CycleConfig {
@@ -139,7 +141,7 @@ async fn run_on_database(
 
 /// One tier with `members` active members (the first is the one who died), plus members that
 /// must not be swept in: 1 % inactive in the tier. Returns (tier id, deceased member id).
-async fn load_tier(pool: &PgPool, members: i64) -> anyhow::Result<(i64, i64)> {
+async fn load_tier(pool: &Db, members: i64) -> anyhow::Result<(i64, i64)> {
     let tier: i64 =
         sqlx::query_scalar("INSERT INTO tiers (name, currency) VALUES ($1, 'SLE') RETURNING id")
             .bind(format!("bench-{members}"))
@@ -165,7 +167,7 @@ async fn load_tier(pool: &PgPool, members: i64) -> anyhow::Result<(i64, i64)> {
 }
 
 async fn measure(
-    pool: &PgPool,
+    pool: &Db,
     opts: &FanoutOptions,
     run: usize,
     members: i64,
@@ -223,11 +225,7 @@ async fn measure(
     Ok(result)
 }
 
-async fn wait_settled(
-    pool: &PgPool,
-    id: CycleId,
-    timeout: Duration,
-) -> anyhow::Result<CycleStatus> {
+async fn wait_settled(pool: &Db, id: CycleId, timeout: Duration) -> anyhow::Result<CycleStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         let status: CycleStatus =

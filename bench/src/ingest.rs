@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::scratch::with_scratch_database;
 use anyhow::Context;
+use poda_jobs::db::Db;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use poda::config::{DatabaseSettings, Secret};
@@ -74,6 +74,7 @@ async fn run_on_database(opts: &IngestOptions, db: PgConnectOptions) -> anyhow::
         .max_connections(opts.db_connections)
         .connect_with(db)
         .await
+        .map(Db::from)
         .context("connecting to the bench database")?;
     poda_jobs::engine::migrate::run_migrations(&pool)
         .await
@@ -256,7 +257,7 @@ pub fn payment_completed_body(label: &str, i: usize) -> Vec<u8> {
 }
 
 async fn report(
-    pool: &PgPool,
+    pool: &Db,
     run: usize,
     concurrency: usize,
     paced_rate: Option<f64>,

@@ -26,12 +26,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use poda_jobs::db::Db;
 use poda_jobs::engine::{
     enqueue_many_pooled, migrate, pause_queue, resume_queue, NewJob, RetryPolicy,
 };
 use poda_jobs::probe::{self, ProbeJob};
+use poda_jobs::testing::PgBouncer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -39,6 +41,9 @@ use poda::tally::{read_tally, TallyEntry};
 
 /// The server that benchmarks create their databases on, when neither flag nor env says.
 pub const DEFAULT_BENCH_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Server connections of a benchmark's PgBouncer (`--pgbouncer`): fewer than its workers
+/// open between them, so sessions are shared as they are in production.
+pub const PGBOUNCER_POOL_SIZE: u32 = 20;
 /// Calls of enqueue_many carry this many jobs (the W1 rule).
 pub const ENQUEUE_CALL: usize = 1_000;
 
@@ -79,6 +84,10 @@ pub struct BenchArgs {
     /// The `worker` binary to start (default: the one next to this executable).
     #[arg(long)]
     pub worker_bin: Option<PathBuf>,
+    /// Connect the workers through a PgBouncer in transaction mode that each run starts in
+    /// front of the server (`pgbouncer` must be installed); they LISTEN on a direct session.
+    #[arg(long)]
+    pub pgbouncer: bool,
 }
 
 impl BenchArgs {
@@ -119,8 +128,10 @@ pub struct BenchDb {
     pub name: String,
     pub url: String,
     /// Fully durable pool (enqueue, checks).
-    pub pool: PgPool,
+    pub pool: Db,
     server: String,
+    /// The PgBouncer the workers reach the database through, if any.
+    pub bouncer: Option<PgBouncer>,
 }
 
 /// What a timed drain saw: its time, the workers' tallies, and the jobs completed of all.
@@ -132,7 +143,12 @@ pub struct Drain {
 }
 
 impl BenchDb {
-    pub async fn create(server: &str, scenario: &str, run: usize) -> anyhow::Result<BenchDb> {
+    pub async fn create(
+        server: &str,
+        scenario: &str,
+        run: usize,
+        pgbouncer: bool,
+    ) -> anyhow::Result<BenchDb> {
         let name = format!(
             "bench_poda_{scenario}_{}_{run}_{}",
             std::process::id(),
@@ -151,12 +167,18 @@ impl BenchDb {
             .max_connections(8)
             .connect_with(options)
             .await
+            .map(Db::from)
             .with_context(|| format!("connecting to {name}"))?;
+        let bouncer = match pgbouncer {
+            true => Some(PgBouncer::start(server, PGBOUNCER_POOL_SIZE).await),
+            false => None,
+        };
         let db = BenchDb {
             url: url_with_database(server, &name),
             name,
             pool,
             server: server.to_owned(),
+            bouncer,
         };
         migrate::run_migrations(&db.pool)
             .await
@@ -321,7 +343,7 @@ pub fn worker_binary(explicit: Option<&std::path::Path>) -> anyhow::Result<PathB
 /// Whether `queue` still has a job to run: one probe of the claim index and one of the
 /// running index, so polling it does not load the server a benchmark measures (a count of
 /// finished rows grows with the run).
-pub async fn queue_has_unfinished_jobs(pool: &PgPool, queue: &str) -> sqlx::Result<bool> {
+pub async fn queue_has_unfinished_jobs(pool: &Db, queue: &str) -> sqlx::Result<bool> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'available') \
              OR EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'running')",
@@ -387,8 +409,13 @@ impl Workers {
             flags.push(tally.into());
             flags
         });
-        let mut workers =
-            Workers::launch(&args.worker_bin()?, &db.url, per_worker.collect()).await?;
+        let mut workers = Workers::launch(
+            &args.worker_bin()?,
+            &db.url,
+            db.bouncer.as_ref(),
+            per_worker.collect(),
+        )
+        .await?;
         workers.tallies = tallies;
         workers.dir = Some(dir);
         Ok(workers)
@@ -396,10 +423,12 @@ impl Workers {
 
     /// Starts one worker process of `bin` on `database_url` per entry of `flags` (its
     /// command-line flags) and waits until each says it is ready (`--announce-ready`: its
-    /// connections are open and notifications arrive).
+    /// connections are open and notifications arrive). With `bouncer`, the workers reach the
+    /// database through it in transaction mode and LISTEN on `database_url` directly.
     pub async fn launch(
         bin: &Path,
         database_url: &str,
+        bouncer: Option<&PgBouncer>,
         flags: Vec<Vec<std::ffi::OsString>>,
     ) -> anyhow::Result<Workers> {
         let mut workers = Workers {
@@ -408,9 +437,16 @@ impl Workers {
             dir: None,
         };
         for flags in flags {
-            let mut child = Command::new(bin)
-                .arg("--database-url")
-                .arg(database_url)
+            let mut command = Command::new(bin);
+            match bouncer {
+                None => command.arg("--database-url").arg(database_url),
+                Some(bouncer) => command
+                    .arg("--database-url")
+                    .arg(bouncer.route(database_url))
+                    .env("DATABASE_POOLER", "transaction")
+                    .env("DATABASE_LISTEN_URL", database_url),
+            };
+            let mut child = command
                 .args(flags)
                 .arg("--announce-ready")
                 .env(
@@ -559,7 +595,7 @@ pub async fn with_db<T, F>(args: &BenchArgs, scenario: &str, run: usize, f: F) -
 where
     F: AsyncFnOnce(&BenchDb) -> anyhow::Result<T>,
 {
-    let db = BenchDb::create(&args.database_url, scenario, run).await?;
+    let db = BenchDb::create(&args.database_url, scenario, run, args.pgbouncer).await?;
     let result = f(&db).await;
     let dropped = db.drop_db().await;
     let value = result?;

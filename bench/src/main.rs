@@ -84,6 +84,10 @@ struct TicketsArgs {
     /// Postgres server URL; bench_poda_* databases are created there and dropped afterwards.
     #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL, hide_env_values = true)]
     database_url: String,
+    /// Connect the workers through a PgBouncer in transaction mode that each run starts in
+    /// front of the server (`pgbouncer` must be installed); they LISTEN on a direct session.
+    #[arg(long)]
+    pgbouncer: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -329,11 +333,13 @@ async fn tickets(args: &TicketsArgs, summary: &mut Summary) -> anyhow::Result<()
         n: args.n,
         runs: args.runs,
         procs: args.procs.clone(),
+        pgbouncer: args.pgbouncer,
         ..TicketsOptions::default()
     })
     .await?;
     for result in results {
-        let config = format!("tickets procs={}", result["procs"]);
+        let via = if args.pgbouncer { " via pgbouncer" } else { "" };
+        let config = format!("tickets procs={}{via}", result["procs"]);
         for figure in ["seconds", "per_s"] {
             if let Some(value) = result[figure].as_f64() {
                 summary.add(&config, figure, value);

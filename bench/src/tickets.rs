@@ -12,11 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::scratch::with_scratch_database;
-use crate::{queue_has_unfinished_jobs, url_with_database, worker_binary, Workers};
+use crate::{
+    queue_has_unfinished_jobs, url_with_database, worker_binary, Workers, PGBOUNCER_POOL_SIZE,
+};
 use anyhow::{bail, Context};
+use poda_jobs::db::Db;
+use poda_jobs::testing::PgBouncer;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
 
 use poda_jobs::engine::{enqueue_many, notify::NOTIFY_CHANNEL, NewJob};
 use poda_jobs::ticket::{self, Currency, Money, TicketJob};
@@ -44,6 +47,8 @@ pub struct TicketsOptions {
     pub worker_exe: Option<PathBuf>,
     /// How long one run may take before it is abandoned.
     pub timeout: Duration,
+    /// Connect the workers through a PgBouncer in transaction mode (see `BenchArgs`).
+    pub pgbouncer: bool,
 }
 
 impl Default for TicketsOptions {
@@ -55,6 +60,7 @@ impl Default for TicketsOptions {
             procs: vec![1],
             worker_exe: None,
             timeout: Duration::from_secs(600),
+            pgbouncer: false,
         }
     }
 }
@@ -101,6 +107,7 @@ async fn measure(
         .max_connections(4)
         .connect_with(db)
         .await
+        .map(Db::from)
         .context("connecting to the bench database")?;
     poda_jobs::engine::migrate::run_migrations(&pool)
         .await
@@ -121,7 +128,11 @@ async fn measure(
 
     let url = url_with_database(&opts.server_url, name);
     let flags = (0..procs).map(|_| worker_flags()).collect();
-    let mut workers = Workers::launch(worker, &url, flags).await?;
+    let bouncer = match opts.pgbouncer {
+        true => Some(PgBouncer::start(&opts.server_url, PGBOUNCER_POOL_SIZE).await),
+        false => None,
+    };
+    let mut workers = Workers::launch(worker, &url, bouncer.as_ref(), flags).await?;
     let outcome = async {
         let started = Instant::now();
         sqlx::query(
@@ -187,6 +198,7 @@ async fn measure(
         "scenario": "tickets",
         "run": run,
         "procs": procs,
+        "pgbouncer": opts.pgbouncer,
         "n": n,
         "seconds": round2(seconds),
         "per_s": per_s.round(),
@@ -200,7 +212,7 @@ async fn measure(
 
 /// Companies (two of them selling in USD), routes, and payment codes whose limits the run
 /// never reaches.
-async fn seed(pool: &PgPool) -> anyhow::Result<()> {
+async fn seed(pool: &Db) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO companies (id, name, monime_account_id, commission_bps, currency) \
          SELECT 'co-' || c, 'Company ' || c, 'fa-co-' || c, 100 + 50 * c, \
@@ -258,8 +270,8 @@ fn payment(i: usize) -> TicketJob {
     }
 }
 
-async fn enqueue(pool: &PgPool, n: usize) -> anyhow::Result<()> {
-    let mut conn = pool.acquire().await?;
+async fn enqueue(pool: &Db, n: usize) -> anyhow::Result<()> {
+    let mut conn = pool.pool().acquire().await?;
     let mut start = 0;
     while start < n {
         let end = (start + ENQUEUE_CHUNK).min(n);

@@ -14,13 +14,13 @@ use crate::queue_has_unfinished_jobs;
 use crate::scratch::with_scratch_database;
 use anyhow::Context;
 use poda::config::{async_commit_options, handler_options};
+use poda_jobs::db::Db;
 use poda_jobs::engine::{enqueue_many, EngineConfig, RetryPolicy};
 use poda_jobs::transfer::breaker::BreakerConfig;
 use poda_jobs::transfer::monime::{ApiToken, MonimeConfig, DEFAULT_VERSION};
 use poda_jobs::transfer::{self, TransferJob, TransferSettings};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use poda::sandbox::{FaultConfig, FaultKind, Sandbox, SandboxConfig};
@@ -94,11 +94,13 @@ async fn run_once(
         .max_connections(32)
         .connect_with(handler_options(db.clone()))
         .await
+        .map(Db::from)
         .context("connecting to the bench database")?;
     let engine_pool = PgPoolOptions::new()
         .max_connections(8)
         .connect_with(async_commit_options(db.clone()))
         .await
+        .map(Db::from)
         .context("connecting to the bench database")?;
     poda_jobs::engine::migrate::run_migrations(&handler_pool)
         .await
@@ -110,7 +112,7 @@ async fn run_once(
         .iter()
         .map(|&ticket_id| TransferJob { ticket_id }.to_job().with_retry(opts.retry))
         .collect();
-    let mut conn = handler_pool.acquire().await?;
+    let mut conn = handler_pool.pool().acquire().await?;
     for chunk in jobs.chunks(1_000) {
         enqueue_many(&mut conn, chunk).await?;
     }
@@ -214,7 +216,7 @@ async fn run_once(
 }
 
 /// `n` tickets over a few companies, inserted with one statement.
-async fn seed_tickets(pool: &PgPool, n: usize) -> anyhow::Result<Vec<i64>> {
+async fn seed_tickets(pool: &Db, n: usize) -> anyhow::Result<Vec<i64>> {
     sqlx::query(
         "INSERT INTO companies (id, name, monime_account_id, commission_bps, currency) \
          SELECT 'co-' || c, 'Company ' || c, 'fa-company-' || c, 250, 'SLE' \

@@ -18,7 +18,7 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
     let n = args.n_or(DEFAULT_N);
     for run in 1..=args.runs {
         let result = with_db(args, "w1", run, async |db| {
-            let mut conn = db.pool.acquire().await?;
+            let mut conn = db.pool.pool().acquire().await?;
             let started = Instant::now();
             let mut start = 0;
             while start < n {

@@ -31,6 +31,7 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
                 let ok = check.ok(n) && completed == all && total == all;
                 Ok(json!({
                     "scenario": "w2", "run": run, "procs": procs, "n": n,
+                    "pgbouncer": args.pgbouncer,
                     "seconds": round3(seconds),
                     "per_s": (n as f64 / seconds).round() as u64,
                     "concurrency": args.concurrency,
@@ -46,8 +47,9 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
             })
             .await?;
             print_result(&result);
+            let via = if args.pgbouncer { " via pgbouncer" } else { "" };
             summary.add(
-                &format!("w2 procs={procs} finished={}", args.finished),
+                &format!("w2 procs={procs} finished={}{via}", args.finished),
                 "jobs/s",
                 result["per_s"].as_f64().unwrap_or_default(),
             );

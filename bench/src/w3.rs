@@ -22,7 +22,7 @@ pub async fn run(args: &BenchArgs, summary: &mut Summary) -> anyhow::Result<()> 
         let result = with_db(args, "w3", run, async |db| {
             db.analyze().await?;
             let workers = Workers::start(args, db, 1).await?;
-            let mut conn = db.pool.acquire().await?;
+            let mut conn = db.pool.pool().acquire().await?;
             let mut ticker = tokio::time::interval(period);
             let started = Instant::now();
             for i in 0..n {

@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod cycle;
+pub mod db;
 pub mod engine;
 pub mod notification;
 pub mod probe;

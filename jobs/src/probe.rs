@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use crate::db::Db;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 
 use crate::engine::{JobError, JobMeta, NewJob, Outcome, RetryPolicy};
 
@@ -78,7 +78,7 @@ pub enum ProbeError {
 }
 
 /// Runs one probe.
-pub async fn handle(pool: &PgPool, meta: &JobMeta, job: ProbeJob) -> Result<Outcome, JobError> {
+pub async fn handle(pool: &Db, meta: &JobMeta, job: ProbeJob) -> Result<Outcome, JobError> {
     if job.record {
         sqlx::query!(
             "INSERT INTO probe_runs (job_id, n, attempt) VALUES ($1, $2, $3)",

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poda_jobs::batch::{self, BatchHandle, BatcherConfig};
+use poda_jobs::db::Db;
 use poda_jobs::engine::{enqueue_many, JobId, NewJob};
 use poda_jobs::ticket::{self, TicketJob};
 use poda_jobs::EngineError;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -102,7 +103,7 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn start(pool: PgPool, config: GroupCommitConfig) -> GroupCommit {
+    pub fn start(pool: Db, config: GroupCommitConfig) -> GroupCommit {
         let batcher = BatcherConfig {
             batch: config.max_batch,
             delay: config.max_delay,
@@ -137,10 +138,7 @@ impl GroupCommit {
 }
 
 #[tracing::instrument(skip_all, fields(batch.size = deliveries.len()))]
-async fn flush(
-    pool: &PgPool,
-    deliveries: Vec<Delivery>,
-) -> Vec<Result<Recorded, GroupCommitError>> {
+async fn flush(pool: &Db, deliveries: Vec<Delivery>) -> Vec<Result<Recorded, GroupCommitError>> {
     let started = Instant::now();
     let size = deliveries.len();
     let result = write_batch(pool, &deliveries).await;
@@ -188,10 +186,7 @@ fn is_data_error(error: &EngineError) -> bool {
 }
 
 /// Writes one batch in one transaction and returns, in input order, what each delivery did.
-pub async fn write_batch(
-    pool: &PgPool,
-    deliveries: &[Delivery],
-) -> Result<Vec<Recorded>, EngineError> {
+pub async fn write_batch(pool: &Db, deliveries: &[Delivery]) -> Result<Vec<Recorded>, EngineError> {
     let mut tx = pool.begin().await?;
     let recorded = write_in(&mut tx, deliveries).await?;
     tx.commit().await?;
@@ -201,7 +196,7 @@ pub async fn write_batch(
 /// Writes each delivery under a savepoint of one transaction and commits once: a delivery
 /// whose data the database refuses fails alone (its own result); any other failure fails all.
 async fn write_each(
-    pool: &PgPool,
+    pool: &Db,
     deliveries: &[Delivery],
 ) -> Result<Vec<Result<Recorded, EngineError>>, EngineError> {
     let mut tx = pool.begin().await?;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use sqlx::PgPool;
+use poda_jobs::db::Db;
 
 use super::group_commit::GroupCommitHandle;
 use super::webhooks::signature::WebhookSecrets;
@@ -11,7 +11,7 @@ use crate::config::Secret;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
+    pub pool: Db,
     pub group_commit: GroupCommitHandle,
     pub secrets: Arc<WebhookSecrets>,
     pub admin_token: Arc<Secret>,
@@ -23,7 +23,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(
-        pool: PgPool,
+        pool: Db,
         group_commit: GroupCommitHandle,
         secrets: WebhookSecrets,
         admin_token: Secret,

@@ -10,9 +10,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use poda_jobs::cycle::create_cycle;
+use poda_jobs::db::Db;
 use poda_jobs::testing::{wait_until, TestDb};
 use serde_json::{json, Value};
-use sqlx::PgPool;
 
 use crate::support::app::spawn_enqueuer;
 use crate::support::cycles::{
@@ -23,7 +23,7 @@ use crate::support::process::{run_worker_command, spawn_worker};
 
 const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(120);
 
-async fn cycle_row(pool: &PgPool, id: i64) -> (Option<i64>, i64, i32, Option<i64>) {
+async fn cycle_row(pool: &Db, id: i64) -> (Option<i64>, i64, i32, Option<i64>) {
     sqlx::query_as(
         "SELECT total, processed, chunks, target_minor FROM contribution_cycles WHERE id = $1",
     )
@@ -33,13 +33,13 @@ async fn cycle_row(pool: &PgPool, id: i64) -> (Option<i64>, i64, i32, Option<i64
     .unwrap()
 }
 
-async fn processed(pool: &PgPool, id: i64) -> i64 {
+async fn processed(pool: &Db, id: i64) -> i64 {
     cycle_row(pool, id).await.1
 }
 
 /// Contributions of the cycle that should not exist: other tiers, not active, the deceased,
 /// or members created after the cycle.
-async fn ineligible_contributions(pool: &PgPool, id: i64) -> i64 {
+async fn ineligible_contributions(pool: &Db, id: i64) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM member_contributions mc \
          JOIN contribution_cycles c ON c.id = mc.cycle_id \
@@ -581,7 +581,7 @@ async fn fan_out_marks_the_cycle_failed_with_the_reason_when_an_error_is_permane
 }
 
 /// The id of the cycle's fan-out job.
-async fn fan_out_job(pool: &PgPool, cycle: i64) -> poda_jobs::engine::JobId {
+async fn fan_out_job(pool: &Db, cycle: i64) -> poda_jobs::engine::JobId {
     poda_jobs::engine::JobId(
         sqlx::query_scalar(
             "SELECT id FROM jobs WHERE queue = 'contribution_cycles' AND unique_key = $1",

@@ -4,19 +4,19 @@
 
 use std::time::Duration;
 
+use poda_jobs::db::Db;
 use poda_jobs::engine::{enqueue_many_pooled, JobState};
 use poda_jobs::probe::ProbeJob;
 use poda_jobs::testing::wait_until;
 use poda_jobs::testing::PrivateCluster;
 use poda_jobs::RetryPolicy;
-use sqlx::PgPool;
 
 use crate::support::count_state;
 use crate::support::process::{run_worker_command, spawn_worker_serving_metrics, worker_command};
 
 /// A migrated database on `cluster`, and a pool on it whose commits (the test's enqueues)
 /// are durable, as the enqueuer's are.
-async fn migrated(cluster: &PrivateCluster) -> (String, PgPool) {
+async fn migrated(cluster: &PrivateCluster) -> (String, Db) {
     let url = cluster.create_database("poda").await;
     let (ok, _, err) = run_worker_command(&url, &["migrate"]).await;
     assert!(ok, "{err}");
@@ -29,10 +29,10 @@ async fn migrated(cluster: &PrivateCluster) -> (String, PgPool) {
         .connect_with(options)
         .await
         .unwrap();
-    (url, pool)
+    (url, pool.into())
 }
 
-async fn runs(pool: &PgPool) -> Vec<(i64, i32)> {
+async fn runs(pool: &Db) -> Vec<(i64, i32)> {
     sqlx::query_as("SELECT n, attempt FROM probe_runs ORDER BY n")
         .fetch_all(pool)
         .await

@@ -1,18 +1,18 @@
 use std::time::{Duration, Instant};
 
+use poda_jobs::db::Db;
 use poda_jobs::engine::enqueue_many_pooled;
 use poda_jobs::probe;
 use poda_jobs::testing::tickets::{seed_one_company, ticket_job};
 use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::ticket;
-use sqlx::PgPool;
 
 use crate::support::enqueue_recorded_probes;
 use crate::support::process::{run_worker_command, spawn_worker};
 use crate::support::{count, TIMEOUT};
 
 /// (jobs of `queue` ever claimed, probe runs).
-async fn claimed_and_run(pool: &PgPool, queue: &str) -> (i64, i64) {
+async fn claimed_and_run(pool: &Db, queue: &str) -> (i64, i64) {
     sqlx::query_as(
         "SELECT (SELECT count(*) FROM jobs WHERE queue = $1 \
                    AND (state <> 'available' OR attempt > 0 OR attempted_at IS NOT NULL)), \

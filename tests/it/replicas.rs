@@ -3,10 +3,10 @@
 use std::time::{Duration, Instant};
 
 use poda_jobs::cycle::create_cycle;
+use poda_jobs::db::Db;
 use poda_jobs::engine::{enqueue_many_pooled, NewJob};
 use poda_jobs::testing::tickets::{seed_one_company, ticket_counts, ticket_job};
 use poda_jobs::testing::{wait_until, TestDb};
-use sqlx::PgPool;
 
 use crate::support::cycles::{
     contribution_counts, new_cycle, seed_members, seed_tier, wait_active,
@@ -15,7 +15,7 @@ use crate::support::enqueue_recorded_probes;
 use crate::support::process::{spawn_worker, WorkerProcess};
 
 /// The maintenance leader's OS process id and whether its lease is live, from `job_leaders`.
-async fn maintenance_leader(pool: &PgPool) -> Option<(u32, bool)> {
+async fn maintenance_leader(pool: &Db) -> Option<(u32, bool)> {
     let row: Option<(String, bool)> = sqlx::query_as(
         "SELECT holder_name, expires_at > now() FROM job_leaders WHERE duty = 'maintenance'",
     )
@@ -73,7 +73,7 @@ async fn a_killed_maintenance_leader_is_replaced_by_another_replica_within_its_l
 }
 
 /// (queue, state, jobs) of every job that has not completed.
-async fn unfinished(pool: &PgPool) -> Vec<(String, String, i64)> {
+async fn unfinished(pool: &Db) -> Vec<(String, String, i64)> {
     sqlx::query_as(
         "SELECT queue, state::text, count(*) FROM jobs WHERE state <> 'completed' GROUP BY 1, 2",
     )

@@ -3,17 +3,17 @@
 
 use std::time::{Duration, Instant};
 
+use poda_jobs::db::Db;
 use poda_jobs::engine::{enqueue_many_pooled, JobState};
 use poda_jobs::probe::ProbeJob;
 use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::RetryPolicy;
-use sqlx::PgPool;
 
 use crate::support::count_state;
 use crate::support::enqueue_recorded_probes;
 use crate::support::process::{spawn_worker, spawn_worker_logging, worker_command};
 
-async fn runs(pool: &PgPool) -> i64 {
+async fn runs(pool: &Db) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM probe_runs")
         .fetch_one(pool)
         .await
@@ -21,7 +21,7 @@ async fn runs(pool: &PgPool) -> i64 {
 }
 
 /// (available jobs, of which with an attempt spent).
-async fn available_and_spent(pool: &PgPool) -> (i64, i64) {
+async fn available_and_spent(pool: &Db) -> (i64, i64) {
     sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE attempt > 0) FROM jobs WHERE state = 'available'",
     )
@@ -32,7 +32,7 @@ async fn available_and_spent(pool: &PgPool) -> (i64, i64) {
 
 /// Waits until `started` jobs have started and `held` jobs are claimed by the worker (running
 /// in the database: started, or waiting in the worker under lease).
-async fn wait_started_and_held(pool: &PgPool, started: i64, held: i64) {
+async fn wait_started_and_held(pool: &Db, started: i64, held: i64) {
     wait_until(
         &format!("{started} jobs to start and {held} to be held"),
         Duration::from_secs(20),

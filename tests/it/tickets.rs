@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use poda_jobs::db::Db;
 use poda_jobs::engine::{enqueue_many_pooled, NewJob};
 use poda_jobs::probe::{self, ProbeJob};
 use poda_jobs::testing::tickets::{
@@ -11,7 +12,6 @@ use poda_jobs::testing::tickets::{
 use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::ticket::{self, TicketJob};
 use poda_jobs::RetryPolicy;
-use sqlx::PgPool;
 
 use crate::support::process::spawn_worker;
 
@@ -40,7 +40,7 @@ fn payments(n: usize) -> Vec<TicketJob> {
         .collect()
 }
 
-async fn seed(pool: &PgPool) {
+async fn seed(pool: &Db) {
     seed_one_company(pool).await;
     for code in 0..3 {
         seed_payment_code(pool, &format!("CODE-{code}"), "co-1", 1_000_000).await;
@@ -48,7 +48,7 @@ async fn seed(pool: &PgPool) {
 }
 
 /// Codes whose used_count differs from the number of tickets issued with them (must be 0).
-async fn miscounted_codes(pool: &PgPool) -> i64 {
+async fn miscounted_codes(pool: &Db) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM payment_codes c \
          WHERE c.used_count <> (SELECT count(*) FROM tickets t WHERE t.payment_code = c.code)",
@@ -58,7 +58,7 @@ async fn miscounted_codes(pool: &PgPool) -> i64 {
     .unwrap()
 }
 
-async fn wait_all_completed(pool: &PgPool, n: i64, timeout: Duration) {
+async fn wait_all_completed(pool: &Db, n: i64, timeout: Duration) {
     wait_until(
         &format!("{n} ticket jobs completed"),
         timeout,

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use poda::sandbox::{FaultConfig, FaultKind, Sandbox, SandboxConfig};
+use poda_jobs::db::Db;
 use poda_jobs::engine::enqueue_many_pooled;
 use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::transfer::monime::{
@@ -11,7 +12,6 @@ use poda_jobs::transfer::monime::{
 };
 use poda_jobs::transfer::{self, TransferJob};
 use poda_jobs::RetryPolicy;
-use sqlx::PgPool;
 use tokio::process::Command;
 
 use crate::support::process::{
@@ -37,7 +37,7 @@ struct TestStore {
 }
 
 impl TestStore {
-    fn start(pool: &PgPool) -> TestStore {
+    fn start(pool: &Db) -> TestStore {
         let stop = tokio_util::sync::CancellationToken::new();
         let (store, tasks) = transfer::TransferStore::start(
             pool.clone(),
@@ -62,7 +62,7 @@ impl std::ops::Deref for TestStore {
     }
 }
 
-async fn seed_tickets(pool: &PgPool, company: &str, account: &str, n: i64) -> Vec<i64> {
+async fn seed_tickets(pool: &Db, company: &str, account: &str, n: i64) -> Vec<i64> {
     sqlx::query(
         "INSERT INTO companies (id, name, monime_account_id, commission_bps, currency) \
          VALUES ($1, $1, $2, 250, 'SLE') ON CONFLICT DO NOTHING",
@@ -94,7 +94,7 @@ async fn seed_tickets(pool: &PgPool, company: &str, account: &str, n: i64) -> Ve
     .unwrap()
 }
 
-async fn enqueue_transfers(pool: &PgPool, tickets: &[i64], retry: RetryPolicy) {
+async fn enqueue_transfers(pool: &Db, tickets: &[i64], retry: RetryPolicy) {
     let jobs: Vec<_> = tickets
         .iter()
         .map(|&ticket_id| TransferJob { ticket_id }.to_job().with_retry(retry))
@@ -130,7 +130,7 @@ async fn sandbox(config: SandboxConfig) -> Sandbox {
     .expect("start the sandbox")
 }
 
-async fn count_transfers(pool: &PgPool, status: &str) -> i64 {
+async fn count_transfers(pool: &Db, status: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM commission_transfers WHERE status::text = $1")
         .bind(status)
         .fetch_one(pool)
@@ -138,7 +138,7 @@ async fn count_transfers(pool: &PgPool, status: &str) -> i64 {
         .unwrap()
 }
 
-async fn count_jobs(pool: &PgPool, state: &str) -> i64 {
+async fn count_jobs(pool: &Db, state: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE queue = $1 AND state::text = $2")
         .bind(transfer::QUEUE)
         .bind(state)
@@ -147,7 +147,7 @@ async fn count_jobs(pool: &PgPool, state: &str) -> i64 {
         .unwrap()
 }
 
-async fn key_of(pool: &PgPool, ticket_id: i64) -> String {
+async fn key_of(pool: &Db, ticket_id: i64) -> String {
     sqlx::query_scalar("SELECT idempotency_key FROM commission_transfers WHERE ticket_id = $1")
         .bind(ticket_id)
         .fetch_one(pool)
@@ -988,7 +988,7 @@ async fn land(db: &TestDb, outcome: poda_jobs::engine::Completion) {
         .unwrap();
 }
 
-async fn transfer_state(pool: &PgPool, ticket_id: i64) -> (String, i32, String, String, i32) {
+async fn transfer_state(pool: &Db, ticket_id: i64) -> (String, i32, String, String, i32) {
     sqlx::query_as(
         "SELECT ct.status::text, ct.generation, ct.idempotency_key, j.state::text, j.attempt \
          FROM commission_transfers ct JOIN jobs j ON j.unique_key = 'ticket:' || ct.ticket_id \

@@ -1,7 +1,8 @@
 //! Creating a cycle: validate, insert it `Initializing` and enqueue its fan-out job, in one
 //! transaction. A repeated request with the same idempotency key returns the same cycle.
 
-use sqlx::{PgConnection, PgPool};
+use crate::db::Db;
+use sqlx::PgConnection;
 
 use crate::engine::enqueue_one;
 use crate::ticket::{Currency, Money};
@@ -112,7 +113,7 @@ impl StoredCycle {
 /// refused before anything is written. A claim with a live cycle is refused; a cycle whose
 /// fan-out job has ended without settling it is marked Failed first and does not count.
 pub async fn create_cycle(
-    pool: &PgPool,
+    pool: &Db,
     new: &NewCycle,
     idempotency_key: Option<&str>,
 ) -> Result<CreatedCycle, CreateCycleError> {

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use sqlx::PgPool;
+use crate::db::Db;
 
 use crate::engine::outcome::error_chain;
 use crate::engine::{enqueue_many, JobError, JobMeta, Outcome};
@@ -20,7 +20,7 @@ use super::{CycleConfig, CycleId, CycleJob, CycleStatus};
 /// ([`super::abandoned`]).
 #[tracing::instrument(skip_all, fields(cycle.id = %job.cycle_id, job.id = %meta.id, job.attempt = meta.attempt))]
 pub async fn handle(
-    pool: &PgPool,
+    pool: &Db,
     config: &CycleConfig,
     meta: &JobMeta,
     job: CycleJob,
@@ -46,7 +46,7 @@ pub async fn handle(
     Err(error.into())
 }
 
-async fn fan_out(pool: &PgPool, config: &CycleConfig, id: CycleId) -> Result<(), CycleError> {
+async fn fan_out(pool: &Db, config: &CycleConfig, id: CycleId) -> Result<(), CycleError> {
     let db = CycleError::database;
     sqlx::query_file!("src/cycle/start_fan_out.sql", id.0)
         .execute(pool)
@@ -113,7 +113,7 @@ struct Settling {
 
 /// `Initializing` → `Active` with the final totals, and one notification job per agent with
 /// members in the cycle, in one transaction.
-async fn activate(pool: &PgPool, id: CycleId) -> Result<(), CycleError> {
+async fn activate(pool: &Db, id: CycleId) -> Result<(), CycleError> {
     let db = CycleError::database;
     let mut tx = pool.begin().await.map_err(db(id))?;
     let cycle = sqlx::query_as!(

@@ -1,8 +1,8 @@
 //! A cycle's fan-out progress, as the admin API and `worker cycle` show it.
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
 
 use super::abandoned::fail_if_abandoned;
 use super::{CycleId, CycleJob, CycleStatus, QUEUE};
@@ -41,10 +41,7 @@ struct Row {
 
 /// The cycle's progress, or `None` when it does not exist. An `Initializing` cycle whose
 /// fan-out job has ended is marked Failed first, and shown so (see [`super::abandoned`]).
-pub async fn fetch_progress(
-    pool: &PgPool,
-    id: CycleId,
-) -> Result<Option<CycleProgress>, sqlx::Error> {
+pub async fn fetch_progress(pool: &Db, id: CycleId) -> Result<Option<CycleProgress>, sqlx::Error> {
     let Some(row) = read(pool, id).await? else {
         return Ok(None);
     };
@@ -57,7 +54,7 @@ pub async fn fetch_progress(
     Ok(read(pool, id).await?.map(Row::into_progress))
 }
 
-async fn read(pool: &PgPool, id: CycleId) -> Result<Option<Row>, sqlx::Error> {
+async fn read(pool: &Db, id: CycleId) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as!(
         Row,
         "SELECT id AS \"id: CycleId\", code, status AS \"status: CycleStatus\", total, \

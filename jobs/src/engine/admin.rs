@@ -1,12 +1,12 @@
 //! Operator actions on one job, and the queue numbers: shared by the CLI and the admin API.
 
-use sqlx::PgPool;
+use crate::db::Db;
 
 use super::error::EngineError;
 use super::job::{JobId, JobSnapshot, JobState};
 
 /// One job as operators see it.
-pub async fn fetch_job(pool: &PgPool, id: JobId) -> Result<JobSnapshot, EngineError> {
+pub async fn fetch_job(pool: &Db, id: JobId) -> Result<JobSnapshot, EngineError> {
     sqlx::query_as!(
         JobSnapshot,
         "SELECT id AS \"id: JobId\", queue, kind, state AS \"state: JobState\", \
@@ -21,7 +21,7 @@ pub async fn fetch_job(pool: &PgPool, id: JobId) -> Result<JobSnapshot, EngineEr
 
 /// Makes a failed, cancelled or waiting job run now with a fresh set of attempts. Its error
 /// history is kept.
-pub async fn retry_job(pool: &PgPool, id: JobId) -> Result<JobSnapshot, EngineError> {
+pub async fn retry_job(pool: &Db, id: JobId) -> Result<JobSnapshot, EngineError> {
     let changed = sqlx::query!(
         "UPDATE jobs SET state = 'available', attempt = 0, run_at = now(), finished_at = NULL, \
          updated_at = now() \
@@ -41,7 +41,7 @@ pub async fn retry_job(pool: &PgPool, id: JobId) -> Result<JobSnapshot, EngineEr
 
 /// Cancels a job that has not finished. A running job's outcome is then ignored when it
 /// arrives (fencing), though what its handler already did stays done.
-pub async fn cancel_job(pool: &PgPool, id: JobId) -> Result<JobSnapshot, EngineError> {
+pub async fn cancel_job(pool: &Db, id: JobId) -> Result<JobSnapshot, EngineError> {
     let changed = sqlx::query!(
         "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, \
          finished_at = now(), updated_at = now() \
@@ -58,7 +58,7 @@ pub async fn cancel_job(pool: &PgPool, id: JobId) -> Result<JobSnapshot, EngineE
 /// The job after an operator action: as it is now when the action `changed` it, else why the
 /// action does not apply to its state (`reason`), or that it does not exist.
 async fn acted_on(
-    pool: &PgPool,
+    pool: &Db,
     id: JobId,
     changed: bool,
     reason: impl FnOnce(JobState) -> &'static str,
@@ -87,7 +87,7 @@ pub struct QueueStats {
     pub oldest_pending_age_s: i64,
 }
 
-pub async fn queue_stats(pool: &PgPool) -> Result<Vec<QueueStats>, EngineError> {
+pub async fn queue_stats(pool: &Db) -> Result<Vec<QueueStats>, EngineError> {
     // A view's columns all infer as nullable; none of these can be NULL.
     Ok(sqlx::query_as!(
         QueueStats,

@@ -28,9 +28,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::db::Db;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::claim_cursor::ClaimCursor;
@@ -131,7 +132,7 @@ impl BatchRunners {
 /// is cancelled and end after the batch they are running.
 pub fn start<H: BatchHandler>(
     engine: &Engine,
-    pool: PgPool,
+    pool: Db,
     settings: BatchSettings,
     handler: H,
     stop: CancellationToken,
@@ -164,7 +165,7 @@ pub fn start<H: BatchHandler>(
 async fn run<H: BatchHandler>(
     cursor: Arc<ClaimCursor>,
     engine: Engine,
-    pool: PgPool,
+    pool: Db,
     settings: BatchSettings,
     handler: Arc<H>,
     stop: CancellationToken,
@@ -198,16 +199,14 @@ async fn run<H: BatchHandler>(
 /// Claims, runs and finishes one batch; returns how many jobs it claimed.
 async fn run_batch<H: BatchHandler>(
     cursor: &ClaimCursor,
-    pool: &PgPool,
+    pool: &Db,
     settings: &BatchSettings,
     lease: Duration,
     handler: &H,
 ) -> Result<usize, sqlx::Error> {
     let queue = settings.queue.as_str();
     // Not a macro: SET LOCAL takes no parameter, so the lease is formatted into the text.
-    let mut tx = pool
-        .begin_with(sqlx::AssertSqlSafe(begin_statement(lease)))
-        .await?;
+    let mut tx = pool.begin_with_settings(&batch_settings(lease)).await?;
     let after = cursor.position();
     let limit = settings.batch_size as i64;
     let rows = sqlx::query_file_as!(
@@ -332,14 +331,14 @@ async fn run_batch<H: BatchHandler>(
 ///   are lookups and writes by key, so each is planned once per connection on its indexes
 ///   (planning them for every batch was ~5 % of the server's time in `bench tickets`), and a
 ///   plan made while a table was empty never turns into a scan of the grown table.
-fn begin_statement(lease: Duration) -> String {
+fn batch_settings(lease: Duration) -> String {
     format!(
-        "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}; {PLANNER_SETTINGS}",
+        "SET LOCAL idle_in_transaction_session_timeout = {}; {PLANNER_SETTINGS}",
         lease.as_millis().max(1)
     )
 }
 
-/// How a batch transaction's statements are planned (see [`begin_statement`]).
+/// How a batch transaction's statements are planned (see [`batch_settings`]).
 pub const PLANNER_SETTINGS: &str =
     "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
@@ -348,7 +347,7 @@ pub const PLANNER_SETTINGS: &str =
 /// job whose payload does not decode fails for good. If
 /// that fails too, the jobs stay runnable without having spent an attempt.
 async fn record_failure(
-    pool: &PgPool,
+    pool: &Db,
     rows: &[LockedRow],
     metas: &[JobMeta],
     undecodable: &[Option<Action>],
@@ -364,8 +363,9 @@ async fn record_failure(
         })
         .collect();
     let written = async {
-        let mut conn = pool.acquire().await?;
-        finish(&mut conn, rows, &actions).await
+        let mut conn = pool.unit().await?;
+        finish(&mut conn, rows, &actions).await?;
+        conn.done().await
     }
     .await;
     match written {

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::error::EngineError;
@@ -25,7 +25,7 @@ struct ClaimedRow {
 /// Claims up to `limit` jobs of `queue` for `owner`, each under a lease of `lease`.
 /// `now` moves the clock for tests; `None` is the database's clock.
 pub async fn claim_batch(
-    pool: &PgPool,
+    pool: &Db,
     queue: &str,
     limit: usize,
     owner: Uuid,

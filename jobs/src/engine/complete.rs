@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::Db;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +48,7 @@ pub struct Completion {
 /// Writes `completions` in one statement; returns the ids that changed. An outcome whose job
 /// is no longer running under that claim token is ignored.
 pub async fn complete_many(
-    pool: &PgPool,
+    pool: &Db,
     completions: &[Completion],
 ) -> Result<Vec<JobId>, EngineError> {
     Ok(write_outcomes(pool, completions)
@@ -70,7 +70,7 @@ struct Written {
 /// that schedules a retry, a snooze or a failure for good commits durably, so a schedule that
 /// was acknowledged survives a crash.
 async fn write_outcomes(
-    pool: &PgPool,
+    pool: &Db,
     completions: &[Completion],
 ) -> Result<Vec<Written>, EngineError> {
     if completions.is_empty() {
@@ -89,7 +89,7 @@ async fn write_outcomes(
     let changed = if completions.iter().any(|c| c.action.must_be_durable()) {
         // Not a macro: a transaction's settings are statements of their own.
         let mut tx = pool
-            .begin_with("BEGIN; SET LOCAL synchronous_commit = on")
+            .begin_with_settings("SET LOCAL synchronous_commit = on")
             .await?;
         let changed = query.fetch_all(&mut *tx).await?;
         tx.commit().await?;
@@ -159,7 +159,7 @@ impl Default for CompleterConfig {
 /// it holds, or when told to give up (the end of a shutdown's grace).
 pub struct Completer {
     rx: mpsc::Receiver<Message>,
-    pool: PgPool,
+    pool: Db,
     registry: Registry,
     signals: Signals,
     /// Retries due within this long wake this process's idle workers when they are due.
@@ -172,7 +172,7 @@ impl Completer {
     /// The completer and the handle to send it outcomes. Cancelling `give_up` makes it stop
     /// retrying, log what it could not write, and end.
     pub fn new(
-        pool: PgPool,
+        pool: Db,
         registry: Registry,
         signals: Signals,
         wake_within: Duration,

@@ -7,8 +7,9 @@
 //! tx.commit().await?; // the job exists if and only if the payment row does
 //! ```
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use super::error::EngineError;
 use super::job::{Enqueued, JobId, NewJob};
@@ -120,18 +121,19 @@ pub async fn enqueue_one(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueu
 }
 
 /// [`enqueue_many`] on a connection of `pool`, committed at once.
-pub async fn enqueue_many_pooled(
-    pool: &PgPool,
-    jobs: &[NewJob],
-) -> Result<Vec<Enqueued>, EngineError> {
-    let mut conn = pool.acquire().await?;
-    enqueue_many(&mut conn, jobs).await
+pub async fn enqueue_many_pooled(pool: &Db, jobs: &[NewJob]) -> Result<Vec<Enqueued>, EngineError> {
+    let mut conn = pool.unit().await?;
+    let enqueued = enqueue_many(&mut conn, jobs).await?;
+    conn.done().await?;
+    Ok(enqueued)
 }
 
 /// [`enqueue_one`] on a connection of `pool`, committed at once.
-pub async fn enqueue_one_pooled(pool: &PgPool, job: &NewJob) -> Result<Enqueued, EngineError> {
-    let mut conn = pool.acquire().await?;
-    enqueue_one(&mut conn, job).await
+pub async fn enqueue_one_pooled(pool: &Db, job: &NewJob) -> Result<Enqueued, EngineError> {
+    let mut conn = pool.unit().await?;
+    let enqueued = enqueue_one(&mut conn, job).await?;
+    conn.done().await?;
+    Ok(enqueued)
 }
 
 /// The jobs as one array per column, for `unnest`: the statements' parameters $1..$8 (the

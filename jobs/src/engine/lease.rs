@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::Db;
 use tokio_util::sync::CancellationToken;
 
 use super::error::EngineError;
@@ -13,7 +13,7 @@ use super::registry::Registry;
 /// Extends the leases of `claims` (job id, claim token) to now + `lease`; returns how many
 /// were still held (the others were rescued or cancelled, and belong to another run now).
 pub async fn extend_leases(
-    pool: &PgPool,
+    pool: &Db,
     claims: &[(JobId, i32)],
     lease: Duration,
 ) -> Result<u64, EngineError> {
@@ -35,7 +35,7 @@ pub async fn extend_leases(
 /// that was not rescued meanwhile, and the rescuers' grace after an outage (see
 /// `maintenance::rescue`) gives it the time to.
 pub async fn run_heartbeat(
-    pool: PgPool,
+    pool: Db,
     registry: Registry,
     lease: Duration,
     interval: Duration,

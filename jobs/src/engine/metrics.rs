@@ -55,7 +55,7 @@ pub const DEFAULT_GAUGE_INTERVAL: std::time::Duration = std::time::Duration::fro
 
 /// Runnable jobs and the age of the oldest, per queue.
 pub async fn sample_queue_gauges(
-    pool: &sqlx::PgPool,
+    pool: &crate::db::Db,
 ) -> Result<Vec<(String, i64, f64)>, EngineError> {
     Ok(sqlx::query_file!("src/engine/queue_gauges.sql")
         .fetch_all(pool)
@@ -67,7 +67,7 @@ pub async fn sample_queue_gauges(
 
 /// Samples the queue gauges every `interval` until `stop` (one task per process).
 pub async fn run_gauges(
-    pool: sqlx::PgPool,
+    pool: crate::db::Db,
     interval: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {

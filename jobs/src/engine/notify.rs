@@ -1,6 +1,7 @@
 //! Wake-ups: enqueue sends one NOTIFY per queue per statement; a listener per process turns
-//! them into per-queue signals. Workers also poll, so a lost notification (or a pooler that
-//! breaks LISTEN, where listening is switched off) only costs the poll interval.
+//! them into per-queue signals. Workers also poll, so a lost notification (or no listener,
+//! behind a transaction pooler without a direct listen URL) only costs the poll interval.
+//! The listener keeps a session of its own, opened with a pool's connect options.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

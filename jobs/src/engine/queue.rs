@@ -5,8 +5,8 @@
 //! or resume takes effect within about a second; resume also sends the queue's NOTIFY so
 //! listening workers claim at once.
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
 use super::error::EngineError;
 use super::notify::NOTIFY_CHANNEL;
@@ -19,7 +19,7 @@ pub struct QueueStatus {
 }
 
 /// Stops claims from `queue`. Pausing a paused queue keeps its first `paused_at`.
-pub async fn pause_queue(pool: &PgPool, queue: &str) -> Result<QueueStatus, EngineError> {
+pub async fn pause_queue(pool: &Db, queue: &str) -> Result<QueueStatus, EngineError> {
     sqlx::query_as!(
         QueueStatus,
         "UPDATE job_queues SET paused_at = coalesce(paused_at, now()) \
@@ -34,7 +34,7 @@ pub async fn pause_queue(pool: &PgPool, queue: &str) -> Result<QueueStatus, Engi
 }
 
 /// Lets workers claim from `queue` again and wakes the listening ones.
-pub async fn resume_queue(pool: &PgPool, queue: &str) -> Result<QueueStatus, EngineError> {
+pub async fn resume_queue(pool: &Db, queue: &str) -> Result<QueueStatus, EngineError> {
     let mut tx = pool.begin().await?;
     let status = sqlx::query_as!(
         QueueStatus,
@@ -54,7 +54,7 @@ pub async fn resume_queue(pool: &PgPool, queue: &str) -> Result<QueueStatus, Eng
 }
 
 /// Every known queue, paused or not, by name.
-pub async fn list_queues(pool: &PgPool) -> Result<Vec<QueueStatus>, EngineError> {
+pub async fn list_queues(pool: &Db) -> Result<Vec<QueueStatus>, EngineError> {
     Ok(sqlx::query_as!(
         QueueStatus,
         "SELECT name, paused_at FROM job_queues ORDER BY name"

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::Db;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,6 +37,10 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// LISTEN for enqueue notifications; off for poolers that break LISTEN (poll only).
     pub listen: bool,
+    /// Where the listener opens its session: a pool's connect options, which are used for
+    /// the listener's own connection. `None` uses the engine's pool, which must then be a
+    /// direct connection (LISTEN does not survive a transaction pooler).
+    pub listen_via: Option<sqlx::PgPool>,
     pub completer: CompleterConfig,
     /// The single-leader maintenance (pruning finished jobs); `None` runs no maintainer.
     pub maintenance: Option<MaintainerConfig>,
@@ -53,6 +57,7 @@ impl Default for EngineConfig {
             rescue: RescuerConfig::default(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             listen: true,
+            listen_via: None,
             completer: CompleterConfig::default(),
             maintenance: Some(MaintainerConfig::default()),
             gauges: None,
@@ -90,7 +95,7 @@ pub struct Engine {
 }
 
 struct Inner {
-    pool: PgPool,
+    pool: Db,
     owner: Uuid,
     config: EngineConfig,
     completer: CompletionHandle,
@@ -112,7 +117,7 @@ pub struct EngineHandle {
 impl Engine {
     /// Starts the engine's tasks (completer, lease renewal, rescuer and, if enabled, the
     /// maintainer, the gauges and the listener) with a fresh owner id for this process.
-    pub fn start(pool: PgPool, config: EngineConfig) -> EngineHandle {
+    pub fn start(pool: Db, config: EngineConfig) -> EngineHandle {
         let owner = Uuid::new_v4();
         let registry = Registry::default();
         let signals = Signals::default();
@@ -176,7 +181,11 @@ impl Engine {
             loops.spawn(
                 "engine:listener",
                 &stop,
-                notify::run_listener(pool, signals, stop.clone()),
+                notify::run_listener(
+                    config.listen_via.unwrap_or_else(|| pool.pool().clone()),
+                    signals,
+                    stop.clone(),
+                ),
             );
         }
         tracing::info!(owner = %owner, "engine started");
@@ -187,7 +196,7 @@ impl Engine {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &Db {
         &self.inner.pool
     }
 

@@ -388,7 +388,7 @@ fn bindir() -> PathBuf {
 /// Creates this cluster's directory and says which OS user runs PostgreSQL in it (`None`:
 /// this process's user). Under the cargo target directory, unless the postgres user cannot
 /// reach it (a target directory inside root's home): then under the system temp directory.
-fn make_root() -> (PathBuf, Option<&'static str>) {
+pub(crate) fn make_root() -> (PathBuf, Option<&'static str>) {
     let name = format!("poda-pg-{}", uuid::Uuid::new_v4().simple());
     let base = target_tmp_dir();
     std::fs::create_dir_all(&base).expect("create the directory for private clusters");
@@ -493,7 +493,7 @@ fn switch_user_args(user: &str) -> Vec<String> {
 /// A loopback port nobody listened on a moment ago (the caller retries if it is taken),
 /// below Linux's ephemeral range (32768 and up by default): a port the kernel hands out to
 /// outgoing connections could be taken by one while a stopped server waits to start again.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     const LOW: u16 = 20_000;
     const HIGH: u16 = 32_000;
     for _ in 0..1_000 {

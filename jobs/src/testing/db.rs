@@ -6,8 +6,9 @@
 
 use std::hash::{Hash, Hasher};
 
+use crate::db::Db;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use crate::engine::migrate::MIGRATOR;
 
@@ -134,7 +135,7 @@ fn template_name() -> String {
 
 pub struct TestDb {
     pub name: String,
-    pub pool: PgPool,
+    pub pool: Db,
     pub url: String,
 }
 
@@ -159,7 +160,11 @@ impl TestDb {
             .connect_with(options)
             .await
             .expect("connect to the test database");
-        TestDb { name, pool, url }
+        TestDb {
+            name,
+            pool: pool.into(),
+            url,
+        }
     }
 }
 

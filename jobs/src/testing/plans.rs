@@ -1,15 +1,16 @@
 //! What the planner makes of a statement: for tests that keep batch statements on their
 //! indexes however large the batch.
 
+use crate::db::Db;
 use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::Postgres;
 
 use crate::engine::batch_worker::PLANNER_SETTINGS;
 
 /// The plan of `sql` with `$1`, `$2`, … replaced by the array literals `params` (each cast
 /// by the statement itself, as in `$1::bigint[]`): what a custom plan (the worker's
 /// `plan_cache_mode`) sees.
-pub async fn plan_of(pool: &PgPool, sql: &str, params: &[String]) -> serde_json::Value {
+pub async fn plan_of(pool: &Db, sql: &str, params: &[String]) -> serde_json::Value {
     let mut sql = sql.to_owned();
     for (i, param) in params.iter().enumerate().rev() {
         sql = sql.replace(&format!("${}", i + 1), &format!("'{param}'"));
@@ -58,8 +59,8 @@ pub struct PreparedProbe {
 
 impl PreparedProbe {
     /// Prepares `sql` with parameters of `types` and executes it once with `first`.
-    pub async fn prepare(pool: &PgPool, sql: &str, types: &[&str], first: &[String]) -> Self {
-        let mut conn = pool.acquire().await.unwrap();
+    pub async fn prepare(pool: &Db, sql: &str, types: &[&str], first: &[String]) -> Self {
+        let mut conn = pool.pool().acquire().await.unwrap();
         sqlx::raw_sql("BEGIN").execute(&mut *conn).await.unwrap();
         sqlx::raw_sql(PLANNER_SETTINGS)
             .execute(&mut *conn)

@@ -1,11 +1,11 @@
 //! Ticket-domain fixtures: companies, routes, payment codes and ticket jobs, and the counts
 //! that prove "one payment, one ticket, one transfer job".
 
-use sqlx::PgPool;
+use crate::db::Db;
 
 use crate::ticket::{Currency, Money, TicketJob};
 
-pub async fn seed_company(pool: &PgPool, id: &str, currency: &str, commission_bps: i32) {
+pub async fn seed_company(pool: &Db, id: &str, currency: &str, commission_bps: i32) {
     sqlx::query(
         "INSERT INTO companies (id, name, monime_account_id, commission_bps, currency) \
          VALUES ($1, $1, 'fa-' || $1, $2, $3)",
@@ -18,7 +18,7 @@ pub async fn seed_company(pool: &PgPool, id: &str, currency: &str, commission_bp
     .expect("seed a company");
 }
 
-pub async fn seed_route(pool: &PgPool, id: &str, company_id: &str) {
+pub async fn seed_route(pool: &Db, id: &str, company_id: &str) {
     sqlx::query(
         "INSERT INTO routes (id, company_id, origin, destination) \
          VALUES ($1, $2, 'Freetown', 'Bo')",
@@ -31,7 +31,7 @@ pub async fn seed_route(pool: &PgPool, id: &str, company_id: &str) {
 }
 
 /// An active code of `company_id`, valid on any of its routes, never expiring.
-pub async fn seed_payment_code(pool: &PgPool, code: &str, company_id: &str, usage_limit: i32) {
+pub async fn seed_payment_code(pool: &Db, code: &str, company_id: &str, usage_limit: i32) {
     sqlx::query("INSERT INTO payment_codes (code, company_id, usage_limit) VALUES ($1, $2, $3)")
         .bind(code)
         .bind(company_id)
@@ -42,7 +42,7 @@ pub async fn seed_payment_code(pool: &PgPool, code: &str, company_id: &str, usag
 }
 
 /// A company `co-1` (SLE, 250 bps) with route `rt-1`.
-pub async fn seed_one_company(pool: &PgPool) {
+pub async fn seed_one_company(pool: &Db) {
     seed_company(pool, "co-1", "SLE", 250).await;
     seed_route(pool, "rt-1", "co-1").await;
 }
@@ -81,7 +81,7 @@ pub struct TicketCounts {
     pub transfers_without_ticket: i64,
 }
 
-pub async fn ticket_counts(pool: &PgPool) -> TicketCounts {
+pub async fn ticket_counts(pool: &Db) -> TicketCounts {
     let row: (i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM tickets), \
                 (SELECT count(DISTINCT payment_id) FROM tickets), \
@@ -106,7 +106,7 @@ pub async fn ticket_counts(pool: &PgPool) -> TicketCounts {
 }
 
 /// Ticket jobs by state: (completed, failed, other).
-pub async fn ticket_job_states(pool: &PgPool) -> (i64, i64, i64) {
+pub async fn ticket_job_states(pool: &Db) -> (i64, i64, i64) {
     sqlx::query_as(
         "SELECT count(*) FILTER (WHERE state = 'completed'), \
                 count(*) FILTER (WHERE state = 'failed'), \

@@ -1,6 +1,6 @@
 //! Operator actions on commission transfers.
 
-use sqlx::PgPool;
+use crate::db::Db;
 
 use super::monime::IdempotencyKey;
 use super::{TransferJob, QUEUE};
@@ -64,7 +64,7 @@ pub struct RetriedTransfer {
 /// fresh attempts; an available one (a rescued run with attempts left) is left to run, its
 /// attempt untouched so the next claim gets a new one; a pruned one is enqueued again.
 pub async fn retry_failed_transfer(
-    pool: &PgPool,
+    pool: &Db,
     ticket_id: i64,
 ) -> Result<RetriedTransfer, TransferAdminError> {
     let mut tx = pool.begin().await?;

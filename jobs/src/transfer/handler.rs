@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
+use crate::db::Db;
 use rand::Rng;
-use sqlx::PgPool;
 
 use super::breaker::Breaker;
 use super::error::TransferError;
@@ -48,10 +48,10 @@ pub struct TransferSettings {
 #[derive(Clone)]
 pub struct TransferContext {
     /// Durable writes: failures and rate-limit slots.
-    pub pool: PgPool,
+    pub pool: Db,
     /// Status updates that may commit asynchronously (`synchronous_commit = off`): losing one
     /// in a server crash only makes the job ask Monime again under the same key.
-    pub status_pool: PgPool,
+    pub status_pool: Db,
     /// The rows (written durably before the first call) and the common answers, batched.
     pub store: TransferStore,
     pub client: MonimeClient,
@@ -288,7 +288,7 @@ async fn on_answer(
 }
 
 async fn record_transient(
-    pool: &PgPool,
+    pool: &Db,
     row: &Row,
     error: &MonimeError,
     last_attempt: bool,
@@ -324,7 +324,7 @@ async fn record_transient(
 }
 
 async fn record_failed(
-    pool: &PgPool,
+    pool: &Db,
     row: &Row,
     monime_status: Option<&str>,
     code: &str,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::Db;
 
 /// The bucket that limits transfer creations at Monime.
 pub const TRANSFER_BUCKET: &str = "monime_transfers";
@@ -31,13 +31,13 @@ impl RateLimitConfig {
 
 #[derive(Debug, Clone)]
 pub struct GlobalRateLimit {
-    pool: PgPool,
+    pool: Db,
     name: String,
     config: RateLimitConfig,
 }
 
 impl GlobalRateLimit {
-    pub fn new(pool: PgPool, name: impl Into<String>, config: RateLimitConfig) -> Self {
+    pub fn new(pool: Db, name: impl Into<String>, config: RateLimitConfig) -> Self {
         GlobalRateLimit {
             pool,
             name: name.into(),

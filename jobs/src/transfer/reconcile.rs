@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::db::Db;
 use futures::StreamExt;
-use sqlx::PgPool;
 
 use super::monime::{MonimeClient, MonimeError, TransferStatus};
 
@@ -83,7 +83,7 @@ struct ToCheck {
 }
 
 pub async fn reconcile(
-    pool: &PgPool,
+    pool: &Db,
     client: &MonimeClient,
     config: ReconcileConfig,
 ) -> Result<ReconcileReport, sqlx::Error> {

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use crate::db::Db;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -104,8 +104,8 @@ impl TransferStore {
     /// Starts the store's batchers: rows on the durable `pool`, answers on `status_pool`.
     /// Cancelling `stop` ends them once what was sent is written.
     pub fn start(
-        pool: PgPool,
-        status_pool: PgPool,
+        pool: Db,
+        status_pool: Db,
         platform_account_id: String,
         stop: CancellationToken,
     ) -> (TransferStore, Vec<JoinHandle<()>>) {
@@ -179,7 +179,7 @@ impl TransferStore {
     }
 }
 
-async fn load_many(pool: &PgPool, tickets: &[i64]) -> Result<HashMap<i64, Loaded>, sqlx::Error> {
+async fn load_many(pool: &Db, tickets: &[i64]) -> Result<HashMap<i64, Loaded>, sqlx::Error> {
     let loaded = sqlx::query_file_as!(Loaded, "src/transfer/load_transfers.sql", tickets)
         .fetch_all(pool)
         .await?;
@@ -188,7 +188,7 @@ async fn load_many(pool: &PgPool, tickets: &[i64]) -> Result<HashMap<i64, Loaded
 
 /// Loads the rows of `tickets` and writes those that do not exist yet; one result per ticket.
 async fn load_or_create_many(
-    pool: &PgPool,
+    pool: &Db,
     platform_account_id: &str,
     tickets: Vec<i64>,
 ) -> Vec<Result<Option<TransferRow>, TransferError>> {
@@ -325,7 +325,7 @@ impl NewRow {
 
 /// Writes `rows` in one statement; returns the ids of those written, by ticket.
 async fn insert_many(
-    pool: &PgPool,
+    pool: &Db,
     platform_account_id: &str,
     rows: &[NewRow],
 ) -> Result<HashMap<i64, i64>, sqlx::Error> {
@@ -395,7 +395,7 @@ fn answer_columns(mut answers: Vec<Answer>) -> (Vec<i64>, Vec<String>, Vec<Strin
     columns
 }
 
-async fn record_completed_many(pool: &PgPool, answers: Vec<Answer>) -> Vec<Shared<()>> {
+async fn record_completed_many(pool: &Db, answers: Vec<Answer>) -> Vec<Shared<()>> {
     let n = answers.len();
     let (ids, monime_ids, _, keys) = answer_columns(answers);
     let result = sqlx::query_file!(
@@ -411,7 +411,7 @@ async fn record_completed_many(pool: &PgPool, answers: Vec<Answer>) -> Vec<Share
     vec![result; n]
 }
 
-async fn record_unfinished_many(pool: &PgPool, answers: Vec<Answer>) -> Vec<Shared<Option<i32>>> {
+async fn record_unfinished_many(pool: &Db, answers: Vec<Answer>) -> Vec<Shared<Option<i32>>> {
     let order: Vec<i64> = answers.iter().map(|a| a.row_id).collect();
     let (ids, monime_ids, statuses, keys) = answer_columns(answers);
     let polled = sqlx::query_file!(

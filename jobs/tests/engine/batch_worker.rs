@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
+use poda_jobs::db::Db;
 use poda_jobs::engine::{
     batch_worker, enqueue_many_pooled, BatchHandler, BatchSettings, Engine, EngineConfig, JobError,
     NewJob, Outcome, RetryPolicy,
 };
 use poda_jobs::testing::{wait_until, TestDb};
 use serde::Deserialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{job, KIND, QUEUE};
@@ -49,7 +50,7 @@ impl BatchHandler for Recorder {
 }
 
 async fn start(
-    pool: &PgPool,
+    pool: &Db,
     batch_size: usize,
     runners: usize,
 ) -> (
@@ -83,7 +84,7 @@ fn slow_retry() -> RetryPolicy {
 }
 
 /// (state, attempt, last_error) of each job by its payload's n, in n order.
-async fn jobs_by_n(pool: &PgPool) -> Vec<(i64, String, i32, Option<String>)> {
+async fn jobs_by_n(pool: &Db) -> Vec<(i64, String, i32, Option<String>)> {
     sqlx::query_as(
         "SELECT coalesce((payload->>'n')::bigint, -999), state::text, attempt, last_error \
          FROM jobs WHERE queue = $1 ORDER BY 1",
@@ -94,7 +95,7 @@ async fn jobs_by_n(pool: &PgPool) -> Vec<(i64, String, i32, Option<String>)> {
     .unwrap()
 }
 
-async fn wait_all_attempted(pool: &PgPool, n: i64) {
+async fn wait_all_attempted(pool: &Db, n: i64) {
     wait_until(
         &format!("{n} jobs to have run once"),
         Duration::from_secs(30),

@@ -159,7 +159,7 @@ async fn enqueue_rejects_a_bad_retry_policy_and_writes_nothing() {
 async fn insert_new_jobs_writes_every_job_and_refuses_a_key_that_exists() {
     let db = TestDb::new().await;
     let keyed = |n: i64| job(n).with_unique_key(format!("key-{n}"));
-    let mut conn = db.pool.acquire().await.unwrap();
+    let mut conn = db.pool.pool().acquire().await.unwrap();
     let jobs: Vec<_> = (0..50).map(keyed).collect();
     assert_eq!(insert_new_jobs(&mut conn, &jobs).await.unwrap(), 50);
     let (rows, payloads): (i64, i64) = sqlx::query_as(

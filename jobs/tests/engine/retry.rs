@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use poda_jobs::db::Db;
 use poda_jobs::engine::admin::retry_job;
 use poda_jobs::engine::{JobState, RetryPolicy};
 use poda_jobs::probe::ProbeJob;
@@ -10,7 +11,7 @@ use crate::support::{
 };
 
 /// Seconds between the recorded failure and the run_at it scheduled.
-async fn scheduled_delay(pool: &sqlx::PgPool, id: poda_jobs::JobId) -> f64 {
+async fn scheduled_delay(pool: &Db, id: poda_jobs::JobId) -> f64 {
     sqlx::query_scalar(
         "SELECT extract(epoch FROM run_at - (errors->-1->>'at')::timestamptz)::float8 FROM jobs WHERE id = $1",
     )

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
+use poda_jobs::db::Db;
 use poda_jobs::engine::{enqueue_many_pooled, JobId, JobState, NewJob, RetryPolicy};
 use poda_jobs::probe::ProbeJob;
-use sqlx::PgPool;
 
 pub const QUEUE: &str = "engine_test";
 pub const KIND: &str = "test";
@@ -15,7 +15,7 @@ pub fn job(n: i64) -> NewJob {
 /// A rescuer for tests that move the clock past leases. Its grace after a server start is
 /// zero: with the default (a lease), these tests would depend on how long the server has
 /// been up. The grace itself is tested against a private cluster (`faults`, `outage`).
-pub fn rescuer(pool: &PgPool) -> poda_jobs::engine::maintenance::Rescuer {
+pub fn rescuer(pool: &Db) -> poda_jobs::engine::maintenance::Rescuer {
     poda_jobs::engine::maintenance::Rescuer::new(
         poda_jobs::engine::RescuerConfig {
             grace: Duration::ZERO,
@@ -33,7 +33,7 @@ pub fn fast_retry(max_attempts: i32) -> RetryPolicy {
     )
 }
 
-pub async fn enqueue_probes(pool: &PgPool, probes: &[ProbeJob], retry: RetryPolicy) -> Vec<JobId> {
+pub async fn enqueue_probes(pool: &Db, probes: &[ProbeJob], retry: RetryPolicy) -> Vec<JobId> {
     let jobs: Vec<NewJob> = probes.iter().map(|p| p.to_job(retry)).collect();
     enqueue_many_pooled(pool, &jobs)
         .await
@@ -43,7 +43,7 @@ pub async fn enqueue_probes(pool: &PgPool, probes: &[ProbeJob], retry: RetryPoli
         .collect()
 }
 
-pub async fn state_of(pool: &PgPool, id: JobId) -> (JobState, i32) {
+pub async fn state_of(pool: &Db, id: JobId) -> (JobState, i32) {
     sqlx::query_as("SELECT state, attempt FROM jobs WHERE id = $1")
         .bind(id)
         .fetch_one(pool)
@@ -51,7 +51,7 @@ pub async fn state_of(pool: &PgPool, id: JobId) -> (JobState, i32) {
         .unwrap()
 }
 
-pub async fn count_in_state(pool: &PgPool, state: JobState) -> i64 {
+pub async fn count_in_state(pool: &Db, state: JobState) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = $1")
         .bind(state)
         .fetch_one(pool)
@@ -73,11 +73,11 @@ pub struct ProbeWorker {
 }
 
 impl ProbeWorker {
-    pub fn start(pool: &PgPool, concurrency: usize) -> ProbeWorker {
+    pub fn start(pool: &Db, concurrency: usize) -> ProbeWorker {
         Self::start_with(pool, concurrency, EngineConfig::default())
     }
 
-    pub fn start_with(pool: &PgPool, concurrency: usize, config: EngineConfig) -> ProbeWorker {
+    pub fn start_with(pool: &Db, concurrency: usize, config: EngineConfig) -> ProbeWorker {
         Self::start_bounded(
             pool,
             concurrency,
@@ -88,7 +88,7 @@ impl ProbeWorker {
 
     /// A worker whose runs are stopped after `run_timeout`.
     pub fn start_bounded(
-        pool: &PgPool,
+        pool: &Db,
         concurrency: usize,
         config: EngineConfig,
         run_timeout: Duration,
@@ -132,11 +132,11 @@ impl ProbeWorker {
     }
 }
 
-async fn run_probe(job: ProbeJob, meta: JobMeta, pool: Data<PgPool>) -> Result<Outcome, JobError> {
+async fn run_probe(job: ProbeJob, meta: JobMeta, pool: Data<Db>) -> Result<Outcome, JobError> {
     poda_jobs::probe::handle(&pool, &meta, job).await
 }
 
-pub async fn wait_for_state(pool: &PgPool, id: JobId, state: JobState) {
+pub async fn wait_for_state(pool: &Db, id: JobId, state: JobState) {
     poda_jobs::testing::wait_until(
         &format!("job {id} to be {state}"),
         Duration::from_secs(20),
@@ -147,7 +147,7 @@ pub async fn wait_for_state(pool: &PgPool, id: JobId, state: JobState) {
 }
 
 /// Waits until job `id` is in `state` at `attempt`.
-pub async fn wait_for_attempt(pool: &PgPool, id: JobId, state: JobState, attempt: i32) {
+pub async fn wait_for_attempt(pool: &Db, id: JobId, state: JobState, attempt: i32) {
     poda_jobs::testing::wait_until(
         &format!("job {id} to be {state} at attempt {attempt}"),
         Duration::from_secs(20),

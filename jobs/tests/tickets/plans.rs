@@ -2,10 +2,10 @@
 //! statistics say (they were taken while the table was empty, as on a fresh deployment), and
 //! whether the plan is made for each batch or once.
 
+use poda_jobs::db::Db;
 use poda_jobs::testing::plans::{array_literal, plan_of, seq_scanned, PreparedProbe};
 use poda_jobs::testing::tickets::seed_one_company;
 use poda_jobs::testing::TestDb;
-use sqlx::PgPool;
 
 const LOOK_UP_BATCH: &str = include_str!("../../src/ticket/look_up_batch.sql");
 
@@ -20,7 +20,7 @@ async fn fresh_deployment() -> TestDb {
     db
 }
 
-async fn grow_tickets(pool: &PgPool, n: i64) {
+async fn grow_tickets(pool: &Db, n: i64) {
     sqlx::query(
         "INSERT INTO tickets (payment_id, event_id, company_id, route_id, passenger_phone, \
                               amount_minor, commission_minor, currency) \

@@ -1,6 +1,6 @@
+use poda_jobs::db::Db;
 use poda_jobs::testing::tickets::{seed_one_company, ticket_counts, ticket_job};
 use poda_jobs::testing::TestDb;
-use sqlx::PgPool;
 
 use crate::support::{batches_of, enqueue_tickets, last_error_of, TicketWorker};
 use poda_jobs::testing::wait_until;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// Makes the database refuse the ticket of `payment_id` with SQLSTATE `errcode`, as a
 /// constraint or a trigger the batch's validation does not know about would.
-async fn refuse_ticket(pool: &PgPool, payment_id: &str, errcode: &str) {
+async fn refuse_ticket(pool: &Db, payment_id: &str, errcode: &str) {
     let function = format!(
         "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN \
@@ -32,7 +32,7 @@ async fn refuse_ticket(pool: &PgPool, payment_id: &str, errcode: &str) {
     .unwrap();
 }
 
-async fn job_state(pool: &PgPool, payment_id: &str) -> (String, i32) {
+async fn job_state(pool: &Db, payment_id: &str) -> (String, i32) {
     sqlx::query_as(
         "SELECT state::text, attempt FROM jobs WHERE queue = 'tickets' AND payload->>'payment_id' = $1",
     )
@@ -42,7 +42,7 @@ async fn job_state(pool: &PgPool, payment_id: &str) -> (String, i32) {
     .unwrap()
 }
 
-async fn completed(pool: &PgPool) -> i64 {
+async fn completed(pool: &Db) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE queue = 'tickets' AND state = 'completed'")
         .fetch_one(pool)
         .await

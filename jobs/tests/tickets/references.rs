@@ -1,12 +1,12 @@
 //! Tickets' references to companies, routes and payment codes are checked per statement, and
 //! the rows they refer to cannot be removed.
 
+use poda_jobs::db::Db;
 use poda_jobs::testing::tickets::{seed_one_company, seed_payment_code};
 use poda_jobs::testing::TestDb;
-use sqlx::PgPool;
 
 async fn insert_ticket(
-    pool: &PgPool,
+    pool: &Db,
     payment_id: &str,
     route_id: &str,
     code: Option<&str>,
@@ -31,7 +31,7 @@ fn sqlstate(error: &sqlx::Error) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
-async fn tickets(pool: &PgPool) -> i64 {
+async fn tickets(pool: &Db) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM tickets")
         .fetch_one(pool)
         .await

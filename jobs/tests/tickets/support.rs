@@ -1,12 +1,12 @@
 use std::time::Duration;
 
+use poda_jobs::db::Db;
 use poda_jobs::engine::{
     batch_worker, enqueue_many_pooled, BatchSettings, Engine, EngineConfig, EngineHandle, NewJob,
 };
 use poda_jobs::testing::tickets::ticket_job_states;
 use poda_jobs::testing::wait_until;
 use poda_jobs::ticket::{self, TicketHandler, TicketJob};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// An in-process tickets worker: its own engine (owner) and batch runners.
@@ -32,7 +32,7 @@ pub fn batches_of(batch: usize) -> BatchSettings {
 }
 
 impl TicketWorker {
-    pub fn start(pool: &PgPool, settings: BatchSettings) -> TicketWorker {
+    pub fn start(pool: &Db, settings: BatchSettings) -> TicketWorker {
         let engine = Engine::start(pool.clone(), EngineConfig::default());
         let stop = CancellationToken::new();
         let running = batch_worker::start(
@@ -57,14 +57,14 @@ impl TicketWorker {
 }
 
 /// Enqueues each ticket as its job (unique per payment).
-pub async fn enqueue_tickets(pool: &PgPool, tickets: &[TicketJob]) {
+pub async fn enqueue_tickets(pool: &Db, tickets: &[TicketJob]) {
     let jobs: Vec<NewJob> = tickets.iter().map(TicketJob::to_job).collect();
     enqueue_many_pooled(pool, &jobs).await.unwrap();
 }
 
 /// Waits until `n` ticket jobs have finished (completed or failed); returns
 /// (completed, failed).
-pub async fn wait_finished(pool: &PgPool, n: i64) -> (i64, i64) {
+pub async fn wait_finished(pool: &Db, n: i64) -> (i64, i64) {
     let (completed, failed, _) = wait_until(
         &format!("{n} ticket jobs to finish"),
         Duration::from_secs(60),
@@ -76,7 +76,7 @@ pub async fn wait_finished(pool: &PgPool, n: i64) -> (i64, i64) {
 }
 
 /// The last error of the ticket job of `payment_id`.
-pub async fn last_error_of(pool: &PgPool, payment_id: &str) -> Option<String> {
+pub async fn last_error_of(pool: &Db, payment_id: &str) -> Option<String> {
     sqlx::query_scalar(
         "SELECT last_error FROM jobs WHERE queue = 'tickets' AND payload->>'payment_id' = $1",
     )

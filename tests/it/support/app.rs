@@ -54,6 +54,17 @@ pub async fn spawn_enqueuer_with(adjust: impl FnOnce(&mut EnqueuerSettings)) -> 
     let enqueuer = Enqueuer::build_with_pool(settings, db.pool.clone())
         .await
         .expect("build the enqueuer");
+    serve(db, enqueuer)
+}
+
+/// The enqueuer in-process on `db`, connecting as `settings` say (through a pooler, say).
+pub async fn spawn_enqueuer_connecting(db: TestDb, settings: EnqueuerSettings) -> TestApp {
+    LazyLock::force(&TELEMETRY);
+    let enqueuer = Enqueuer::build(settings).await.expect("build the enqueuer");
+    serve(db, enqueuer)
+}
+
+fn serve(db: TestDb, enqueuer: Enqueuer) -> TestApp {
     let base = format!("http://127.0.0.1:{}", enqueuer.port());
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(enqueuer.run_until_stopped(shutdown.clone()));

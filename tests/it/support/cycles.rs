@@ -4,15 +4,15 @@
 use std::time::Duration;
 
 use poda_jobs::cycle::NewCycle;
+use poda_jobs::db::Db;
 use poda_jobs::testing::wait_until;
 use poda_jobs::ticket::{Currency, Money};
 use reqwest::Method;
 use serde_json::{json, Value};
-use sqlx::PgPool;
 
 use super::app::{Reply, TestApp, ADMIN_TOKEN};
 
-pub async fn seed_tier(pool: &PgPool, name: &str, currency: &str) -> i64 {
+pub async fn seed_tier(pool: &Db, name: &str, currency: &str) -> i64 {
     sqlx::query_scalar("INSERT INTO tiers (name, currency) VALUES ($1, $2) RETURNING id")
         .bind(name)
         .bind(currency)
@@ -23,13 +23,7 @@ pub async fn seed_tier(pool: &PgPool, name: &str, currency: &str) -> i64 {
 
 /// Inserts `n` members of `tier` with `status`, spread over `agents` agents
 /// (`agent-0` …); returns the first and last id.
-pub async fn seed_members(
-    pool: &PgPool,
-    tier: i64,
-    n: i64,
-    status: &str,
-    agents: i64,
-) -> (i64, i64) {
+pub async fn seed_members(pool: &Db, tier: i64, n: i64, status: &str, agents: i64) -> (i64, i64) {
     sqlx::query_as(
         "WITH m AS ( \
            INSERT INTO members (tier_id, status, agent_id, wallet_id) \
@@ -87,7 +81,7 @@ impl TestApp {
     }
 }
 
-pub async fn cycle_status(pool: &PgPool, id: i64) -> String {
+pub async fn cycle_status(pool: &Db, id: i64) -> String {
     sqlx::query_scalar("SELECT status::text FROM contribution_cycles WHERE id = $1")
         .bind(id)
         .fetch_one(pool)
@@ -96,7 +90,7 @@ pub async fn cycle_status(pool: &PgPool, id: i64) -> String {
 }
 
 /// Waits until the cycle is Active (panics if it fails or takes longer than `timeout`).
-pub async fn wait_active(pool: &PgPool, id: i64, timeout: Duration) {
+pub async fn wait_active(pool: &Db, id: i64, timeout: Duration) {
     let status = wait_until(
         "the cycle to settle",
         timeout,
@@ -108,7 +102,7 @@ pub async fn wait_active(pool: &PgPool, id: i64, timeout: Duration) {
 }
 
 /// (rows, distinct members) of the cycle's contributions.
-pub async fn contribution_counts(pool: &PgPool, id: i64) -> (i64, i64) {
+pub async fn contribution_counts(pool: &Db, id: i64) -> (i64, i64) {
     sqlx::query_as(
         "SELECT count(*), count(DISTINCT member_id) FROM member_contributions WHERE cycle_id = $1",
     )

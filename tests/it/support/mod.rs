@@ -3,6 +3,8 @@ pub mod cycles;
 pub mod monime;
 pub mod process;
 
+use poda_jobs::db::Db;
+
 /// Raises this process's open-file limit to its hard limit (many concurrent connections).
 pub fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -13,7 +15,7 @@ pub fn raise_fd_limit() {
 
 /// Enqueues probe jobs `0..n` with the default retry policy, each sleeping `sleep_ms` and
 /// recording its run in `probe_runs` (for exactly-once checks).
-pub async fn enqueue_recorded_probes(pool: &sqlx::PgPool, n: i64, sleep_ms: u64) {
+pub async fn enqueue_recorded_probes(pool: &Db, n: i64, sleep_ms: u64) {
     use poda_jobs::probe::ProbeJob;
     let jobs: Vec<_> = (0..n)
         .map(|n| {
@@ -33,7 +35,7 @@ pub async fn enqueue_recorded_probes(pool: &sqlx::PgPool, n: i64, sleep_ms: u64)
 }
 
 /// Jobs in `state`, of every queue.
-pub async fn count_state(pool: &sqlx::PgPool, state: poda_jobs::engine::JobState) -> i64 {
+pub async fn count_state(pool: &Db, state: poda_jobs::engine::JobState) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = $1")
         .bind(state)
         .fetch_one(pool)
@@ -45,6 +47,6 @@ pub async fn count_state(pool: &sqlx::PgPool, state: poda_jobs::engine::JobState
 pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The one number `sql` selects.
-pub async fn count(pool: &sqlx::PgPool, sql: &'static str) -> i64 {
+pub async fn count(pool: &Db, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
 }

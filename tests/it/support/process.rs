@@ -131,7 +131,9 @@ pub fn base_command(database_url: &str, args: &[&str]) -> std::process::Command 
         .env("RUST_LOG", "info,sqlx=warn")
         .env("WORKER_HANDLER_CONNECTIONS", "4")
         .env("WORKER_ENGINE_CONNECTIONS", "6")
-        .env_remove("WORKER_QUEUES");
+        .env_remove("WORKER_QUEUES")
+        .env_remove("DATABASE_POOLER")
+        .env_remove("DATABASE_LISTEN_URL");
     command
 }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
+use crate::db::Db;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -50,7 +50,7 @@ impl Default for MaintainerConfig {
 
 /// Proof of leadership: the duty's row names this holder until it expires.
 pub struct Leadership {
-    pool: PgPool,
+    pool: Db,
     holder: Uuid,
     lease: Duration,
     /// When the last renewal (or the taking) was sent: the leadership is sure until a lease
@@ -103,7 +103,7 @@ impl Leadership {
 }
 
 pub struct Maintainer {
-    pool: PgPool,
+    pool: Db,
     config: MaintainerConfig,
     /// This process's engine owner id.
     holder: Uuid,
@@ -112,7 +112,7 @@ pub struct Maintainer {
 
 impl Maintainer {
     /// A maintainer for the process whose engine owner id is `holder`.
-    pub fn new(config: MaintainerConfig, pool: PgPool, holder: Uuid) -> Self {
+    pub fn new(config: MaintainerConfig, pool: Db, holder: Uuid) -> Self {
         Maintainer {
             pool,
             config,

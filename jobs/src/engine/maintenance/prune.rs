@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
 use crate::engine::error::EngineError;
 
@@ -47,12 +47,12 @@ impl PruneReport {
 }
 
 pub struct Pruner {
-    pool: PgPool,
+    pool: Db,
     config: PrunerConfig,
 }
 
 impl Pruner {
-    pub fn new(config: PrunerConfig, pool: PgPool) -> Self {
+    pub fn new(config: PrunerConfig, pool: Db) -> Self {
         Pruner { pool, config }
     }
 

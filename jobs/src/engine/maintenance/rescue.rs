@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::db::Db;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::error::EngineError;
@@ -57,12 +57,12 @@ impl RescueReport {
 }
 
 pub struct Rescuer {
-    pool: PgPool,
+    pool: Db,
     config: RescuerConfig,
 }
 
 impl Rescuer {
-    pub fn new(config: RescuerConfig, pool: PgPool) -> Self {
+    pub fn new(config: RescuerConfig, pool: Db) -> Self {
         Rescuer { pool, config }
     }
 

@@ -121,11 +121,6 @@ impl Db {
         self.pool.close().await
     }
 
-    /// Whether this `Db` talks to Postgres through a transaction pooler.
-    pub fn behind_transaction_pooler(&self) -> bool {
-        self.pooled_begin.is_some()
-    }
-
     /// Begins a transaction: `BEGIN`, and behind a transaction pooler the preparation that
     /// makes named statements safe within it (see the module's documentation).
     pub async fn begin(&self) -> sqlx::Result<Transaction<'static, Postgres>> {

@@ -16,10 +16,10 @@
 //!   on a server connection, or in a transaction, other than the one that prepared it. (The
 //!   unnamed statement is no way out: sqlx may look up a type between a statement's Parse and
 //!   its Bind with a simple query, which drops the unnamed statement.);
-//! - opens every transaction with `DEALLOCATE ALL` and the session's settings as `SET LOCAL`:
-//!   the statements an earlier transaction left on the server connection (its own, or another
-//!   client's) are gone before this one prepares any, so names cannot collide and leftovers
-//!   last at most until the next transaction on that server connection.
+//! - deallocates a transaction's statements before it commits ([`Db::commit`]), and opens every
+//!   transaction with `DEALLOCATE ALL` and the session's settings as `SET LOCAL`: what a
+//!   rolled-back transaction left on the server connection (its own, or another client's) is
+//!   gone before this one prepares anything, so names cannot collide.
 //!
 //! LISTEN needs a session and is given a direct connection of its own (see the worker's
 //! `DATABASE_LISTEN_URL`), or is not used.
@@ -151,6 +151,16 @@ impl Db {
         self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await
     }
 
+    /// Commits `tx`. Behind a transaction pooler it first deallocates the statements the
+    /// transaction prepared, so that none outlives it on the server connection. Savepoints
+    /// commit with their own `commit`.
+    pub async fn commit(&self, mut tx: Transaction<'_, Postgres>) -> sqlx::Result<()> {
+        if self.pooled_begin.is_some() {
+            deallocate_all(&mut tx).await?;
+        }
+        tx.commit().await
+    }
+
     /// A second pool to the same server, connected lazily, of at most `max_connections`,
     /// whose sessions carry `extra` on top of this pool's settings.
     pub fn sibling(&self, max_connections: u32, extra: SessionSettings) -> Db {
@@ -187,7 +197,7 @@ impl Db {
     {
         let mut tx = self.begin().await?;
         let results = tx.fetch_many(query).try_collect().await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(results)
     }
 }
@@ -203,7 +213,10 @@ impl Unit {
     pub async fn done(self) -> sqlx::Result<()> {
         match self {
             Unit::Direct(_) => Ok(()),
-            Unit::Pooled(tx) => tx.commit().await,
+            Unit::Pooled(mut tx) => {
+                deallocate_all(&mut tx).await?;
+                tx.commit().await
+            }
         }
     }
 }
@@ -226,6 +239,14 @@ impl DerefMut for Unit {
             Unit::Pooled(tx) => tx,
         }
     }
+}
+
+/// Drops every prepared statement of the session. Behind a transaction pooler nothing is
+/// cached, so no later statement of the transaction relies on one. Not a macro: it has no
+/// parameters, and it cannot be prepared.
+async fn deallocate_all(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::raw_sql("DEALLOCATE ALL").execute(conn).await?;
+    Ok(())
 }
 
 /// Connect options for a connection through a pooler in `mode`: behind a transaction pooler,

@@ -189,7 +189,7 @@ fn is_data_error(error: &EngineError) -> bool {
 pub async fn write_batch(pool: &Db, deliveries: &[Delivery]) -> Result<Vec<Recorded>, EngineError> {
     let mut tx = pool.begin().await?;
     let recorded = write_in(&mut tx, deliveries).await?;
-    tx.commit().await?;
+    pool.commit(tx).await?;
     Ok(recorded)
 }
 
@@ -215,7 +215,7 @@ async fn write_each(
             Err(error) => return Err(error),
         }
     }
-    tx.commit().await?;
+    pool.commit(tx).await?;
     Ok(results)
 }
 

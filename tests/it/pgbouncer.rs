@@ -220,6 +220,31 @@ async fn webhooks_tickets_transfers_and_a_cycle_run_exactly_once_through_pgbounc
     .await;
     assert_eq!(not_done, 0, "every job of the three queues completed");
 
+    // The operator commands work through the pooler too, and do what they say.
+    let paused = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT paused_at IS NOT NULL FROM job_queues WHERE name = 'notifications'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let cycle_arg = cycle_id.to_string();
+    for (args, then_paused) in [
+        (vec!["pause", "notifications"], true),
+        (vec!["resume", "notifications"], false),
+        (vec!["cycle", cycle_arg.as_str()], false),
+        (vec!["prune", "--older-than", "1d"], false),
+    ] {
+        let out = through_pooler(&url, &args).output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "worker {args:?} through PgBouncer: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(paused().await, then_paused, "after worker {args:?}");
+    }
+
     for replica in &replicas {
         replica.sigterm();
     }

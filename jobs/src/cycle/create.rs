@@ -124,7 +124,7 @@ pub async fn create_cycle(
     let mut tx = pool.begin().await?;
     if let Some(key) = idempotency_key {
         if let Some(existing) = replay(&mut tx, new, key).await? {
-            tx.commit().await?;
+            pool.commit(tx).await?;
             return Ok(existing);
         }
     }
@@ -158,7 +158,7 @@ pub async fn create_cycle(
         // A concurrent request won the key or the claim; it has committed by now.
         if let Some(key) = idempotency_key {
             if let Some(existing) = replay(&mut tx, new, key).await? {
-                tx.commit().await?;
+                pool.commit(tx).await?;
                 return Ok(existing);
             }
         }
@@ -185,7 +185,7 @@ pub async fn create_cycle(
     enqueue_one(&mut tx, &CycleJob { cycle_id: id }.to_job())
         .await
         .map_err(CreateCycleError::Enqueue)?;
-    tx.commit().await?;
+    pool.commit(tx).await?;
     tracing::info!(cycle.id = %id, cycle.code = %code, tier.id = new.tier_id, "cycle created");
     Ok(CreatedCycle {
         id,

@@ -190,7 +190,7 @@ async fn activate(pool: &Db, id: CycleId) -> Result<(), CycleError> {
     enqueue_many(&mut tx, &jobs)
         .await
         .map_err(|source| CycleError::Enqueue { id, source })?;
-    tx.commit().await.map_err(db(id))?;
+    pool.commit(tx).await.map_err(db(id))?;
     tracing::info!(
         contributions = cycle.processed,
         agents = jobs.len(),

@@ -50,7 +50,7 @@ pub async fn fetch_progress(pool: &Db, id: CycleId) -> Result<Option<CycleProgre
     }
     let mut tx = pool.begin().await?;
     fail_if_abandoned(&mut tx, id).await?;
-    tx.commit().await?;
+    pool.commit(tx).await?;
     Ok(read(pool, id).await?.map(Row::into_progress))
 }
 

@@ -222,7 +222,7 @@ async fn run_batch<H: BatchHandler>(
     let claimed: Vec<_> = rows.iter().map(|r| (r.run_at, r.id)).collect();
     cursor.record(settings.batch_size, &claimed, Instant::now());
     if rows.is_empty() {
-        tx.commit().await?;
+        pool.commit(tx).await?;
         return Ok(0);
     }
     let claimed = rows.len();
@@ -305,7 +305,7 @@ async fn run_batch<H: BatchHandler>(
 
     let finished = async {
         finish(&mut tx, &rows, &actions).await?;
-        tx.commit().await
+        pool.commit(tx).await
     }
     .await;
     match finished {

@@ -92,7 +92,7 @@ async fn write_outcomes(
             .begin_with_settings("SET LOCAL synchronous_commit = on")
             .await?;
         let changed = query.fetch_all(&mut *tx).await?;
-        tx.commit().await?;
+        pool.commit(tx).await?;
         changed
     } else {
         query.fetch_all(pool).await?

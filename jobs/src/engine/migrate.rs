@@ -21,7 +21,7 @@ pub async fn run_migrations(pool: &Db) -> Result<(), EngineError> {
         .execute(&mut *tx)
         .await?;
     migrator.run(&mut *tx).await?;
-    tx.commit().await?;
+    pool.commit(tx).await?;
     Ok(())
 }
 

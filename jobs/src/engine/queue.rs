@@ -49,7 +49,7 @@ pub async fn resume_queue(pool: &Db, queue: &str) -> Result<QueueStatus, EngineE
     sqlx::query!("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, queue)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
+    pool.commit(tx).await?;
     Ok(status)
 }
 

@@ -133,7 +133,7 @@ pub async fn retry_failed_transfer(
         // Pruned, or still waiting: enqueue returns the existing job or makes a new one.
         None => enqueue_one(&mut tx, &job.to_job()).await?.id,
     };
-    tx.commit().await?;
+    pool.commit(tx).await?;
     tracing::info!(ticket_id, generation, new_key, job.id = %job_id, "transfer retried by an operator");
     Ok(RetriedTransfer {
         ticket_id,

@@ -29,6 +29,7 @@
 
 use sqlx::PgConnection;
 
+use crate::engine::keyed::{lock_job_by_key, KeyLock};
 use crate::engine::JobState;
 
 use super::{CycleId, CycleJob, QUEUE};
@@ -40,14 +41,8 @@ pub async fn fail_if_abandoned(
     conn: &mut PgConnection,
     id: CycleId,
 ) -> Result<Option<String>, sqlx::Error> {
-    let job = sqlx::query!(
-        "SELECT state AS \"state: JobState\", last_error FROM jobs \
-         WHERE queue = $1 AND unique_key = $2 FOR SHARE",
-        QUEUE,
-        CycleJob { cycle_id: id }.unique_key(),
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
+    let key = CycleJob { cycle_id: id }.unique_key();
+    let job = lock_job_by_key(&mut *conn, QUEUE, &key, KeyLock::Share).await?;
     let reason = match job {
         None => "its fan-out job no longer exists".to_owned(),
         Some(job) => match job.state {

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::abandoned::fail_if_abandoned;
 use super::{CycleId, CycleJob, CycleStatus, QUEUE};
+use crate::engine::keyed::job_is_live;
 
 /// Progress of one cycle. `processed` only goes up (it is committed with each chunk).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,8 +36,6 @@ struct Row {
     error: Option<String>,
     started_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
-    /// Whether the fan-out job is waiting or running (it can still settle the cycle).
-    job_live: bool,
 }
 
 /// The cycle's progress, or `None` when it does not exist. An `Initializing` cycle whose
@@ -45,7 +44,10 @@ pub async fn fetch_progress(pool: &Db, id: CycleId) -> Result<Option<CycleProgre
     let Some(row) = read(pool, id).await? else {
         return Ok(None);
     };
-    if row.status != CycleStatus::Initializing || row.job_live {
+    // Only an Initializing cycle can be left behind by its fan-out job; one whose job can
+    // still run (waiting or running) will be settled by it.
+    let key = CycleJob { cycle_id: id }.unique_key();
+    if row.status != CycleStatus::Initializing || job_is_live(pool, QUEUE, &key).await? {
         return Ok(Some(row.into_progress()));
     }
     let mut tx = pool.begin().await?;
@@ -58,13 +60,9 @@ async fn read(pool: &Db, id: CycleId) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as!(
         Row,
         "SELECT id AS \"id: CycleId\", code, status AS \"status: CycleStatus\", total, \
-                processed, error, started_at, now() AS \"now!\", \
-                EXISTS (SELECT 1 FROM jobs j WHERE j.queue = $2 AND j.unique_key = $3 \
-                          AND j.state IN ('available', 'running')) AS \"job_live!\" \
+                processed, error, started_at, now() AS \"now!\" \
          FROM contribution_cycles WHERE id = $1",
         id.0,
-        QUEUE,
-        CycleJob { cycle_id: id }.unique_key(),
     )
     .fetch_optional(pool)
     .await
@@ -121,7 +119,6 @@ mod tests {
             error: None,
             started_at: total.map(|_| now - chrono::Duration::seconds(elapsed_s)),
             now,
-            job_live: true,
         }
     }
 

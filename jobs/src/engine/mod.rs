@@ -33,6 +33,7 @@ pub mod complete;
 pub mod enqueue;
 pub mod error;
 pub mod job;
+pub mod keyed;
 pub mod lease;
 pub mod loops;
 pub mod maintenance;

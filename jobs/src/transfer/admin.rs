@@ -4,7 +4,8 @@ use crate::db::Db;
 
 use super::monime::IdempotencyKey;
 use super::{TransferJob, QUEUE};
-use crate::engine::{enqueue_one, JobId};
+use crate::engine::keyed::{lock_job_by_key, rerun_finished_job_by_key, KeyLock};
+use crate::engine::{enqueue_one, JobId, JobState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferAdminError {
@@ -81,25 +82,21 @@ pub async fn retry_failed_transfer(
         return Err(TransferAdminError::NotFailed { ticket_id, status });
     }
     let job = TransferJob { ticket_id };
-    let job_state = sqlx::query_scalar!(
-        "SELECT state::text AS \"state!\" FROM jobs \
-         WHERE queue = $1 AND unique_key = $2 FOR UPDATE",
-        QUEUE,
-        job.unique_key(),
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    let at_work = match job_state.as_deref() {
-        Some("running") => true,
+    let job_key = job.unique_key();
+    let job_state = lock_job_by_key(&mut tx, QUEUE, &job_key, KeyLock::Update)
+        .await?
+        .map(|job| job.state);
+    let at_work = match job_state {
+        Some(JobState::Running) => true,
         // An unfinished row's waiting job will run it; a failed row's will, once pending.
-        Some("available") => status != "failed",
+        Some(JobState::Available) => status != "failed",
         _ => false,
     };
-    if at_work {
+    if let (true, Some(job_state)) = (at_work, job_state) {
         return Err(TransferAdminError::AtWork {
             ticket_id,
             status,
-            job_state: job_state.unwrap_or_default(),
+            job_state: job_state.to_string(),
         });
     }
     let new_key = monime_status.as_deref() == Some("failed");
@@ -118,18 +115,9 @@ pub async fn retry_failed_transfer(
     )
     .execute(&mut *tx)
     .await?;
-    let revived = sqlx::query_scalar!(
-        "UPDATE jobs SET state = 'available', attempt = 0, run_at = now(), finished_at = NULL, \
-         updated_at = now() \
-         WHERE queue = $1 AND unique_key = $2 AND state IN ('failed', 'cancelled', 'completed') \
-         RETURNING id",
-        QUEUE,
-        job.unique_key(),
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
+    let revived = rerun_finished_job_by_key(&mut tx, QUEUE, &job_key).await?;
     let job_id = match revived {
-        Some(id) => JobId(id),
+        Some(id) => id,
         // Pruned, or still waiting: enqueue returns the existing job or makes a new one.
         None => enqueue_one(&mut tx, &job.to_job()).await?.id,
     };

@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use poda_jobs::engine::{enqueue_many_pooled, enqueue_one_pooled, JobState};
 use poda_jobs::probe::ProbeJob;
 use poda_jobs::testing::{wait_until, TestDb};
@@ -24,9 +26,32 @@ async fn worker_refuses_an_unmigrated_database_and_migrate_fixes_it() {
         err.contains("not migrated") && err.contains("worker migrate"),
         "{err}"
     );
-    let (ok, out, err) = run_worker_command(&url, &["migrate"]).await;
-    assert!(ok, "{err}");
-    assert!(out.contains("migrations applied"));
+    // Two replicas migrating at once apply each migration once, both successfully.
+    let (first, second) = tokio::join!(
+        run_worker_command(&url, &["migrate"]),
+        run_worker_command(&url, &["migrate"])
+    );
+    for (ok, out, err) in [first, second] {
+        assert!(ok, "{err}");
+        assert!(out.contains("migrations applied"));
+    }
+    let migrated = db
+        .pool
+        .pool()
+        .connect_options()
+        .as_ref()
+        .clone()
+        .database(&empty);
+    let mut conn = sqlx::PgConnection::connect_with(&migrated).await.unwrap();
+    let applied: (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT version) FILTER (WHERE success) FROM _sqlx_migrations",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let embedded = poda_jobs::engine::migrate::MIGRATOR.iter().count() as i64;
+    assert_eq!(applied, (embedded, embedded));
+    conn.close().await.unwrap();
     let (ok, out, _) = run_worker_command(&url, &["stats"]).await;
     assert!(ok);
     assert!(

@@ -9,19 +9,30 @@ use super::error::EngineError;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
-/// Applies every pending migration in one transaction, under a transaction-scoped advisory
-/// lock, so two processes migrating at once apply each migration once and a failure applies
-/// none. sqlx's own lock is a session lock, which a transaction pooler cannot hold; each
-/// migration still runs in a transaction of its own (a savepoint inside this one).
+/// Applies every pending migration, each in a transaction of its own taken under a
+/// transaction-scoped advisory lock: two processes migrating at once apply each migration
+/// once, and a migration sees the ones before it committed (an enum value one adds is usable
+/// by the next). sqlx's own lock is a session lock, which a transaction pooler cannot hold,
+/// and its migrator runs here inside the caller's transaction (each migration a savepoint).
 pub async fn run_migrations(pool: &Db) -> Result<(), EngineError> {
-    let mut migrator = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
-    migrator.set_locking(false);
-    let mut tx = pool.begin().await?;
-    sqlx::query!("SELECT pg_advisory_xact_lock(hashtext('poda migrations'))")
-        .execute(&mut *tx)
-        .await?;
-    migrator.run(&mut *tx).await?;
-    pool.commit(tx).await?;
+    apply(pool, &MIGRATOR).await
+}
+
+/// [`run_migrations`] with the migrations of `migrator`.
+pub async fn apply(pool: &Db, migrator: &Migrator) -> Result<(), EngineError> {
+    let all: Vec<_> = migrator.iter().cloned().collect();
+    for upto in 1..=all.len() {
+        // The migrations up to this one: only this one can still be pending after the
+        // transactions before; later ones already applied are not in the list, and ignored.
+        let mut migrator = Migrator::with_migrations(all[..upto].to_vec());
+        migrator.set_locking(false).set_ignore_missing(true);
+        let mut tx = pool.begin().await?;
+        sqlx::query!("SELECT pg_advisory_xact_lock(hashtext('poda migrations'))")
+            .execute(&mut *tx)
+            .await?;
+        migrator.run(&mut *tx).await?;
+        pool.commit(tx).await?;
+    }
     Ok(())
 }
 

@@ -217,20 +217,37 @@ async fn main() -> ExitCode {
             println!("{}", cluster.keep_until_exit_of(args.watch_pid));
             Ok(None)
         }
+        Scenario::Sandbox(args) => {
+            poda::telemetry::init(poda::telemetry::LogFormat::Pretty);
+            serve_sandbox(args).await.map(|()| None)
+        }
         scenario => {
             poda::telemetry::init(poda::telemetry::LogFormat::Pretty);
-            let run = match scenario {
-                Scenario::W1(args) => run(args, &mut summary, &[bench::Workload::W1]).await,
-                Scenario::W2(args) => run(args, &mut summary, &[bench::Workload::W2]).await,
-                Scenario::W3(args) => run(args, &mut summary, &[bench::Workload::W3]).await,
-                Scenario::W4(args) => run(args, &mut summary, &[bench::Workload::W4]).await,
-                Scenario::All(args) => run(args, &mut summary, bench::Workload::ALL).await,
-                Scenario::Ingest(args) => ingest(args, &mut summary).await,
-                Scenario::Fanout(args) => fanout(args, &mut summary).await,
-                Scenario::Tickets(args) => tickets(args, &mut summary).await,
-                Scenario::Transfers(args) => transfers(args, &mut summary).await,
-                Scenario::Sandbox(args) => serve_sandbox(args).await,
-                Scenario::Demo(_) | Scenario::PrivateDb(_) => unreachable!("handled above"),
+            // A signal drops the scenario, and with it the worker processes it started (they
+            // are killed when dropped): none outlives the bench.
+            let stop = poda::shutdown::on_signal();
+            let work = async {
+                match scenario {
+                    Scenario::W1(args) => run(args, &mut summary, &[bench::Workload::W1]).await,
+                    Scenario::W2(args) => run(args, &mut summary, &[bench::Workload::W2]).await,
+                    Scenario::W3(args) => run(args, &mut summary, &[bench::Workload::W3]).await,
+                    Scenario::W4(args) => run(args, &mut summary, &[bench::Workload::W4]).await,
+                    Scenario::All(args) => run(args, &mut summary, bench::Workload::ALL).await,
+                    Scenario::Ingest(args) => ingest(args, &mut summary).await,
+                    Scenario::Fanout(args) => fanout(args, &mut summary).await,
+                    Scenario::Tickets(args) => tickets(args, &mut summary).await,
+                    Scenario::Transfers(args) => transfers(args, &mut summary).await,
+                    Scenario::Demo(_) | Scenario::PrivateDb(_) | Scenario::Sandbox(_) => {
+                        unreachable!("handled above")
+                    }
+                }
+            };
+            let run = tokio::select! {
+                run = work => run,
+                () = stop.cancelled() => Err(anyhow::anyhow!(
+                    "stopped by a signal: the run's worker processes were killed; its \
+                     bench_poda_* database may be left on the server"
+                )),
             };
             run.map(Some)
         }

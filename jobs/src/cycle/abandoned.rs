@@ -18,9 +18,9 @@
 //! - It needs no second write from the process that ran the job: a reader does it, from what
 //!   is committed, whenever it looks; it is idempotent, and a repair that dies with its
 //!   transaction is done again by the next reader.
-//! - It decides and writes in one transaction that holds the job row (`FOR SHARE`), so an
-//!   operator retry of the job cannot change it in between. A retry committed after it finds
-//!   the cycle Failed, and the fan-out leaves a settled cycle alone.
+//! - It decides and writes in one transaction that holds the job row (`FOR NO KEY UPDATE`),
+//!   so an operator retry of the job cannot change it in between. A retry committed after it
+//!   finds the cycle Failed, and the fan-out leaves a settled cycle alone.
 //! - A live job (available or running) is never overruled: it settles the cycle itself, or
 //!   ends, and then the next reader repairs the cycle.
 //! - A run still going after its job ended (a stalled worker whose lease was taken) cannot
@@ -29,7 +29,7 @@
 
 use sqlx::PgConnection;
 
-use crate::engine::keyed::{lock_job_by_key, KeyLock};
+use crate::engine::keyed::lock_job_by_key;
 use crate::engine::JobState;
 
 use super::{CycleId, CycleJob, QUEUE};
@@ -42,7 +42,7 @@ pub async fn fail_if_abandoned(
     id: CycleId,
 ) -> Result<Option<String>, sqlx::Error> {
     let key = CycleJob { cycle_id: id }.unique_key();
-    let job = lock_job_by_key(&mut *conn, QUEUE, &key, KeyLock::Share).await?;
+    let job = lock_job_by_key(&mut *conn, QUEUE, &key).await?;
     let reason = match job {
         None => "its fan-out job no longer exists".to_owned(),
         Some(job) => match job.state {

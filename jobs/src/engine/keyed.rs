@@ -6,15 +6,6 @@ use sqlx::{PgConnection, PgExecutor};
 
 use super::job::{JobId, JobState};
 
-/// How the caller's transaction locks the job it finds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyLock {
-    /// Nobody changes the job's state until the transaction ends; readers go on.
-    Share,
-    /// As [`KeyLock::Share`], and nobody else locks it either: for a caller that changes it.
-    Update,
-}
-
 /// A job of a queue with a unique key, as its owner needs to see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyedJob {
@@ -30,39 +21,23 @@ impl KeyedJob {
     }
 }
 
-/// The job of `queue` keyed `unique_key`, locked as `lock` says until the caller's
-/// transaction ends; `None` if there is none (never enqueued, or pruned).
+/// The job of `queue` keyed `unique_key`, locked until the caller's transaction ends: its
+/// state cannot change meanwhile (`FOR NO KEY UPDATE`, which leaves rows that reference it
+/// free to be written); `None` if there is none (never enqueued, or pruned).
 pub async fn lock_job_by_key(
     conn: &mut PgConnection,
     queue: &str,
     unique_key: &str,
-    lock: KeyLock,
 ) -> Result<Option<KeyedJob>, sqlx::Error> {
-    // Two statements, not one built at run time: each stays checked at compile time.
-    match lock {
-        KeyLock::Share => {
-            sqlx::query_as!(
-                KeyedJob,
-                "SELECT id AS \"id: JobId\", state AS \"state: JobState\", last_error FROM jobs \
-                 WHERE queue = $1 AND unique_key = $2 FOR SHARE",
-                queue,
-                unique_key,
-            )
-            .fetch_optional(conn)
-            .await
-        }
-        KeyLock::Update => {
-            sqlx::query_as!(
-                KeyedJob,
-                "SELECT id AS \"id: JobId\", state AS \"state: JobState\", last_error FROM jobs \
-                 WHERE queue = $1 AND unique_key = $2 FOR UPDATE",
-                queue,
-                unique_key,
-            )
-            .fetch_optional(conn)
-            .await
-        }
-    }
+    sqlx::query_as!(
+        KeyedJob,
+        "SELECT id AS \"id: JobId\", state AS \"state: JobState\", last_error FROM jobs \
+         WHERE queue = $1 AND unique_key = $2 FOR NO KEY UPDATE",
+        queue,
+        unique_key,
+    )
+    .fetch_optional(conn)
+    .await
 }
 
 /// Whether the job of `queue` keyed `unique_key` can still run (waiting or running), without

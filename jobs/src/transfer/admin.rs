@@ -4,7 +4,7 @@ use crate::db::Db;
 
 use super::monime::IdempotencyKey;
 use super::{TransferJob, QUEUE};
-use crate::engine::keyed::{lock_job_by_key, rerun_finished_job_by_key, KeyLock};
+use crate::engine::keyed::{lock_job_by_key, rerun_finished_job_by_key};
 use crate::engine::{enqueue_one, JobId, JobState};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,7 @@ pub async fn retry_failed_transfer(
     }
     let job = TransferJob { ticket_id };
     let job_key = job.unique_key();
-    let job_state = lock_job_by_key(&mut tx, QUEUE, &job_key, KeyLock::Update)
+    let job_state = lock_job_by_key(&mut tx, QUEUE, &job_key)
         .await?
         .map(|job| job.state);
     let at_work = match job_state {

@@ -116,6 +116,11 @@ impl Db {
         &self.pool
     }
 
+    /// Whether this `Db` reaches Postgres through a transaction pooler.
+    pub fn behind_transaction_pooler(&self) -> bool {
+        self.pooled_begin.is_some()
+    }
+
     /// Closes the pool: see [`PgPool::close`].
     pub async fn close(&self) {
         self.pool.close().await
@@ -154,11 +159,11 @@ impl Db {
     /// Commits `tx`. Behind a transaction pooler it first deallocates the statements the
     /// transaction prepared, so that none outlives it on the server connection. Savepoints
     /// commit with their own `commit`.
-    pub async fn commit(&self, mut tx: Transaction<'_, Postgres>) -> sqlx::Result<()> {
-        if self.pooled_begin.is_some() {
-            deallocate_all(&mut tx).await?;
+    pub async fn commit(&self, tx: Transaction<'_, Postgres>) -> sqlx::Result<()> {
+        match self.pooled_begin {
+            Some(_) => commit_pooled(tx).await,
+            None => tx.commit().await,
         }
-        tx.commit().await
     }
 
     /// A second pool to the same server, connected lazily, of at most `max_connections`,
@@ -213,10 +218,7 @@ impl Unit {
     pub async fn done(self) -> sqlx::Result<()> {
         match self {
             Unit::Direct(_) => Ok(()),
-            Unit::Pooled(mut tx) => {
-                deallocate_all(&mut tx).await?;
-                tx.commit().await
-            }
+            Unit::Pooled(tx) => commit_pooled(tx).await,
         }
     }
 }
@@ -241,12 +243,12 @@ impl DerefMut for Unit {
     }
 }
 
-/// Drops every prepared statement of the session. Behind a transaction pooler nothing is
-/// cached, so no later statement of the transaction relies on one. Not a macro: it has no
-/// parameters, and it cannot be prepared.
-async fn deallocate_all(conn: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::raw_sql("DEALLOCATE ALL").execute(conn).await?;
-    Ok(())
+/// Commits a transaction behind a transaction pooler after dropping every statement it
+/// prepared (nothing is cached there, so nothing relies on one). Not a macro: `DEALLOCATE`
+/// has no parameters and cannot be prepared.
+async fn commit_pooled(mut tx: Transaction<'_, Postgres>) -> sqlx::Result<()> {
+    sqlx::raw_sql("DEALLOCATE ALL").execute(&mut *tx).await?;
+    tx.commit().await
 }
 
 /// Connect options for a connection through a pooler in `mode`: behind a transaction pooler,

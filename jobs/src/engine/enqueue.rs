@@ -115,7 +115,11 @@ pub async fn insert_new_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result
 
 /// Enqueues one job; see [`enqueue_many`].
 pub async fn enqueue_one(conn: &mut PgConnection, job: &NewJob) -> Result<Enqueued, EngineError> {
-    let mut all = enqueue_many(conn, std::slice::from_ref(job)).await?;
+    the_one(enqueue_many(conn, std::slice::from_ref(job)).await?)
+}
+
+/// The one job a single-job enqueue returned.
+fn the_one(mut all: Vec<Enqueued>) -> Result<Enqueued, EngineError> {
     all.pop()
         .ok_or_else(|| EngineError::InvalidJob("enqueue returned no row".into()))
 }
@@ -130,10 +134,7 @@ pub async fn enqueue_many_pooled(pool: &Db, jobs: &[NewJob]) -> Result<Vec<Enque
 
 /// [`enqueue_one`] on a connection of `pool`, committed at once.
 pub async fn enqueue_one_pooled(pool: &Db, job: &NewJob) -> Result<Enqueued, EngineError> {
-    let mut conn = pool.unit().await?;
-    let enqueued = enqueue_one(&mut conn, job).await?;
-    conn.done().await?;
-    Ok(enqueued)
+    the_one(enqueue_many_pooled(pool, std::slice::from_ref(job)).await?)
 }
 
 /// The jobs as one array per column, for `unnest`: the statements' parameters $1..$8 (the

@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
     let Some(command) = cli.command else {
-        let options = WorkerOptions::from_args(&cli.run, &cli.monime, cli.common.database_pooler)?;
+        let options = WorkerOptions::from_args(&cli.run, &cli.monime)?;
         // Migrations run on a session of their own: the handlers' statement and lock timeouts
         // would cut off a long migration, or one waiting for another replica's.
         {

@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use poda_jobs::cycle::{self, CycleConfig, CycleJob};
-use poda_jobs::db::{Db, Pooler};
+use poda_jobs::db::Db;
 use poda_jobs::engine::metrics::DEFAULT_GAUGE_INTERVAL;
 use poda_jobs::engine::{
-    batch_worker, BackendSettings, BatchSettings, Engine, EngineConfig, JobError, JobMeta,
+    batch_worker, BackendSettings, BatchSettings, Engine, EngineConfig, JobError, JobMeta, Listen,
     MaintainerConfig, Outcome, PgBackend, PrunerConfig,
 };
 use poda_jobs::notification::{self, AgentSummaryJob, Notifier, NotifierConfig};
@@ -220,7 +220,7 @@ impl WorkerOptions {
         }
     }
 
-    pub fn from_args(args: &RunArgs, monime: &MonimeArgs, pooler: Pooler) -> anyhow::Result<Self> {
+    pub fn from_args(args: &RunArgs, monime: &MonimeArgs) -> anyhow::Result<Self> {
         let transfers = TransferOptions::from_args(monime, &args.transfers)?;
         let queues: Vec<String> = if args.queues.is_empty() {
             // Without Monime settings the default skips commission transfers; naming the
@@ -304,16 +304,11 @@ impl WorkerOptions {
             }
         }
         engine.poll_interval = args.poll_interval;
-        engine.listen = !args.poll_only;
-        engine.listen_via = listen_pool(args.database_listen_url.as_ref())?;
-        if engine.listen && engine.listen_via.is_none() && pooler == Pooler::Transaction {
-            tracing::info!(
-                poll_interval = ?args.poll_interval,
-                "DATABASE_URL is a transaction pooler and DATABASE_LISTEN_URL is not set: \
-                 polling for new jobs instead of LISTENing"
-            );
-            engine.listen = false;
-        }
+        engine.listen = match (&args.database_listen_url, args.poll_only) {
+            (_, true) => Listen::Off,
+            (Some(url), false) => Listen::Via(listen_pool(url)?),
+            (None, false) => Listen::OnEnginePool,
+        };
         engine = engine.with_maintenance((!args.no_maintenance).then(|| MaintainerConfig {
             prune: PrunerConfig {
                 interval: args.prune_interval,
@@ -659,17 +654,14 @@ fn grace_ends(
 
 /// A pool that opens no connection of its own: the listener takes its connect options for
 /// the one session it keeps (`DATABASE_LISTEN_URL`).
-fn listen_pool(url: Option<&Secret>) -> anyhow::Result<Option<sqlx::PgPool>> {
-    let Some(url) = url else { return Ok(None) };
+fn listen_pool(url: &Secret) -> anyhow::Result<sqlx::PgPool> {
     let settings = DatabaseSettings::new(url.clone(), 1);
     let options = settings
         .connect_options()
         .context("DATABASE_LISTEN_URL (--database-listen-url)")?;
-    Ok(Some(
-        sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy_with(options),
-    ))
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options))
 }
 
 /// The shared state of this process's transfer handlers: one Monime client (its connection

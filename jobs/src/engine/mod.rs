@@ -62,4 +62,6 @@ pub use maintenance::{
 pub use outcome::Action;
 pub use queue::{pause_queue, resume_queue, QueueStatus};
 pub use retry::{JobError, Outcome, RetryPolicy};
-pub use runtime::{Engine, EngineConfig, EngineHandle, DEFAULT_LEASE, DEFAULT_POLL_INTERVAL};
+pub use runtime::{
+    Engine, EngineConfig, EngineHandle, Listen, DEFAULT_LEASE, DEFAULT_POLL_INTERVAL,
+};

@@ -35,12 +35,8 @@ pub struct EngineConfig {
     pub rescue: RescuerConfig,
     /// Claim again after this long without a notification.
     pub poll_interval: Duration,
-    /// LISTEN for enqueue notifications; off for poolers that break LISTEN (poll only).
-    pub listen: bool,
-    /// Where the listener opens its session: a pool's connect options, which are used for
-    /// the listener's own connection. `None` uses the engine's pool, which must then be a
-    /// direct connection (LISTEN does not survive a transaction pooler).
-    pub listen_via: Option<sqlx::PgPool>,
+    /// Where enqueue notifications come from (workers also poll).
+    pub listen: Listen,
     pub completer: CompleterConfig,
     /// The single-leader maintenance (pruning finished jobs); `None` runs no maintainer.
     pub maintenance: Option<MaintainerConfig>,
@@ -56,8 +52,7 @@ impl Default for EngineConfig {
             heartbeat: DEFAULT_LEASE / 3,
             rescue: RescuerConfig::default(),
             poll_interval: DEFAULT_POLL_INTERVAL,
-            listen: true,
-            listen_via: None,
+            listen: Listen::default(),
             completer: CompleterConfig::default(),
             maintenance: Some(MaintainerConfig::default()),
             gauges: None,
@@ -85,6 +80,38 @@ impl EngineConfig {
             ..m
         });
         self
+    }
+}
+
+/// Where an engine LISTENs for enqueue notifications. The listener keeps a session of its
+/// own, opened with a pool's connect options.
+#[derive(Debug, Clone, Default)]
+pub enum Listen {
+    /// On a session like the engine pool's. Behind a transaction pooler, which keeps no
+    /// session, the engine polls instead.
+    #[default]
+    OnEnginePool,
+    /// On a session like this pool's (a direct connection; nothing is opened until then).
+    Via(sqlx::PgPool),
+    /// Nowhere: workers poll.
+    Off,
+}
+
+impl Listen {
+    /// The pool whose connect options the listener uses on `engine_pool`'s engine, if any.
+    fn session_like(&self, engine_pool: &Db) -> Option<sqlx::PgPool> {
+        match self {
+            Listen::OnEnginePool if engine_pool.behind_transaction_pooler() => {
+                tracing::info!(
+                    "the engine pool is behind a transaction pooler and no direct listen \
+                     session was given: polling for new jobs instead of LISTENing"
+                );
+                None
+            }
+            Listen::OnEnginePool => Some(engine_pool.pool().clone()),
+            Listen::Via(pool) => Some(pool.clone()),
+            Listen::Off => None,
+        }
     }
 }
 
@@ -117,8 +144,12 @@ pub struct EngineHandle {
 impl Engine {
     /// Starts the engine's tasks (completer, lease renewal, rescuer and, if enabled, the
     /// maintainer, the gauges and the listener) with a fresh owner id for this process.
-    pub fn start(pool: Db, config: EngineConfig) -> EngineHandle {
+    pub fn start(pool: Db, mut config: EngineConfig) -> EngineHandle {
         let owner = Uuid::new_v4();
+        let listen_session = config.listen.session_like(&pool);
+        if listen_session.is_none() {
+            config.listen = Listen::Off;
+        }
         let registry = Registry::default();
         let signals = Signals::default();
         let loops = Loops::default();
@@ -177,15 +208,11 @@ impl Engine {
                 metrics::run_gauges(pool.clone(), interval, stop.clone()),
             );
         }
-        if config.listen {
+        if let Some(session) = listen_session {
             loops.spawn(
                 "engine:listener",
                 &stop,
-                notify::run_listener(
-                    config.listen_via.unwrap_or_else(|| pool.pool().clone()),
-                    signals,
-                    stop.clone(),
-                ),
+                notify::run_listener(session, signals, stop.clone()),
             );
         }
         tracing::info!(owner = %owner, "engine started");
@@ -249,7 +276,7 @@ impl Engine {
     /// Returns once enqueue notifications reach this process (at once when it does not
     /// listen): from then on an enqueue or a resume wakes its idle workers.
     pub async fn wait_listening(&self) {
-        if self.inner.config.listen {
+        if !matches!(self.inner.config.listen, Listen::Off) {
             self.inner.signals.wait_listening().await;
         }
     }

@@ -114,40 +114,36 @@ impl DatabaseSettings {
     /// A fully durable pool with Poda's [`SESSION`] settings: enqueue, business writes,
     /// operator commands.
     pub async fn connect(&self) -> Result<Db, ConfigError> {
-        self.connect_with(&[SESSION]).await
+        self.connect_with(&[SESSION], false).await
     }
 
     /// A pool whose transactions commit without waiting for the WAL flush: for the engine's
     /// claims, completions and leases, which are safe to lose in a server crash (the job runs
     /// again; handlers are idempotent). Enqueue and business writes use [`Self::connect`].
     pub async fn connect_async_commit(&self) -> Result<Db, ConfigError> {
-        self.connect_with(&[SESSION, ASYNC_COMMIT, KEEPALIVES])
-            .await
+        self.connect_with(ENGINE_SESSION, true).await
     }
 
     /// A pool for job handlers, whose sessions cannot hang: a statement, a lock wait and an
     /// idle transaction are bounded, and the server probes the connection so that a client
     /// that vanished does not hold its locks (see [`HANDLER`]).
     pub async fn connect_handlers(&self) -> Result<Db, ConfigError> {
-        self.connect_with(&[SESSION, HANDLER, KEEPALIVES]).await
+        self.connect_with(HANDLER_SESSION, true).await
     }
 
-    /// Directly, `settings` travel as startup options. Behind a transaction pooler they are
-    /// `SET LOCAL` in every transaction (a pooler shares sessions between clients), except the
-    /// TCP keepalives, which are the pooler's own to set (`tcp_keepalive`), and the startup
-    /// packet carries only what PgBouncer accepts.
-    async fn connect_with(&self, settings: &[SessionSettings]) -> Result<Db, ConfigError> {
+    /// Directly, `settings` (and the TCP `keepalives`, if asked) travel as startup options.
+    /// Behind a transaction pooler `settings` are `SET LOCAL` in every transaction (a pooler
+    /// shares sessions between clients), keepalives are the pooler's own to set
+    /// (`tcp_keepalive`), and the startup packet carries only what PgBouncer accepts.
+    async fn connect_with(
+        &self,
+        settings: &[SessionSettings],
+        keepalives: bool,
+    ) -> Result<Db, ConfigError> {
         let options = self.connect_options()?;
         let (options, local) = match self.pooler {
-            Pooler::None => (with_settings(options, settings), Vec::new()),
-            Pooler::Transaction => {
-                let local: Vec<SessionSettings> = settings
-                    .iter()
-                    .copied()
-                    .filter(|s| !std::ptr::eq(*s, KEEPALIVES))
-                    .collect();
-                (pooled_options(options, Pooler::Transaction), local)
-            }
+            Pooler::None => (direct_options(options, settings, keepalives), &[][..]),
+            Pooler::Transaction => (pooled_options(options, Pooler::Transaction), settings),
         };
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
@@ -165,7 +161,7 @@ impl DatabaseSettings {
                     ConfigError::Connect { target, source }
                 }
             })?;
-        Ok(Db::new(pool, self.pooler, &local))
+        Ok(Db::new(pool, self.pooler, local))
     }
 }
 
@@ -192,6 +188,12 @@ pub const HANDLER: SessionSettings = &[
     ("idle_in_transaction_session_timeout", "60s"),
 ];
 
+/// The engine pool's settings: [`SESSION`] and [`ASYNC_COMMIT`].
+const ENGINE_SESSION: &[SessionSettings] = &[SESSION, ASYNC_COMMIT];
+
+/// The handler pools' settings: [`SESSION`] and [`HANDLER`].
+const HANDLER_SESSION: &[SessionSettings] = &[SESSION, HANDLER];
+
 /// TCP keepalives from the server: a session whose client vanished without closing its
 /// connection (a half-open connection) ends within about a minute, with its locks.
 const KEEPALIVES: SessionSettings = &[
@@ -200,21 +202,28 @@ const KEEPALIVES: SessionSettings = &[
     ("tcp_keepalives_count", "3"),
 ];
 
-fn with_settings(options: PgConnectOptions, settings: &[SessionSettings]) -> PgConnectOptions {
+/// `settings`, and the TCP keepalives if asked, as startup options of a direct connection.
+fn direct_options(
+    options: PgConnectOptions,
+    settings: &[SessionSettings],
+    keepalives: bool,
+) -> PgConnectOptions {
+    let keepalives: &[SessionSettings] = if keepalives { &[KEEPALIVES] } else { &[] };
     settings
         .iter()
+        .chain(keepalives)
         .fold(options, |options, s| options.options(s.iter().copied()))
 }
 
 /// Directly connected options with the engine's settings, for benchmarks that build their
 /// own pools: they measure what production runs.
 pub fn async_commit_options(options: PgConnectOptions) -> PgConnectOptions {
-    with_settings(options, &[SESSION, ASYNC_COMMIT, KEEPALIVES])
+    direct_options(options, ENGINE_SESSION, true)
 }
 
 /// Directly connected options with the handlers' settings (see [`async_commit_options`]).
 pub fn handler_options(options: PgConnectOptions) -> PgConnectOptions {
-    with_settings(options, &[SESSION, HANDLER, KEEPALIVES])
+    direct_options(options, HANDLER_SESSION, true)
 }
 
 /// Parses `30s`, `5m`, `7d`, `2h`, `250ms` or bare seconds.

@@ -18,13 +18,19 @@ pub async fn run_migrations(pool: &Db) -> Result<(), EngineError> {
     apply(pool, &MIGRATOR).await
 }
 
-/// [`run_migrations`] with the migrations of `migrator`.
+/// [`run_migrations`] with the migrations of `migrator`. An up-to-date database costs one read.
 pub async fn apply(pool: &Db, migrator: &Migrator) -> Result<(), EngineError> {
     let all: Vec<_> = migrator.iter().cloned().collect();
-    for upto in 1..=all.len() {
+    let pending = pending(pool, migrator).await?;
+    for (upto, _) in all
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| pending.contains(&m.version))
+    {
         // The migrations up to this one: only this one can still be pending after the
-        // transactions before; later ones already applied are not in the list, and ignored.
-        let mut migrator = Migrator::with_migrations(all[..upto].to_vec());
+        // transactions before (another process may have applied it meanwhile, which the
+        // migrator sees under the lock); later ones already applied are ignored.
+        let mut migrator = Migrator::with_migrations(all[..=upto].to_vec());
         migrator.set_locking(false).set_ignore_missing(true);
         let mut tx = pool.begin().await?;
         sqlx::query!("SELECT pg_advisory_xact_lock(hashtext('poda migrations'))")
@@ -38,6 +44,23 @@ pub async fn apply(pool: &Db, migrator: &Migrator) -> Result<(), EngineError> {
 
 /// Fails with [`EngineError::NotMigrated`] unless every embedded migration has been applied.
 pub async fn ensure_migrated(pool: &Db) -> Result<(), EngineError> {
+    let pending = pending(pool, &MIGRATOR).await?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<String> = MIGRATOR
+        .iter()
+        .filter(|m| pending.contains(&m.version))
+        .map(|m| format!("{} {}", m.version, m.description))
+        .collect();
+    Err(EngineError::NotMigrated {
+        missing: missing.join(", "),
+    })
+}
+
+/// The versions of `migrator`'s migrations that this database has not applied: all of them
+/// when it has no migrations table yet.
+async fn pending(pool: &Db, migrator: &Migrator) -> Result<Vec<i64>, EngineError> {
     let table_exists =
         sqlx::query_scalar!("SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS \"exists!\"")
             .fetch_one(pool)
@@ -49,16 +72,9 @@ pub async fn ensure_migrated(pool: &Db) -> Result<(), EngineError> {
     } else {
         Vec::new()
     };
-    let missing: Vec<String> = MIGRATOR
+    Ok(migrator
         .iter()
         .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
-        .map(|m| format!("{} {}", m.version, m.description))
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(EngineError::NotMigrated {
-            missing: missing.join(", "),
-        })
-    }
+        .map(|m| m.version)
+        .collect())
 }

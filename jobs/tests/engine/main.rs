@@ -13,6 +13,7 @@ mod factory;
 mod faults;
 mod gauges;
 mod leader;
+mod listen;
 mod migrate;
 mod plans;
 mod prune;

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod cycle_watch;
 pub mod enqueuer;
 pub mod http;

@@ -30,6 +30,7 @@ pub fn router(state: AppState, settings: &EnqueuerSettings) -> Router {
         .merge(queues::router())
         .merge(health::router())
         .merge(metrics::router())
+        .merge(crate::console::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(

@@ -8,6 +8,7 @@ use poda_jobs::db::Db;
 use super::group_commit::GroupCommitHandle;
 use super::webhooks::signature::WebhookSecrets;
 use crate::config::Secret;
+use crate::console::session::ConsoleKeys;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -15,6 +16,8 @@ pub struct AppState {
     pub group_commit: GroupCommitHandle,
     pub secrets: Arc<WebhookSecrets>,
     pub admin_token: Arc<Secret>,
+    /// The console's cookie and CSRF keys, derived from the admin token.
+    pub console: Arc<ConsoleKeys>,
     /// `None` when another metrics recorder owns the process (then `/metrics` answers 503).
     pub metrics: Option<PrometheusHandle>,
     /// Largest accepted webhook body, for the 413 message.
@@ -34,6 +37,7 @@ impl AppState {
             pool,
             group_commit,
             secrets: Arc::new(secrets),
+            console: Arc::new(ConsoleKeys::derive(&admin_token)),
             admin_token: Arc::new(admin_token),
             metrics,
             body_limit,

@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod console;
 mod crash;
 mod cycles;
 mod health;

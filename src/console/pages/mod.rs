@@ -1,0 +1,7 @@
+//! One module per console page (or group of pages), each with its read queries and actions.
+
+pub mod cycles;
+pub mod jobs;
+pub mod overview;
+pub mod queues;
+pub mod transfers;

@@ -71,6 +71,8 @@ pub struct DemoOptions {
     pub payments: usize,
     /// Members of the tier whose contribution cycle the demo runs.
     pub members: i64,
+    /// Leave the enqueuer (and its console) running after the summary, until Ctrl-C.
+    pub keep_running: bool,
 }
 
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
@@ -113,6 +115,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let enqueuer = Enqueuer::build_with_pool(settings, pool.clone()).await?;
     let base = format!("http://127.0.0.1:{}", enqueuer.port());
     let server_task = tokio::spawn(enqueuer.run_until_stopped(shutdown.clone()));
+    println!("▸ enqueuer on {base}; its console: {base}/admin (admin token: {DEMO_ADMIN_TOKEN})");
 
     let worker_options = WorkerOptions {
         transfers: Some(TransferOptions::new(
@@ -198,8 +201,6 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     stop_workers.cancel();
     workers.await.context("the worker task")??;
-    shutdown.cancel();
-    server_task.await.context("the enqueuer task")??;
 
     // 4. Summary, read from Postgres and the sandbox.
     let executions = sandbox.counts.executions();
@@ -256,6 +257,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             "\nExplore it: psql {DEMO_DATABASE}, or DATABASE_URL=…/{DEMO_DATABASE} worker stats"
         );
     }
+    if options.keep_running {
+        println!(
+            "\nThe enqueuer keeps running: open {base}/admin and log in with the admin token \
+             {DEMO_ADMIN_TOKEN}. Ctrl-C stops it."
+        );
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    }
+    shutdown.cancel();
+    server_task.await.context("the enqueuer task")??;
     sandbox.shutdown().await;
     if !executed_once {
         bail!("a transfer was executed more than once at the sandbox");

@@ -185,6 +185,10 @@ struct DemoArgs {
     /// directory, a free loopback port), stopped and removed when the demo exits.
     #[arg(long)]
     private_db: bool,
+    /// After the summary, leave the enqueuer running (its console under /admin shows what
+    /// the demo did) until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
 }
 
 #[tokio::main]
@@ -203,6 +207,7 @@ async fn main() -> ExitCode {
                     server,
                     payments: args.payments,
                     members: args.members,
+                    keep_running: args.keep_running,
                 })
                 .await
                 .map(|()| None),

@@ -76,7 +76,7 @@ pub async fn show(session: Session, State(state): State<AppState>) -> Result<Mar
         } }
     };
     Ok(Page::new("Overview", "/admin")
-        .refreshing(10)
+        .refreshing(15)
         .render(&session, body))
 }
 

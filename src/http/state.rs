@@ -15,6 +15,8 @@ pub struct AppState {
     pub group_commit: GroupCommitHandle,
     pub secrets: Arc<WebhookSecrets>,
     pub admin_token: Arc<Secret>,
+    /// Opens `GET /payments/{payment_id}` only; empty: disabled.
+    pub status_token: Arc<Secret>,
     /// `None` when another metrics recorder owns the process (then `/metrics` answers 503).
     pub metrics: Option<PrometheusHandle>,
     /// Largest accepted webhook body, for the 413 message.
@@ -27,6 +29,7 @@ impl AppState {
         group_commit: GroupCommitHandle,
         secrets: WebhookSecrets,
         admin_token: Secret,
+        status_token: Secret,
         metrics: Option<PrometheusHandle>,
         body_limit: usize,
     ) -> Self {
@@ -35,6 +38,7 @@ impl AppState {
             group_commit,
             secrets: Arc::new(secrets),
             admin_token: Arc::new(admin_token),
+            status_token: Arc::new(status_token),
             metrics,
             body_limit,
         }

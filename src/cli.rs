@@ -287,6 +287,16 @@ pub struct EnqueuerArgs {
         hide_env_values = true
     )]
     pub admin_token: Secret,
+    /// Bearer token that reads payment status (`GET /payments/{id}`) and nothing else (never
+    /// logged). Empty: only the admin token reads it.
+    #[arg(
+        long,
+        env = "STATUS_TOKEN",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub status_token: Secret,
     /// Monime webhook signing secrets, comma-separated (several during a rotation).
     #[arg(
         long,

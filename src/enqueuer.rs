@@ -32,6 +32,8 @@ pub struct EnqueuerSettings {
     pub addr: SocketAddr,
     pub database: DatabaseSettings,
     pub admin_token: Secret,
+    /// Bearer token that opens `GET /payments/{payment_id}` and nothing else; empty: disabled.
+    pub status_token: Secret,
     pub webhook_secrets: Vec<Secret>,
     pub body_limit: usize,
     pub rate_limit: RateLimitSettings,
@@ -55,6 +57,7 @@ impl EnqueuerSettings {
             addr,
             database,
             admin_token: Secret::default(),
+            status_token: Secret::default(),
             webhook_secrets,
             body_limit: DEFAULT_BODY_LIMIT,
             rate_limit: RateLimitSettings {
@@ -90,6 +93,7 @@ impl EnqueuerSettings {
             addr: args.addr,
             database: common.database(args.db_connections),
             admin_token: args.admin_token.clone(),
+            status_token: args.status_token.clone(),
             webhook_secrets: secrets,
             body_limit: args.body_limit,
             rate_limit: RateLimitSettings {
@@ -142,6 +146,7 @@ impl Enqueuer {
             group_commit.handle(),
             secrets,
             settings.admin_token.clone(),
+            settings.status_token.clone(),
             crate::http::metrics::install_recorder(),
             settings.body_limit,
         );
@@ -188,5 +193,32 @@ impl Enqueuer {
         group_commit.stop().await;
         tracing::info!("enqueuer stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::EnqueuerCli;
+
+    #[test]
+    fn status_token_comes_from_its_flag_and_never_prints() {
+        let cli = EnqueuerCli::try_parse_from([
+            "enqueuer",
+            "--monime-webhook-secrets",
+            "whsec_unit",
+            "--admin-token",
+            "admin-unit-token",
+            "--status-token",
+            "status-unit-token",
+        ])
+        .unwrap();
+        let settings = EnqueuerSettings::from_args(&cli.common, &cli.run).unwrap();
+        assert_eq!(settings.status_token.expose(), "status-unit-token");
+        let printed = format!("{cli:?} {settings:?}");
+        assert!(!printed.contains("status-unit-token"), "{printed}");
+        assert!(!printed.contains("admin-unit-token"), "{printed}");
     }
 }

@@ -8,6 +8,7 @@ pub mod cycle_watch;
 pub mod enqueuer;
 pub mod http;
 pub mod ops;
+pub mod payment_status;
 pub mod sandbox;
 pub mod shutdown;
 pub mod tally;

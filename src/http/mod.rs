@@ -7,6 +7,7 @@ pub mod group_commit;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
+pub mod payments;
 pub mod queues;
 pub mod state;
 pub mod webhooks;
@@ -27,6 +28,7 @@ pub fn router(state: AppState, settings: &EnqueuerSettings) -> Router {
         .merge(webhooks::router(settings))
         .merge(cycles::router())
         .merge(jobs::router())
+        .merge(payments::router())
         .merge(queues::router())
         .merge(health::router())
         .merge(metrics::router())

@@ -18,6 +18,8 @@ pub struct AppState {
     pub admin_token: Arc<Secret>,
     /// The console's cookie and CSRF keys, derived from the admin token.
     pub console: Arc<ConsoleKeys>,
+    /// Opens `GET /payments/{payment_id}` only; empty: disabled.
+    pub status_token: Arc<Secret>,
     /// `None` when another metrics recorder owns the process (then `/metrics` answers 503).
     pub metrics: Option<PrometheusHandle>,
     /// Largest accepted webhook body, for the 413 message.
@@ -30,6 +32,7 @@ impl AppState {
         group_commit: GroupCommitHandle,
         secrets: WebhookSecrets,
         admin_token: Secret,
+        status_token: Secret,
         metrics: Option<PrometheusHandle>,
         body_limit: usize,
     ) -> Self {
@@ -39,6 +42,7 @@ impl AppState {
             secrets: Arc::new(secrets),
             console: Arc::new(ConsoleKeys::derive(&admin_token)),
             admin_token: Arc::new(admin_token),
+            status_token: Arc::new(status_token),
             metrics,
             body_limit,
         }

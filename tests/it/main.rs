@@ -11,6 +11,7 @@ mod health;
 mod metrics;
 mod ops;
 mod outage;
+mod payments;
 mod pgbouncer;
 mod process;
 mod queue_ops;

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::http::state::AppState;
-use pages::{cycles, jobs, overview, queues, transfers};
+use pages::{cycles, jobs, overview, payments, queues, transfers};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -30,4 +30,5 @@ pub fn router() -> Router<AppState> {
         .route("/admin/cycles/{id}", get(cycles::show))
         .route("/admin/transfers", get(transfers::list))
         .route("/admin/transfers/{ticket_id}/retry", post(transfers::retry))
+        .route("/admin/payments/{payment_id}", get(payments::show))
 }

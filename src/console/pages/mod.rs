@@ -3,5 +3,6 @@
 pub mod cycles;
 pub mod jobs;
 pub mod overview;
+pub mod payments;
 pub mod queues;
 pub mod transfers;

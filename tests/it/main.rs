@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod browser;
 mod console;
 mod crash;
 mod cycles;

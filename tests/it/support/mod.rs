@@ -1,4 +1,5 @@
 pub mod app;
+pub mod browser;
 pub mod cycles;
 pub mod monime;
 pub mod process;

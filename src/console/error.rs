@@ -14,6 +14,8 @@ use crate::http::error::{ApiError, ServerError};
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
     #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
     NotFound(String),
     /// The action does not apply to the thing as it is now (a running job retried, say).
     #[error("{0}")]
@@ -29,6 +31,7 @@ pub enum ConsoleError {
 impl ConsoleError {
     fn status(&self) -> StatusCode {
         match self {
+            ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::Conflict(_) => StatusCode::CONFLICT,
             ConsoleError::Forbidden => StatusCode::FORBIDDEN,

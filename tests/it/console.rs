@@ -299,7 +299,7 @@ async fn jobs_are_found_by_id_unique_key_or_state_and_paged_by_id() {
         .body;
     assert_eq!(by_state.matches("data-job=").count(), 1);
     assert!(by_state.contains("monime said no"));
-    assert_eq!(console.get("/admin/jobs?state=bogus").await.status, 404);
+    assert_eq!(console.get("/admin/jobs?state=bogus").await.status, 400);
 
     // Pages of 50, newest first, that neither skip nor repeat a job.
     let mut seen = vec![];

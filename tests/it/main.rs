@@ -4,8 +4,8 @@
 mod support;
 
 mod admin;
-mod browser;
 mod console;
+mod console_browser;
 mod crash;
 mod cycles;
 mod health;

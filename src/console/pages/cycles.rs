@@ -157,6 +157,6 @@ pub async fn show(
     };
     let page = Page::new(&progress.code, "/admin/cycles");
     // While the fan-out runs the page reloads itself: a live bar with no script.
-    let page = if running { page.refreshing(2) } else { page };
+    let page = if running { page.refreshing(1) } else { page };
     Ok(page.render(&session, body))
 }

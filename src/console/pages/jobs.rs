@@ -66,7 +66,7 @@ pub async fn list(
     Query(filter): Query<JobFilter>,
 ) -> Result<Markup, ConsoleError> {
     if !filter.state.is_empty() && !STATES.contains(&filter.state.as_str()) {
-        return Err(ConsoleError::NotFound(format!(
+        return Err(ConsoleError::BadRequest(format!(
             "there is no job state {:?}; states are {}",
             filter.state,
             STATES.join(", ")

@@ -5,6 +5,7 @@
 //! completion and durable retries. It knows no job kind. The job kinds live in their own
 //! modules and use the engine only through its public API.
 
+pub mod audit;
 pub mod batch;
 pub mod cycle;
 pub mod db;

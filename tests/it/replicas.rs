@@ -95,7 +95,7 @@ async fn eight_replicas_on_small_pools_drain_every_queue_with_one_maintenance_le
     enqueue_many_pooled(&pool, &payments).await.unwrap();
     let tier = seed_tier(&pool, "gold", "SLE").await;
     let (first, _) = seed_members(&pool, tier, 3_001, "active", 4).await;
-    let cycle = create_cycle(&pool, &new_cycle(tier, first, "CLM-replicas"), None)
+    let cycle = create_cycle(&pool, &new_cycle(tier, first, "CLM-replicas"), None, &poda_jobs::audit::Actor::Console)
         .await
         .unwrap()
         .id

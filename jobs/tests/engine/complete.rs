@@ -76,10 +76,10 @@ async fn a_cancelled_and_retried_job_claimed_again_by_the_same_process_fences_th
     let first = claim_batch(&db.pool, QUEUE, 1, owner, LEASE, None)
         .await
         .unwrap();
-    poda_jobs::engine::admin::cancel_job(&db.pool, id)
+    poda_jobs::engine::admin::cancel_job(&db.pool, id, &poda_jobs::audit::Actor::Console)
         .await
         .unwrap();
-    poda_jobs::engine::admin::retry_job(&db.pool, id)
+    poda_jobs::engine::admin::retry_job(&db.pool, id, &poda_jobs::audit::Actor::Console)
         .await
         .unwrap();
     let second = claim_batch(&db.pool, QUEUE, 1, owner, LEASE, None)

@@ -15,7 +15,7 @@ async fn queue_gauges_count_runnable_jobs_per_queue() {
         .execute(&db.pool)
         .await
         .unwrap();
-    pause_queue(&db.pool, "tickets").await.unwrap();
+    pause_queue(&db.pool, "tickets", &poda_jobs::audit::Actor::Console).await.unwrap();
 
     let rows = sample_queue_gauges(&db.pool).await.unwrap();
     let tickets = rows.iter().find(|(q, _, _)| q == "tickets").unwrap();

@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
+use poda_jobs::audit::Actor;
 use poda_jobs::cycle::create_cycle;
 use poda_jobs::db::Db;
 use poda_jobs::testing::{wait_until, TestDb};
@@ -156,11 +157,16 @@ async fn fan_out_resumes_after_kill_9_without_duplicates_or_gaps() {
     seed_members(&pool, tier, 500, "inactive", 5).await;
     let other_tier = seed_tier(&pool, "silver", "SLE").await;
     seed_members(&pool, other_tier, 500, "active", 5).await;
-    let id = create_cycle(&pool, &new_cycle(tier, first + 4_321, "CLM-crash"), None, &poda_jobs::audit::Actor::Console)
-        .await
-        .unwrap()
-        .id
-        .0;
+    let id = create_cycle(
+        &pool,
+        &new_cycle(tier, first + 4_321, "CLM-crash"),
+        None,
+        &Actor::Console,
+    )
+    .await
+    .unwrap()
+    .id
+    .0;
 
     // Chunks of 100: 500 chunks, so the kill lands in the middle.
     let args = [
@@ -216,12 +222,12 @@ async fn two_cycles_of_one_tier_fan_out_at_once_each_exactly() {
     let tier = seed_tier(&pool, "gold", "SLE").await;
     let (first, _) = seed_members(&pool, tier, 20_000, "active", 4).await;
     let (x, y) = (first + 10, first + 19_000);
-    let a = create_cycle(&pool, &new_cycle(tier, x, "CLM-a"), None, &poda_jobs::audit::Actor::Console)
+    let a = create_cycle(&pool, &new_cycle(tier, x, "CLM-a"), None, &Actor::Console)
         .await
         .unwrap()
         .id
         .0;
-    let b = create_cycle(&pool, &new_cycle(tier, y, "CLM-b"), None, &poda_jobs::audit::Actor::Console)
+    let b = create_cycle(&pool, &new_cycle(tier, y, "CLM-b"), None, &Actor::Console)
         .await
         .unwrap()
         .id
@@ -434,11 +440,16 @@ async fn activation_notifies_each_agent_once_at_the_configured_url_with_retries(
 
     let tier = seed_tier(&pool, "gold", "SLE").await;
     let (first, _) = seed_members(&pool, tier, 3_000, "active", 3).await;
-    let id = create_cycle(&pool, &new_cycle(tier, first, "CLM-notify"), None, &poda_jobs::audit::Actor::Console)
-        .await
-        .unwrap()
-        .id
-        .0;
+    let id = create_cycle(
+        &pool,
+        &new_cycle(tier, first, "CLM-notify"),
+        None,
+        &Actor::Console,
+    )
+    .await
+    .unwrap()
+    .id
+    .0;
     let expected: Vec<(String, i64)> = sqlx::query_as(
         "SELECT agent_id, count(*) FROM members WHERE tier_id = $1 AND status = 'active' \
          GROUP BY 1 ORDER BY 1",
@@ -534,7 +545,11 @@ async fn fan_out_marks_the_cycle_failed_with_the_reason_when_an_error_is_permane
     // which no retry can fix.
     let mut new = new_cycle(tier, first, "CLM-overflow");
     new.contribution.value_minor = i64::MAX / 2 + 1;
-    let id = create_cycle(&pool, &new, None, &poda_jobs::audit::Actor::Console).await.unwrap().id.0;
+    let id = create_cycle(&pool, &new, None, &Actor::Console)
+        .await
+        .unwrap()
+        .id
+        .0;
 
     let _worker = spawn_worker(&db.url, &["--queues", "contribution_cycles"]);
     let status = wait_until(
@@ -671,7 +686,7 @@ async fn a_cycle_whose_fan_out_job_ended_without_settling_it_is_failed_and_frees
         .await;
     assert_eq!(cancelled.status, 202, "{cancelled:?}");
     let cancelled = cancelled.body["cycle_id"].as_i64().unwrap();
-    admin::cancel_job(&pool, fan_out_job(&pool, cancelled).await, &poda_jobs::audit::Actor::Console)
+    admin::cancel_job(&pool, fan_out_job(&pool, cancelled).await, &Actor::Console)
         .await
         .unwrap();
     let progress = app.cycle_progress(cancelled).await;
@@ -694,7 +709,7 @@ async fn a_cycle_whose_fan_out_job_ended_without_settling_it_is_failed_and_frees
     let replayed = app.post_cycle(&body, Some("key-replayed")).await;
     assert_eq!(replayed.status, 202, "{replayed:?}");
     let replayed = replayed.body["cycle_id"].as_i64().unwrap();
-    admin::cancel_job(&pool, fan_out_job(&pool, replayed).await, &poda_jobs::audit::Actor::Console)
+    admin::cancel_job(&pool, fan_out_job(&pool, replayed).await, &Actor::Console)
         .await
         .unwrap();
     let again = app.post_cycle(&body, Some("key-replayed")).await;

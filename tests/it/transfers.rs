@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use poda::sandbox::{FaultConfig, FaultKind, Sandbox, SandboxConfig};
+use poda_jobs::audit::Actor;
 use poda_jobs::db::Db;
 use poda_jobs::engine::enqueue_many_pooled;
 use poda_jobs::testing::{wait_until, TestDb};
@@ -890,7 +891,8 @@ async fn an_operator_retry_revives_an_unfinished_row_whose_job_ended_but_not_one
             .unwrap();
     assert_eq!(job, ("available".to_owned(), 0));
 
-    let refused = poda_jobs::transfer::admin::retry_failed_transfer(&db.pool, busy, &poda_jobs::audit::Actor::Console).await;
+    let refused =
+        poda_jobs::transfer::admin::retry_failed_transfer(&db.pool, busy, &Actor::Console).await;
     assert!(
         matches!(refused, Err(TransferAdminError::AtWork { ref job_state, .. }) if job_state == "available"),
         "{refused:?}"
@@ -1052,7 +1054,7 @@ async fn an_operator_retry_of_a_transfer_whose_failing_run_has_not_ended_is_refu
     );
 
     // The operator retries now: refused, with the reason, and nothing changes.
-    let refused = retry_failed_transfer(&db.pool, ticket, &poda_jobs::audit::Actor::Console).await;
+    let refused = retry_failed_transfer(&db.pool, ticket, &Actor::Console).await;
     assert!(
         matches!(
             &refused,
@@ -1079,7 +1081,9 @@ async fn an_operator_retry_of_a_transfer_whose_failing_run_has_not_ended_is_refu
     assert_eq!((status.as_str(), job_state.as_str()), ("failed", "failed"));
 
     // Now the retry goes through: a new key, and the job runs again with fresh attempts.
-    let retried = retry_failed_transfer(&db.pool, ticket, &poda_jobs::audit::Actor::Console).await.unwrap();
+    let retried = retry_failed_transfer(&db.pool, ticket, &Actor::Console)
+        .await
+        .unwrap();
     assert!(retried.new_key);
     assert_eq!(retried.generation, 2);
     assert_eq!(

@@ -33,8 +33,8 @@ use std::sync::Arc;
 use sqlx::{Connection, PgConnection};
 
 use super::error::TicketError;
-use crate::audit::{action, subject, Actor};
 use super::{commission_minor, TicketJob};
+use crate::audit::{action, subject, Actor};
 use crate::engine::EngineError;
 use crate::engine::{insert_new_jobs, NewJob};
 use crate::sqlstate::{is_data_error, is_transaction_conflict, may_be_caused_by_a_row};

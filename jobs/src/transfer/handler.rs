@@ -19,9 +19,9 @@ use super::breaker::Breaker;
 use super::error::TransferError;
 use super::monime::{InternalTransfer, MonimeClient, MonimeError, TransferStatus};
 use super::rate_limit::GlobalRateLimit;
-use crate::audit::{action, subject, Actor};
 use super::store::{Answer, RowStatus, TransferRow as Row, TransferStore};
 use super::TransferJob;
+use crate::audit::{action, subject, Actor};
 use crate::engine::{JobError, JobMeta, Outcome};
 
 pub const DEFAULT_POLL_INITIAL: Duration = Duration::from_millis(500);

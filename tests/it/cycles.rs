@@ -396,6 +396,85 @@ async fn create_with_a_used_idempotency_key_returns_the_same_cycle_and_refuses_a
     assert_eq!((cycles, jobs), (2, 2));
 }
 
+/// A cycle's audit events, oldest first: (actor, action).
+async fn cycle_events(pool: &Db, id: i64) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT actor, action FROM audit_events \
+         WHERE subject_type = 'cycle' AND subject_id = $1::text ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+fn events(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_created_through_the_api_and_activated_by_its_fan_out_is_in_the_audit_trail() {
+    let app = spawn_enqueuer().await;
+    let pool = app.db.pool.clone();
+    let tier = seed_tier(&pool, "gold", "SLE").await;
+    let (first, _) = seed_members(&pool, tier, 20, "active", 2).await;
+    let body = cycle_request(tier, first, "CLM-audit");
+
+    let created = app.post_cycle(&body, Some("key-audit")).await;
+    assert_eq!(created.status, 202, "{created:?}");
+    let id = created.body["cycle_id"].as_i64().unwrap();
+    // A replay and a refused create record nothing.
+    let replayed = app.post_cycle(&body, Some("key-audit")).await;
+    assert_eq!(replayed.body["cycle_id"], id);
+    let refused = app
+        .post_cycle(&cycle_request(tier, first, "CLM-audit"), None)
+        .await;
+    assert_eq!(refused.status, 409, "{refused:?}");
+    assert_eq!(
+        cycle_events(&pool, id).await,
+        events(&[("api:admin", "cycle.created")])
+    );
+    let data: Value = sqlx::query_scalar(
+        "SELECT data FROM audit_events WHERE action = 'cycle.created' AND subject_id = $1::text",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(data["claim_reference"], "CLM-audit");
+    assert_eq!(data["idempotency_key"], "key-audit");
+    assert_eq!(data["amount_minor"], 2_500);
+
+    let _worker = spawn_worker(&app.db.url, &["--queues", "contribution_cycles"]);
+    let status = wait_until(
+        "the cycle to settle",
+        FAN_OUT_TIMEOUT,
+        || cycle_status(&pool, id),
+        |s| s != "Initializing",
+    )
+    .await;
+    assert_eq!(status, "Active");
+    assert_eq!(
+        cycle_events(&pool, id).await,
+        events(&[
+            ("api:admin", "cycle.created"),
+            ("worker", "cycle.activated")
+        ])
+    );
+    // Activation and its event are one transaction.
+    let same: bool = sqlx::query_scalar(
+        "SELECT c.xmin = a.xmin FROM contribution_cycles c JOIN audit_events a \
+         ON a.subject_id = c.id::text AND a.action = 'cycle.activated' WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(same);
+}
+
 /// A notification receiver: records every delivery, and answers 503 to the first one for
 /// `agent-0` so that delivery is retried.
 #[derive(Default)]
@@ -586,6 +665,13 @@ async fn fan_out_marks_the_cycle_failed_with_the_reason_when_an_error_is_permane
     )
     .await;
     assert_eq!(job.1, 1, "a permanent error is not retried");
+    assert_eq!(
+        cycle_events(&pool, id).await,
+        events(&[
+            ("console:admin", "cycle.created"),
+            ("worker", "cycle.failed")
+        ])
+    );
 
     let (ok, stdout, _) = run_worker_command(&db.url, &["cycle", &id.to_string()]).await;
     assert!(!ok, "a Failed cycle exits non-zero");
@@ -666,6 +752,11 @@ async fn a_cycle_whose_fan_out_job_ended_without_settling_it_is_failed_and_frees
     assert_eq!(progress.body["status"], "Failed", "{progress:?}");
     assert_eq!(progress.body["error"], reason.as_str());
     assert_eq!(progress.body["eta_seconds"], 0);
+    // The repair is recorded as the system's, not as the operator's who happened to look.
+    assert_eq!(
+        cycle_events(&pool, stuck).await,
+        events(&[("api:admin", "cycle.created"), ("system", "cycle.failed")])
+    );
     // The replacement is live: it holds the claim now.
     let third = app
         .post_cycle(&cycle_request(tier, first, "CLM-stuck"), None)

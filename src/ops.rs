@@ -1,7 +1,11 @@
 //! Operator commands: shared by the `worker` subcommands (and the admin API).
+//!
+//! The actions among them are recorded in the audit trail as done by [`cli_actor`], the
+//! operating-system user running the command.
 
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use poda_jobs::audit::Actor;
 use poda_jobs::db::Db;
 use poda_jobs::engine::{
     admin, migrate, queue, JobId, JobSnapshot, PruneReport, Pruner, PrunerConfig, QueueStatus,
@@ -57,12 +61,30 @@ pub async fn stats_table(pool: &Db) -> anyhow::Result<String> {
     Ok(table.to_string())
 }
 
+/// The operator at the command line: `cli:<user>`, the user from `$USER`, else `$LOGNAME`,
+/// else the name of the process's user id, else `cli:uid<N>`.
+pub fn cli_actor() -> Actor {
+    let from_env = ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|user| user.trim().to_owned())
+        .find(|user| !user.is_empty());
+    let user = from_env.unwrap_or_else(|| {
+        let uid = nix::unistd::getuid();
+        match nix::unistd::User::from_uid(uid) {
+            Ok(Some(user)) => user.name,
+            _ => format!("uid{uid}"),
+        }
+    });
+    Actor::cli(user)
+}
+
 pub async fn retry(pool: &Db, id: JobId) -> anyhow::Result<JobSnapshot> {
-    Ok(admin::retry_job(pool, id).await?)
+    Ok(admin::retry_job(pool, id, &cli_actor()).await?)
 }
 
 pub async fn cancel(pool: &Db, id: JobId) -> anyhow::Result<JobSnapshot> {
-    Ok(admin::cancel_job(pool, id).await?)
+    Ok(admin::cancel_job(pool, id, &cli_actor()).await?)
 }
 
 /// Deletes finished jobs older than `older_than`, now.
@@ -74,20 +96,23 @@ pub async fn prune(pool: &Db, older_than: std::time::Duration) -> anyhow::Result
         },
         pool.clone(),
     );
-    pruner.run_once(None).await.context("pruning finished jobs")
+    pruner
+        .run_once_by(&cli_actor())
+        .await
+        .context("pruning finished jobs")
 }
 
 pub async fn pause(pool: &Db, queue: &str) -> anyhow::Result<QueueStatus> {
-    Ok(queue::pause_queue(pool, queue).await?)
+    Ok(queue::pause_queue(pool, queue, &cli_actor()).await?)
 }
 
 pub async fn resume(pool: &Db, queue: &str) -> anyhow::Result<QueueStatus> {
-    Ok(queue::resume_queue(pool, queue).await?)
+    Ok(queue::resume_queue(pool, queue, &cli_actor()).await?)
 }
 
 /// Retries a failed commission transfer (see `transfer::admin::retry_failed_transfer`).
 pub async fn retry_transfer(pool: &Db, ticket_id: i64) -> anyhow::Result<RetriedTransfer> {
-    retry_failed_transfer(pool, ticket_id)
+    retry_failed_transfer(pool, ticket_id, &cli_actor())
         .await
         .with_context(|| format!("retrying the transfer of ticket {ticket_id}"))
 }

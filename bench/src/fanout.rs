@@ -185,7 +185,7 @@ async fn measure(
         duration_days: 30,
     };
     let started = Instant::now();
-    let id = create_cycle(pool, &new, None)
+    let id = create_cycle(pool, &new, None, &poda::ops::cli_actor())
         .await
         .context("creating the cycle")?
         .id;

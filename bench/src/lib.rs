@@ -256,12 +256,12 @@ impl BenchDb {
     }
 
     pub async fn pause_probes(&self) -> anyhow::Result<()> {
-        pause_queue(&self.pool, probe::QUEUE).await?;
+        pause_queue(&self.pool, probe::QUEUE, &poda::ops::cli_actor()).await?;
         Ok(())
     }
 
     pub async fn resume_probes(&self) -> anyhow::Result<()> {
-        resume_queue(&self.pool, probe::QUEUE).await?;
+        resume_queue(&self.pool, probe::QUEUE, &poda::ops::cli_actor()).await?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use poda_jobs::audit::Actor;
 use poda_jobs::cycle::{
     create_cycle, fetch_progress, CreateCycleError, CycleId, CycleProgress, NewCycle,
 };
@@ -94,7 +95,7 @@ async fn create(
         })?),
     };
     let new = request.into_new_cycle()?;
-    let created = create_cycle(&state.pool, &new, key)
+    let created = create_cycle(&state.pool, &new, key, &Actor::Api)
         .await
         .map_err(map_create_error)?;
     let mut reply_headers = HeaderMap::new();

@@ -1,8 +1,9 @@
-//! Admin: one job's status, and the operator actions on it.
+//! Admin: one job's status, and the operator actions on it (audited as `api:admin`).
 
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use poda_jobs::audit::Actor;
 use poda_jobs::engine::{admin, JobId, JobSnapshot};
 
 use super::auth::AdminAuth;
@@ -34,7 +35,7 @@ async fn retry_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobSnapshot>, ApiError> {
-    let job = admin::retry_job(&state.pool, parse_id(&id)?).await?;
+    let job = admin::retry_job(&state.pool, parse_id(&id)?, &Actor::Api).await?;
     tracing::info!(job.id = %job.id, job.queue = %job.queue, "job retried by an operator");
     Ok(Json(job))
 }
@@ -44,7 +45,7 @@ async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobSnapshot>, ApiError> {
-    let job = admin::cancel_job(&state.pool, parse_id(&id)?).await?;
+    let job = admin::cancel_job(&state.pool, parse_id(&id)?, &Actor::Api).await?;
     tracing::info!(job.id = %job.id, job.queue = %job.queue, "job cancelled by an operator");
     Ok(Json(job))
 }

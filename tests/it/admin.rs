@@ -81,6 +81,23 @@ async fn admin_shows_cancels_and_retries_a_job() {
         .admin(Method::POST, &format!("/jobs/{job}/retry"), token)
         .await;
     assert_eq!(conflict.status, 409);
+
+    // The two actions that went through are in the audit trail as the API's; the refused
+    // ones left nothing.
+    let trail: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT actor, action, data->>'was' FROM audit_events \
+         WHERE subject_type = 'job' AND subject_id = $1::text ORDER BY id",
+    )
+    .bind(job)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    let expected = [
+        ("api:admin", "job.cancelled", "available"),
+        ("api:admin", "job.retried", "cancelled"),
+    ]
+    .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+    assert_eq!(trail, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

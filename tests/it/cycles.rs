@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
+use poda_jobs::audit::Actor;
 use poda_jobs::cycle::create_cycle;
 use poda_jobs::db::Db;
 use poda_jobs::testing::{wait_until, TestDb};
@@ -156,11 +157,16 @@ async fn fan_out_resumes_after_kill_9_without_duplicates_or_gaps() {
     seed_members(&pool, tier, 500, "inactive", 5).await;
     let other_tier = seed_tier(&pool, "silver", "SLE").await;
     seed_members(&pool, other_tier, 500, "active", 5).await;
-    let id = create_cycle(&pool, &new_cycle(tier, first + 4_321, "CLM-crash"), None)
-        .await
-        .unwrap()
-        .id
-        .0;
+    let id = create_cycle(
+        &pool,
+        &new_cycle(tier, first + 4_321, "CLM-crash"),
+        None,
+        &Actor::Console,
+    )
+    .await
+    .unwrap()
+    .id
+    .0;
 
     // Chunks of 100: 500 chunks, so the kill lands in the middle.
     let args = [
@@ -216,12 +222,12 @@ async fn two_cycles_of_one_tier_fan_out_at_once_each_exactly() {
     let tier = seed_tier(&pool, "gold", "SLE").await;
     let (first, _) = seed_members(&pool, tier, 20_000, "active", 4).await;
     let (x, y) = (first + 10, first + 19_000);
-    let a = create_cycle(&pool, &new_cycle(tier, x, "CLM-a"), None)
+    let a = create_cycle(&pool, &new_cycle(tier, x, "CLM-a"), None, &Actor::Console)
         .await
         .unwrap()
         .id
         .0;
-    let b = create_cycle(&pool, &new_cycle(tier, y, "CLM-b"), None)
+    let b = create_cycle(&pool, &new_cycle(tier, y, "CLM-b"), None, &Actor::Console)
         .await
         .unwrap()
         .id
@@ -390,6 +396,85 @@ async fn create_with_a_used_idempotency_key_returns_the_same_cycle_and_refuses_a
     assert_eq!((cycles, jobs), (2, 2));
 }
 
+/// A cycle's audit events, oldest first: (actor, action).
+async fn cycle_events(pool: &Db, id: i64) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT actor, action FROM audit_events \
+         WHERE subject_type = 'cycle' AND subject_id = $1::text ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+fn events(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_created_through_the_api_and_activated_by_its_fan_out_is_in_the_audit_trail() {
+    let app = spawn_enqueuer().await;
+    let pool = app.db.pool.clone();
+    let tier = seed_tier(&pool, "gold", "SLE").await;
+    let (first, _) = seed_members(&pool, tier, 20, "active", 2).await;
+    let body = cycle_request(tier, first, "CLM-audit");
+
+    let created = app.post_cycle(&body, Some("key-audit")).await;
+    assert_eq!(created.status, 202, "{created:?}");
+    let id = created.body["cycle_id"].as_i64().unwrap();
+    // A replay and a refused create record nothing.
+    let replayed = app.post_cycle(&body, Some("key-audit")).await;
+    assert_eq!(replayed.body["cycle_id"], id);
+    let refused = app
+        .post_cycle(&cycle_request(tier, first, "CLM-audit"), None)
+        .await;
+    assert_eq!(refused.status, 409, "{refused:?}");
+    assert_eq!(
+        cycle_events(&pool, id).await,
+        events(&[("api:admin", "cycle.created")])
+    );
+    let data: Value = sqlx::query_scalar(
+        "SELECT data FROM audit_events WHERE action = 'cycle.created' AND subject_id = $1::text",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(data["claim_reference"], "CLM-audit");
+    assert_eq!(data["idempotency_key"], "key-audit");
+    assert_eq!(data["amount_minor"], 2_500);
+
+    let _worker = spawn_worker(&app.db.url, &["--queues", "contribution_cycles"]);
+    let status = wait_until(
+        "the cycle to settle",
+        FAN_OUT_TIMEOUT,
+        || cycle_status(&pool, id),
+        |s| s != "Initializing",
+    )
+    .await;
+    assert_eq!(status, "Active");
+    assert_eq!(
+        cycle_events(&pool, id).await,
+        events(&[
+            ("api:admin", "cycle.created"),
+            ("worker", "cycle.activated")
+        ])
+    );
+    // Activation and its event are one transaction.
+    let same: bool = sqlx::query_scalar(
+        "SELECT c.xmin = a.xmin FROM contribution_cycles c JOIN audit_events a \
+         ON a.subject_id = c.id::text AND a.action = 'cycle.activated' WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(same);
+}
+
 /// A notification receiver: records every delivery, and answers 503 to the first one for
 /// `agent-0` so that delivery is retried.
 #[derive(Default)]
@@ -434,11 +519,16 @@ async fn activation_notifies_each_agent_once_at_the_configured_url_with_retries(
 
     let tier = seed_tier(&pool, "gold", "SLE").await;
     let (first, _) = seed_members(&pool, tier, 3_000, "active", 3).await;
-    let id = create_cycle(&pool, &new_cycle(tier, first, "CLM-notify"), None)
-        .await
-        .unwrap()
-        .id
-        .0;
+    let id = create_cycle(
+        &pool,
+        &new_cycle(tier, first, "CLM-notify"),
+        None,
+        &Actor::Console,
+    )
+    .await
+    .unwrap()
+    .id
+    .0;
     let expected: Vec<(String, i64)> = sqlx::query_as(
         "SELECT agent_id, count(*) FROM members WHERE tier_id = $1 AND status = 'active' \
          GROUP BY 1 ORDER BY 1",
@@ -534,7 +624,11 @@ async fn fan_out_marks_the_cycle_failed_with_the_reason_when_an_error_is_permane
     // which no retry can fix.
     let mut new = new_cycle(tier, first, "CLM-overflow");
     new.contribution.value_minor = i64::MAX / 2 + 1;
-    let id = create_cycle(&pool, &new, None).await.unwrap().id.0;
+    let id = create_cycle(&pool, &new, None, &Actor::Console)
+        .await
+        .unwrap()
+        .id
+        .0;
 
     let _worker = spawn_worker(&db.url, &["--queues", "contribution_cycles"]);
     let status = wait_until(
@@ -571,6 +665,13 @@ async fn fan_out_marks_the_cycle_failed_with_the_reason_when_an_error_is_permane
     )
     .await;
     assert_eq!(job.1, 1, "a permanent error is not retried");
+    assert_eq!(
+        cycle_events(&pool, id).await,
+        events(&[
+            ("console:admin", "cycle.created"),
+            ("worker", "cycle.failed")
+        ])
+    );
 
     let (ok, stdout, _) = run_worker_command(&db.url, &["cycle", &id.to_string()]).await;
     assert!(!ok, "a Failed cycle exits non-zero");
@@ -651,6 +752,11 @@ async fn a_cycle_whose_fan_out_job_ended_without_settling_it_is_failed_and_frees
     assert_eq!(progress.body["status"], "Failed", "{progress:?}");
     assert_eq!(progress.body["error"], reason.as_str());
     assert_eq!(progress.body["eta_seconds"], 0);
+    // The repair is recorded as the system's, not as the operator's who happened to look.
+    assert_eq!(
+        cycle_events(&pool, stuck).await,
+        events(&[("api:admin", "cycle.created"), ("system", "cycle.failed")])
+    );
     // The replacement is live: it holds the claim now.
     let third = app
         .post_cycle(&cycle_request(tier, first, "CLM-stuck"), None)
@@ -671,7 +777,7 @@ async fn a_cycle_whose_fan_out_job_ended_without_settling_it_is_failed_and_frees
         .await;
     assert_eq!(cancelled.status, 202, "{cancelled:?}");
     let cancelled = cancelled.body["cycle_id"].as_i64().unwrap();
-    admin::cancel_job(&pool, fan_out_job(&pool, cancelled).await)
+    admin::cancel_job(&pool, fan_out_job(&pool, cancelled).await, &Actor::Console)
         .await
         .unwrap();
     let progress = app.cycle_progress(cancelled).await;
@@ -694,7 +800,7 @@ async fn a_cycle_whose_fan_out_job_ended_without_settling_it_is_failed_and_frees
     let replayed = app.post_cycle(&body, Some("key-replayed")).await;
     assert_eq!(replayed.status, 202, "{replayed:?}");
     let replayed = replayed.body["cycle_id"].as_i64().unwrap();
-    admin::cancel_job(&pool, fan_out_job(&pool, replayed).await)
+    admin::cancel_job(&pool, fan_out_job(&pool, replayed).await, &Actor::Console)
         .await
         .unwrap();
     let again = app.post_cycle(&body, Some("key-replayed")).await;

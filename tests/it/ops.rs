@@ -8,7 +8,7 @@ use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::RetryPolicy;
 
 use crate::support::count_state;
-use crate::support::process::{run_worker_command, spawn_worker};
+use crate::support::process::{run_worker_command, spawn_worker, worker_command};
 
 #[tokio::test]
 async fn worker_refuses_an_unmigrated_database_and_migrate_fixes_it() {
@@ -132,6 +132,40 @@ async fn retry_and_cancel_act_on_one_job_with_clear_errors() {
     let (ok, _, err) = run_worker_command(&db.url, &["retry", &done.id.to_string()]).await;
     assert!(!ok);
     assert!(err.contains("already completed"), "{err}");
+
+    // The retry and the cancel that went through are recorded as the operating-system user
+    // who ran them; the refused ones left nothing.
+    let trail: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT actor, action, subject_id FROM audit_events ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let actor = poda::ops::cli_actor().name();
+    assert!(actor.starts_with("cli:") && actor.len() > 4, "{actor}");
+    let expected = [("job.retried", &id), ("job.cancelled", &id)]
+        .map(|(action, subject)| (actor.clone(), action.to_owned(), subject.to_owned()));
+    assert_eq!(trail, expected);
+
+    // The user comes from the environment the command runs in.
+    let out = worker_command(&db.url, &["pause", "poda_probe"])
+        .env("USER", "night-operator")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let last: (String, String, String) =
+        sqlx::query_as("SELECT actor, action, subject_id FROM audit_log LIMIT 1")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        last,
+        (
+            "cli:night-operator".to_owned(),
+            "queue.paused".to_owned(),
+            "poda_probe".to_owned()
+        )
+    );
 }
 
 /// `--help` shows where a setting comes from, never its value when that can hold a secret.

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use poda_jobs::audit::Actor;
 use poda_jobs::cycle::create_cycle;
 use poda_jobs::db::Db;
 use poda_jobs::engine::{enqueue_many_pooled, NewJob};
@@ -95,11 +96,16 @@ async fn eight_replicas_on_small_pools_drain_every_queue_with_one_maintenance_le
     enqueue_many_pooled(&pool, &payments).await.unwrap();
     let tier = seed_tier(&pool, "gold", "SLE").await;
     let (first, _) = seed_members(&pool, tier, 3_001, "active", 4).await;
-    let cycle = create_cycle(&pool, &new_cycle(tier, first, "CLM-replicas"), None)
-        .await
-        .unwrap()
-        .id
-        .0;
+    let cycle = create_cycle(
+        &pool,
+        &new_cycle(tier, first, "CLM-replicas"),
+        None,
+        &Actor::Console,
+    )
+    .await
+    .unwrap()
+    .id
+    .0;
 
     // Eight replicas with 2 handler and 3 engine connections each: 40 connections in all.
     let queues = format!(

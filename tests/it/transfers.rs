@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use poda::sandbox::{FaultConfig, FaultKind, Sandbox, SandboxConfig};
+use poda_jobs::audit::Actor;
 use poda_jobs::db::Db;
 use poda_jobs::engine::enqueue_many_pooled;
 use poda_jobs::testing::{wait_until, TestDb};
@@ -313,6 +314,37 @@ async fn permanent_errors_fail_with_their_reason_and_are_not_retried() {
     let retried = poda::ops::retry_transfer(&db.pool, invalid).await.unwrap();
     assert!(!retried.new_key, "Monime never accepted it: same key");
     assert!(poda::ops::retry_transfer(&db.pool, invalid).await.is_err());
+
+    // Each transfer was created and failed by the worker; the operator's retries are the
+    // operator's, with the generation they run under; the refused retry left nothing.
+    let operator = poda::ops::cli_actor().name();
+    let events = transfer_events(&db.pool).await;
+    for ticket in [broke, invalid, declined] {
+        let of_ticket: Vec<(String, String, i32)> = events
+            .iter()
+            .filter(|e| e.0 == ticket)
+            .map(|e| (e.1.clone(), e.2.clone(), e.3))
+            .collect();
+        let mut expected = vec![
+            ("worker".to_owned(), "transfer.created".to_owned(), 1),
+            ("worker".to_owned(), "transfer.failed".to_owned(), 1),
+        ];
+        if ticket == declined {
+            expected.push((operator.clone(), "transfer.retried".into(), 2));
+        }
+        if ticket == invalid {
+            expected.push((operator.clone(), "transfer.retried".into(), 1));
+        }
+        assert_eq!(of_ticket, expected, "ticket {ticket}");
+    }
+    let failed: serde_json::Value = sqlx::query_scalar(
+        "SELECT data FROM audit_events WHERE action = 'transfer.failed' AND subject_id = $1::text",
+    )
+    .bind(broke)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(failed["failure_code"], "fund_insufficient");
 }
 
 #[tokio::test]
@@ -851,8 +883,42 @@ async fn the_store_reads_and_writes_the_rows_of_runs_batched_together() {
         .await
         .unwrap();
     assert_eq!(polls, None, "a completed row is not polled again");
+    store
+        .record_completed(unwritten, answer(new, new.key.clone(), "completed"))
+        .await
+        .unwrap();
+
+    // Each row written has its `transfer.created`, the completed one its `transfer.completed`
+    // (once, though recorded twice; the fenced-off answer left none), each written by the
+    // statement that wrote the row.
+    assert_eq!(
+        transfer_events(&db.pool).await,
+        [
+            (written, "worker".into(), "transfer.created".into(), 1),
+            (unwritten, "worker".into(), "transfer.created".into(), 1),
+            (unwritten, "worker".into(), "transfer.completed".into(), 1),
+        ]
+    );
+    let data: serde_json::Value =
+        sqlx::query_scalar("SELECT data FROM audit_events WHERE action = 'transfer.completed'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(data["monime_transfer_id"], format!("tfr-{}", new.id));
+    assert_eq!(data["amount_minor"], 1_250);
 
     store.stop().await;
+}
+
+/// The transfers' audit events, oldest first: (ticket, actor, action, generation).
+async fn transfer_events(pool: &Db) -> Vec<(i64, String, String, i32)> {
+    sqlx::query_as(
+        "SELECT subject_id::bigint, actor, action, (data->>'generation')::int FROM audit_events \
+         WHERE subject_type = 'transfer' ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -890,7 +956,8 @@ async fn an_operator_retry_revives_an_unfinished_row_whose_job_ended_but_not_one
             .unwrap();
     assert_eq!(job, ("available".to_owned(), 0));
 
-    let refused = poda_jobs::transfer::admin::retry_failed_transfer(&db.pool, busy).await;
+    let refused =
+        poda_jobs::transfer::admin::retry_failed_transfer(&db.pool, busy, &Actor::Console).await;
     assert!(
         matches!(refused, Err(TransferAdminError::AtWork { ref job_state, .. }) if job_state == "available"),
         "{refused:?}"
@@ -1052,7 +1119,7 @@ async fn an_operator_retry_of_a_transfer_whose_failing_run_has_not_ended_is_refu
     );
 
     // The operator retries now: refused, with the reason, and nothing changes.
-    let refused = retry_failed_transfer(&db.pool, ticket).await;
+    let refused = retry_failed_transfer(&db.pool, ticket, &Actor::Console).await;
     assert!(
         matches!(
             &refused,
@@ -1079,7 +1146,9 @@ async fn an_operator_retry_of_a_transfer_whose_failing_run_has_not_ended_is_refu
     assert_eq!((status.as_str(), job_state.as_str()), ("failed", "failed"));
 
     // Now the retry goes through: a new key, and the job runs again with fresh attempts.
-    let retried = retry_failed_transfer(&db.pool, ticket).await.unwrap();
+    let retried = retry_failed_transfer(&db.pool, ticket, &Actor::Console)
+        .await
+        .unwrap();
     assert!(retried.new_key);
     assert_eq!(retried.generation, 2);
     assert_eq!(

@@ -29,14 +29,17 @@
 
 use sqlx::PgConnection;
 
+use crate::audit::Actor;
+
 use crate::engine::keyed::lock_job_by_key;
 use crate::engine::JobState;
 
 use super::{CycleId, CycleJob, QUEUE};
 
 /// Marks cycle `id` Failed if it is `Initializing` and its fan-out job can no longer run;
-/// returns the reason it wrote, if it did. Run it inside a transaction: the job row stays
-/// locked until that commits.
+/// returns the reason it wrote, if it did; its `cycle.failed` event names the actor `system`
+/// (a repair, whoever reads). Run it inside a transaction: the job row stays locked until
+/// that commits.
 pub async fn fail_if_abandoned(
     conn: &mut PgConnection,
     id: CycleId,
@@ -57,7 +60,7 @@ pub async fn fail_if_abandoned(
             JobState::Completed => "its fan-out job completed without settling it".to_owned(),
         },
     };
-    if !super::handler::mark_failed(&mut *conn, id, &reason).await? {
+    if !super::handler::mark_failed(&mut *conn, id, &reason, &Actor::System).await? {
         return Ok(None);
     }
     tracing::warn!(cycle.id = %id, reason, "cycle left Initializing by its ended fan-out; marked Failed");

@@ -1,6 +1,7 @@
 //! Creating a cycle: validate, insert it `Initializing` and enqueue its fan-out job, in one
 //! transaction. A repeated request with the same idempotency key returns the same cycle.
 
+use crate::audit::{self, action, subject, Actor, Event};
 use crate::db::Db;
 use sqlx::PgConnection;
 
@@ -112,10 +113,14 @@ impl StoredCycle {
 /// request's cycle, and a different request with that key is refused. Invalid input is
 /// refused before anything is written. A claim with a live cycle is refused; a cycle whose
 /// fan-out job has ended without settling it is marked Failed first and does not count.
+///
+/// A cycle created here is recorded as `cycle.created` by `actor` in the same transaction; a
+/// replay records nothing.
 pub async fn create_cycle(
     pool: &Db,
     new: &NewCycle,
     idempotency_key: Option<&str>,
+    actor: &Actor,
 ) -> Result<CreatedCycle, CreateCycleError> {
     new.validate()?;
     if let Some(key) = idempotency_key {
@@ -185,6 +190,18 @@ pub async fn create_cycle(
     enqueue_one(&mut tx, &CycleJob { cycle_id: id }.to_job())
         .await
         .map_err(CreateCycleError::Enqueue)?;
+    let data = serde_json::json!({
+        "code": code,
+        "claim_reference": new.claim_reference.trim(),
+        "tier_id": new.tier_id,
+        "deceased_member_id": new.deceased_member_id,
+        "amount_minor": new.contribution.value_minor,
+        "currency": new.contribution.currency.as_str(),
+        "duration_days": new.duration_days,
+        "idempotency_key": idempotency_key,
+    });
+    let event = Event::new(action::CYCLE_CREATED, subject::CYCLE, id, data);
+    audit::record(&mut tx, actor, &event).await?;
     pool.commit(tx).await?;
     tracing::info!(cycle.id = %id, cycle.code = %code, tier.id = new.tier_id, "cycle created");
     Ok(CreatedCycle {

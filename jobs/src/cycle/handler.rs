@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use crate::audit::{self, action, subject, Actor, Event};
 use crate::db::Db;
 
 use crate::engine::outcome::error_chain;
@@ -34,7 +35,7 @@ pub async fn handle(
     if error.is_permanent() || last_attempt {
         let reason = error_chain(&error);
         tracing::error!(error = %reason, "fan-out failed for good; marking the cycle Failed");
-        if let Err(mark) = mark_failed(pool, id, &reason).await {
+        if let Err(mark) = mark_failed(pool, id, &reason, &Actor::Worker).await {
             tracing::warn!(error = %mark, "could not mark the cycle Failed; retrying");
             if !last_attempt {
                 return Err(JobError::retryable(error));
@@ -111,8 +112,8 @@ struct Settling {
     deadline: chrono::DateTime<chrono::Utc>,
 }
 
-/// `Initializing` → `Active` with the final totals, and one notification job per agent with
-/// members in the cycle, in one transaction.
+/// `Initializing` → `Active` with the final totals, one notification job per agent with
+/// members in the cycle, and the `cycle.activated` event, in one transaction.
 async fn activate(pool: &Db, id: CycleId) -> Result<(), CycleError> {
     let db = CycleError::database;
     let mut tx = pool.begin().await.map_err(db(id))?;
@@ -190,6 +191,17 @@ async fn activate(pool: &Db, id: CycleId) -> Result<(), CycleError> {
     enqueue_many(&mut tx, &jobs)
         .await
         .map_err(|source| CycleError::Enqueue { id, source })?;
+    let data = serde_json::json!({
+        "code": cycle.code,
+        "contributions": cycle.processed,
+        "target_minor": target,
+        "currency": cycle.currency,
+        "agents": jobs.len(),
+    });
+    let event = Event::new(action::CYCLE_ACTIVATED, subject::CYCLE, id, data);
+    audit::record(&mut tx, &Actor::Worker, &event)
+        .await
+        .map_err(db(id))?;
     pool.commit(tx).await.map_err(db(id))?;
     tracing::info!(
         contributions = cycle.processed,
@@ -199,18 +211,29 @@ async fn activate(pool: &Db, id: CycleId) -> Result<(), CycleError> {
     Ok(())
 }
 
-/// Marks a cycle that is still Initializing Failed with `reason`; whether it was.
+/// Marks a cycle that is still Initializing Failed with `reason`, and records its
+/// `cycle.failed` event by `actor` in the same statement; whether it was.
 pub(super) async fn mark_failed(
     conn: impl sqlx::PgExecutor<'_>,
     id: CycleId,
     reason: &str,
+    actor: &Actor,
 ) -> Result<bool, sqlx::Error> {
     let marked = sqlx::query!(
-        "UPDATE contribution_cycles \
-         SET status = 'Failed', error = $2, failed_at = now(), updated_at = now() \
-         WHERE id = $1 AND status = 'Initializing'",
+        "WITH failed AS ( \
+           UPDATE contribution_cycles \
+           SET status = 'Failed', error = $2, failed_at = now(), updated_at = now() \
+           WHERE id = $1 AND status = 'Initializing' \
+           RETURNING id, code, processed, error) \
+         INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
+         SELECT $3, $4, $5, id::text, \
+                jsonb_build_object('code', code, 'processed', processed, 'reason', error) \
+         FROM failed",
         id.0,
         reason,
+        actor.name(),
+        action::CYCLE_FAILED,
+        subject::CYCLE,
     )
     .execute(conn)
     .await?

@@ -1,5 +1,6 @@
 //! Operator actions on one job, and the queue numbers: shared by the CLI and the admin API.
 
+use crate::audit::{self, action, subject, Actor, Event};
 use crate::db::Db;
 
 use super::error::EngineError;
@@ -20,19 +21,31 @@ pub async fn fetch_job(pool: &Db, id: JobId) -> Result<JobSnapshot, EngineError>
 }
 
 /// Makes a failed, cancelled or waiting job run now with a fresh set of attempts. Its error
-/// history is kept.
-pub async fn retry_job(pool: &Db, id: JobId) -> Result<JobSnapshot, EngineError> {
+/// history is kept. The change and its `job.retried` event by `actor` commit together.
+pub async fn retry_job(pool: &Db, id: JobId, actor: &Actor) -> Result<JobSnapshot, EngineError> {
+    let mut tx = pool.begin().await?;
     let changed = sqlx::query!(
-        "UPDATE jobs SET state = 'available', attempt = 0, run_at = now(), finished_at = NULL, \
-         updated_at = now() \
-         WHERE id = $1 AND state IN ('failed', 'cancelled', 'available')",
+        "WITH before AS (SELECT id, state FROM jobs WHERE id = $1 FOR UPDATE) \
+         UPDATE jobs j SET state = 'available', attempt = 0, run_at = now(), \
+         finished_at = NULL, updated_at = now() \
+         FROM before b \
+         WHERE j.id = b.id AND b.state IN ('failed', 'cancelled', 'available') \
+         RETURNING j.queue, j.kind, b.state::text AS \"was!\"",
         id.0,
     )
-    .execute(pool)
-    .await?
-    .rows_affected()
-        > 0;
-    acted_on(pool, id, changed, |state| match state {
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(job) = &changed {
+        let data = serde_json::json!({ "queue": job.queue, "kind": job.kind, "was": job.was });
+        audit::record(
+            &mut tx,
+            actor,
+            &Event::new(action::JOB_RETRIED, subject::JOB, id, data),
+        )
+        .await?;
+    }
+    pool.commit(tx).await?;
+    acted_on(pool, id, changed.is_some(), |state| match state {
         JobState::Running => "it is running now; wait for it to finish",
         _ => "it already completed",
     })
@@ -40,19 +53,32 @@ pub async fn retry_job(pool: &Db, id: JobId) -> Result<JobSnapshot, EngineError>
 }
 
 /// Cancels a job that has not finished. A running job's outcome is then ignored when it
-/// arrives (fencing), though what its handler already did stays done.
-pub async fn cancel_job(pool: &Db, id: JobId) -> Result<JobSnapshot, EngineError> {
+/// arrives (fencing), though what its handler already did stays done. The change and its
+/// `job.cancelled` event by `actor` commit together.
+pub async fn cancel_job(pool: &Db, id: JobId, actor: &Actor) -> Result<JobSnapshot, EngineError> {
+    let mut tx = pool.begin().await?;
     let changed = sqlx::query!(
-        "UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, \
+        "WITH before AS (SELECT id, state FROM jobs WHERE id = $1 FOR UPDATE) \
+         UPDATE jobs j SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, \
          finished_at = now(), updated_at = now() \
-         WHERE id = $1 AND state IN ('available', 'running')",
+         FROM before b \
+         WHERE j.id = b.id AND b.state IN ('available', 'running') \
+         RETURNING j.queue, j.kind, b.state::text AS \"was!\"",
         id.0,
     )
-    .execute(pool)
-    .await?
-    .rows_affected()
-        > 0;
-    acted_on(pool, id, changed, |_| "it has already finished").await
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(job) = &changed {
+        let data = serde_json::json!({ "queue": job.queue, "kind": job.kind, "was": job.was });
+        audit::record(
+            &mut tx,
+            actor,
+            &Event::new(action::JOB_CANCELLED, subject::JOB, id, data),
+        )
+        .await?;
+    }
+    pool.commit(tx).await?;
+    acted_on(pool, id, changed.is_some(), |_| "it has already finished").await
 }
 
 /// The job after an operator action: as it is now when the action `changed` it, else why the

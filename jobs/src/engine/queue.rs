@@ -5,6 +5,7 @@
 //! or resume takes effect within about a second; resume also sends the queue's NOTIFY so
 //! listening workers claim at once.
 
+use crate::audit::{self, action, subject, Actor, Event};
 use crate::db::Db;
 use chrono::{DateTime, Utc};
 
@@ -18,23 +19,39 @@ pub struct QueueStatus {
     pub paused_at: Option<DateTime<Utc>>,
 }
 
-/// Stops claims from `queue`. Pausing a paused queue keeps its first `paused_at`.
-pub async fn pause_queue(pool: &Db, queue: &str) -> Result<QueueStatus, EngineError> {
-    sqlx::query_as!(
+/// Stops claims from `queue`. Pausing a paused queue keeps its first `paused_at`. The pause
+/// and its `queue.paused` event by `actor` commit together.
+pub async fn pause_queue(
+    pool: &Db,
+    queue: &str,
+    actor: &Actor,
+) -> Result<QueueStatus, EngineError> {
+    let mut tx = pool.begin().await?;
+    let status = sqlx::query_as!(
         QueueStatus,
         "UPDATE job_queues SET paused_at = coalesce(paused_at, now()) \
          WHERE name = $1 RETURNING name, paused_at",
         queue,
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| EngineError::UnknownQueue {
         queue: queue.to_owned(),
-    })
+    })?;
+    let data = serde_json::json!({ "paused_at": status.paused_at });
+    let event = Event::new(action::QUEUE_PAUSED, subject::QUEUE, queue, data);
+    audit::record(&mut tx, actor, &event).await?;
+    pool.commit(tx).await?;
+    Ok(status)
 }
 
-/// Lets workers claim from `queue` again and wakes the listening ones.
-pub async fn resume_queue(pool: &Db, queue: &str) -> Result<QueueStatus, EngineError> {
+/// Lets workers claim from `queue` again and wakes the listening ones. The resume and its
+/// `queue.resumed` event by `actor` commit together.
+pub async fn resume_queue(
+    pool: &Db,
+    queue: &str,
+    actor: &Actor,
+) -> Result<QueueStatus, EngineError> {
     let mut tx = pool.begin().await?;
     let status = sqlx::query_as!(
         QueueStatus,
@@ -46,6 +63,13 @@ pub async fn resume_queue(pool: &Db, queue: &str) -> Result<QueueStatus, EngineE
     .ok_or_else(|| EngineError::UnknownQueue {
         queue: queue.to_owned(),
     })?;
+    let event = Event::new(
+        action::QUEUE_RESUMED,
+        subject::QUEUE,
+        queue,
+        serde_json::json!({}),
+    );
+    audit::record(&mut tx, actor, &event).await?;
     sqlx::query!("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, queue)
         .execute(&mut *tx)
         .await?;

@@ -8,7 +8,8 @@
 //!   lock_payment_codes   the batch's codes, FOR UPDATE in code order
 //!   look_up_batch        companies, routes and existing tickets, set-based
 //!   (Rust)               reject what cannot become a ticket; count uses against each code's limit
-//!   insert_tickets       one multi-row INSERT … ON CONFLICT (payment_id) DO NOTHING
+//!   insert_tickets       one multi-row INSERT … ON CONFLICT (payment_id) DO NOTHING, and
+//!                        the inserted tickets' `ticket.issued` audit events, in one statement
 //!   count_code_uses      the inserted tickets' codes; exhausted at the limit
 //!   insert_new_jobs      one commission_transfers job per inserted ticket (its key is new)
 //! RELEASE SAVEPOINT
@@ -33,6 +34,7 @@ use sqlx::{Connection, PgConnection};
 
 use super::error::TicketError;
 use super::{commission_minor, TicketJob};
+use crate::audit::{action, subject, Actor};
 use crate::engine::EngineError;
 use crate::engine::{insert_new_jobs, NewJob};
 use crate::sqlstate::{is_data_error, is_transaction_conflict, may_be_caused_by_a_row};
@@ -526,6 +528,9 @@ async fn insert_tickets(
         &commissions,
         &currencies as &[&str],
         &references as &[Option<&str>],
+        Actor::Worker.name(),
+        action::TICKET_ISSUED,
+        subject::TICKET,
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -1,5 +1,6 @@
 //! Operator actions on commission transfers.
 
+use crate::audit::{self, action, subject, Actor, Event};
 use crate::db::Db;
 
 use super::monime::IdempotencyKey;
@@ -64,9 +65,13 @@ pub struct RetriedTransfer {
 /// the claim it was run under): a failed, cancelled or completed job is made available with
 /// fresh attempts; an available one (a rescued run with attempts left) is left to run, its
 /// attempt untouched so the next claim gets a new one; a pruned one is enqueued again.
+///
+/// The change and its `transfer.retried` event by `actor` (with the generation and key the
+/// transfer runs under now) commit together.
 pub async fn retry_failed_transfer(
     pool: &Db,
     ticket_id: i64,
+    actor: &Actor,
 ) -> Result<RetriedTransfer, TransferAdminError> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query!(
@@ -121,6 +126,15 @@ pub async fn retry_failed_transfer(
         // Pruned, or still waiting: enqueue returns the existing job or makes a new one.
         None => enqueue_one(&mut tx, &job.to_job()).await?.id,
     };
+    let data = serde_json::json!({
+        "generation": generation,
+        "idempotency_key": key.as_str(),
+        "new_key": new_key,
+        "was": status,
+        "job_id": job_id,
+    });
+    let event = Event::new(action::TRANSFER_RETRIED, subject::TRANSFER, ticket_id, data);
+    audit::record(&mut tx, actor, &event).await?;
     pool.commit(tx).await?;
     tracing::info!(ticket_id, generation, new_key, job.id = %job_id, "transfer retried by an operator");
     Ok(RetriedTransfer {

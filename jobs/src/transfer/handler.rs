@@ -21,6 +21,7 @@ use super::monime::{InternalTransfer, MonimeClient, MonimeError, TransferStatus}
 use super::rate_limit::GlobalRateLimit;
 use super::store::{Answer, RowStatus, TransferRow as Row, TransferStore};
 use super::TransferJob;
+use crate::audit::{action, subject, Actor};
 use crate::engine::{JobError, JobMeta, Outcome};
 
 pub const DEFAULT_POLL_INITIAL: Duration = Duration::from_millis(500);
@@ -269,15 +270,25 @@ async fn on_answer(
                 message,
             };
             sqlx::query!(
-                "UPDATE commission_transfers SET status = 'failed', monime_transfer_id = $2, \
-                 monime_status = 'failed', failure_code = $3, last_error = $4, updated_at = now(), \
-                 status_changed_at = now() \
-                 WHERE id = $1 AND idempotency_key = $5 AND status IN ('pending', 'processing')",
+                "WITH failed AS ( \
+                   UPDATE commission_transfers SET status = 'failed', monime_transfer_id = $2, \
+                   monime_status = 'failed', failure_code = $3, last_error = $4, \
+                   updated_at = now(), status_changed_at = now() \
+                   WHERE id = $1 AND idempotency_key = $5 AND status IN ('pending', 'processing') \
+                   RETURNING ticket_id, generation, failure_code, monime_status, last_error) \
+                 INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
+                 SELECT $6, $7, $8, ticket_id::text, jsonb_build_object('generation', generation, \
+                   'failure_code', failure_code, 'monime_status', monime_status, \
+                   'reason', last_error) \
+                 FROM failed",
                 row.id,
                 &transfer.id,
                 &code,
                 error.to_string(),
                 row.key.as_str(),
+                Actor::Worker.name(),
+                action::TRANSFER_FAILED,
+                subject::TRANSFER,
             )
             .execute(&ctx.pool)
             .await
@@ -298,13 +309,23 @@ async fn record_transient(
         // Out of retries: the row waits for an operator. Monime may or may not have the
         // transfer, so an operator retry keeps the same key (see `retry_failed_transfer`).
         sqlx::query!(
-            "UPDATE commission_transfers SET status = 'failed', failure_code = 'retries_exhausted', \
-             retry_count = retry_count + 1, last_error = $2, updated_at = now(), \
-             status_changed_at = now() \
-             WHERE id = $1 AND idempotency_key = $3 AND status IN ('pending', 'processing')",
+            "WITH failed AS ( \
+               UPDATE commission_transfers SET status = 'failed', \
+               failure_code = 'retries_exhausted', retry_count = retry_count + 1, \
+               last_error = $2, updated_at = now(), status_changed_at = now() \
+               WHERE id = $1 AND idempotency_key = $3 AND status IN ('pending', 'processing') \
+               RETURNING ticket_id, generation, failure_code, monime_status, last_error) \
+             INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
+             SELECT $4, $5, $6, ticket_id::text, jsonb_build_object('generation', generation, \
+               'failure_code', failure_code, 'monime_status', monime_status, \
+               'reason', last_error) \
+             FROM failed",
             row.id,
             format!("no retries left: {text}"),
             row.key.as_str(),
+            Actor::Worker.name(),
+            action::TRANSFER_FAILED,
+            subject::TRANSFER,
         )
         .execute(pool)
         .await?;
@@ -331,14 +352,23 @@ async fn record_failed(
     reason: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "UPDATE commission_transfers SET status = 'failed', monime_status = $2, failure_code = $3, \
-         last_error = $4, updated_at = now(), status_changed_at = now() \
-         WHERE id = $1 AND idempotency_key = $5 AND status IN ('pending', 'processing')",
+        "WITH failed AS ( \
+           UPDATE commission_transfers SET status = 'failed', monime_status = $2, \
+           failure_code = $3, last_error = $4, updated_at = now(), status_changed_at = now() \
+           WHERE id = $1 AND idempotency_key = $5 AND status IN ('pending', 'processing') \
+           RETURNING ticket_id, generation, failure_code, monime_status, last_error) \
+         INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
+         SELECT $6, $7, $8, ticket_id::text, jsonb_build_object('generation', generation, \
+           'failure_code', failure_code, 'monime_status', monime_status, 'reason', last_error) \
+         FROM failed",
         row.id,
         monime_status,
         code,
         reason,
         row.key.as_str(),
+        Actor::Worker.name(),
+        action::TRANSFER_FAILED,
+        subject::TRANSFER,
     )
     .execute(pool)
     .await?;

@@ -8,6 +8,9 @@
 //! record of many answers. The rare outcomes (failures, rate-limit slots) stay single-row in
 //! the handler.
 //!
+//! A row's `transfer.created` and `transfer.completed` audit events are written by the
+//! statement that writes the row, so they commit with it, batch and all.
+//!
 //! Durability is unchanged: rows and their request bodies are written on the durable pool
 //! before any call is made; answers are recorded on the status pool, whose commits may be
 //! asynchronous (losing one only makes the job ask Monime again under the same key).
@@ -22,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::TransferError;
 use super::monime::{AccountRef, Amount, CreateTransfer, IdempotencyKey};
+use crate::audit::{action, subject, Actor};
 use crate::batch::{self, BatchHandle, BatcherConfig};
 use crate::sqlstate::may_be_caused_by_a_row;
 
@@ -340,6 +344,9 @@ async fn insert_many(
         &column(|r| r.key.as_str().to_owned()),
         &column(|r| r.body.clone()),
         platform_account_id,
+        Actor::Worker.name(),
+        action::TRANSFER_CREATED,
+        subject::TRANSFER,
     )
     .fetch_all(pool)
     .await?;
@@ -403,6 +410,9 @@ async fn record_completed_many(pool: &Db, answers: Vec<Answer>) -> Vec<Shared<()
         &ids,
         &monime_ids,
         &keys,
+        Actor::Worker.name(),
+        action::TRANSFER_COMPLETED,
+        subject::TRANSFER,
     )
     .execute(pool)
     .await

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use poda_jobs::audit::Actor;
 use poda_jobs::engine::claim::claim_batch;
 use poda_jobs::engine::complete::{complete_many, Completion};
 use poda_jobs::engine::Action;
@@ -76,10 +77,10 @@ async fn a_cancelled_and_retried_job_claimed_again_by_the_same_process_fences_th
     let first = claim_batch(&db.pool, QUEUE, 1, owner, LEASE, None)
         .await
         .unwrap();
-    poda_jobs::engine::admin::cancel_job(&db.pool, id)
+    poda_jobs::engine::admin::cancel_job(&db.pool, id, &Actor::Console)
         .await
         .unwrap();
-    poda_jobs::engine::admin::retry_job(&db.pool, id)
+    poda_jobs::engine::admin::retry_job(&db.pool, id, &Actor::Console)
         .await
         .unwrap();
     let second = claim_batch(&db.pool, QUEUE, 1, owner, LEASE, None)

@@ -1,3 +1,4 @@
+use poda_jobs::audit::Actor;
 use poda_jobs::engine::metrics::sample_queue_gauges;
 use poda_jobs::engine::pause_queue;
 use poda_jobs::testing::TestDb;
@@ -15,7 +16,9 @@ async fn queue_gauges_count_runnable_jobs_per_queue() {
         .execute(&db.pool)
         .await
         .unwrap();
-    pause_queue(&db.pool, "tickets").await.unwrap();
+    pause_queue(&db.pool, "tickets", &Actor::Console)
+        .await
+        .unwrap();
 
     let rows = sample_queue_gauges(&db.pool).await.unwrap();
     let tickets = rows.iter().find(|(q, _, _)| q == "tickets").unwrap();

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod audit;
 mod backend;
 mod batch_worker;
 mod claim;

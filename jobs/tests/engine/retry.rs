@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use poda_jobs::audit::Actor;
 use poda_jobs::db::Db;
 use poda_jobs::engine::admin::retry_job;
 use poda_jobs::engine::{JobState, RetryPolicy};
@@ -111,7 +112,7 @@ async fn a_permanent_error_fails_at_once_and_an_operator_retry_runs_it_again() {
         (JobState::Failed, 1),
         "no retries"
     );
-    let job = retry_job(&db.pool, ids[0]).await.unwrap();
+    let job = retry_job(&db.pool, ids[0], &Actor::Console).await.unwrap();
     assert_eq!((job.state, job.attempts), (JobState::Available, 0));
     wait_until(
         "the second run",

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod audit;
 mod batch;
 mod code_limit;
 mod duplicates;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::audit::{action, subject, Actor};
 use crate::db::Db;
 use chrono::{DateTime, Utc};
 
@@ -63,6 +64,22 @@ impl Pruner {
     /// One pass over every finished job older than the retention, a batch per statement.
     /// `now` moves the clock for tests; `None` is the database's clock.
     pub async fn run_once(&self, now: Option<DateTime<Utc>>) -> Result<PruneReport, EngineError> {
+        self.pass(now, None).await
+    }
+
+    /// One pass asked for by an operator: each batch also records a `jobs.pruned` event by
+    /// `actor` for each queue it deleted from, in the batch's statement. (The leader's own
+    /// passes are routine and not audited.)
+    pub async fn run_once_by(&self, actor: &Actor) -> Result<PruneReport, EngineError> {
+        self.pass(None, Some(actor)).await
+    }
+
+    async fn pass(
+        &self,
+        now: Option<DateTime<Utc>>,
+        actor: Option<&Actor>,
+    ) -> Result<PruneReport, EngineError> {
+        let actor = actor.map(Actor::name);
         let mut report = PruneReport::default();
         let retention_ms = self.config.retention.as_millis().min(i64::MAX as u128) as i64;
         let batch = self.config.batch.max(1);
@@ -76,6 +93,9 @@ impl Pruner {
                 limit,
                 cursor.map(|(at, _)| at),
                 cursor.map(|(_, id)| id).unwrap_or(0),
+                actor.as_deref(),
+                action::JOBS_PRUNED,
+                subject::QUEUE,
             )
             .fetch_all(&self.pool)
             .await?;

@@ -262,7 +262,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             "\nThe enqueuer keeps running: open {base}/admin and log in with the admin token \
              {DEMO_ADMIN_TOKEN}. Ctrl-C stops it."
         );
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
     }
     shutdown.cancel();
     server_task.await.context("the enqueuer task")??;

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::http::state::AppState;
-use pages::{cycles, jobs, overview, payments, queues, transfers};
+use pages::{audit, cycles, jobs, overview, payments, queues, transfers};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -31,4 +31,5 @@ pub fn router() -> Router<AppState> {
         .route("/admin/transfers", get(transfers::list))
         .route("/admin/transfers/{ticket_id}/retry", post(transfers::retry))
         .route("/admin/payments/{payment_id}", get(payments::show))
+        .route("/admin/audit", get(audit::list))
 }

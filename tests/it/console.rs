@@ -238,6 +238,8 @@ async fn an_action_needs_the_sessions_csrf_token() {
     );
     assert_eq!(job_state(&app, job).await, "failed");
 
+    assert!(audit_of(&app, "job", &job.to_string()).await.is_empty());
+
     let csrf = console.csrf(&format!("/admin/jobs/{job}")).await;
     let retried = console.post(&path, &[("csrf", &csrf)]).await;
     assert_eq!(
@@ -245,6 +247,23 @@ async fn an_action_needs_the_sessions_csrf_token() {
         (303, Some(format!("/admin/jobs/{job}")))
     );
     assert_eq!(job_state(&app, job).await, "available");
+    assert_eq!(
+        audit_of(&app, "job", &job.to_string()).await,
+        vec![("console:admin".to_owned(), "job.retried".to_owned())]
+    );
+}
+
+/// The (actor, action) of a subject's audit events, oldest first.
+async fn audit_of(app: &TestApp, subject_type: &str, subject_id: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT actor, action FROM audit_events WHERE subject_type = $1 AND subject_id = $2 \
+         ORDER BY id",
+    )
+    .bind(subject_type)
+    .bind(subject_id)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,6 +366,28 @@ async fn queues_are_paused_and_resumed_from_the_console() {
         .post("/admin/queues/tickets/resume", &[("csrf", &csrf)])
         .await;
     assert!(paused_at().await.is_none());
+    assert_eq!(
+        audit_of(&app, "queue", "tickets").await,
+        vec![
+            ("console:admin".to_owned(), "queue.paused".to_owned()),
+            ("console:admin".to_owned(), "queue.resumed".to_owned()),
+        ]
+    );
+    // The trail shows them newest first, and filters by subject.
+    let trail = console
+        .get("/admin/audit?subject_type=queue&subject_id=tickets")
+        .await
+        .body;
+    let resumed = trail
+        .find("queue.resumed")
+        .expect("the resume in the trail");
+    let paused = trail.find("queue.paused").expect("the pause in the trail");
+    assert!(resumed < paused, "newest first");
+    assert_eq!(trail.matches("data-event=").count(), 2);
+    assert_eq!(
+        console.get("/admin/audit?subject_type=planet").await.status,
+        400
+    );
     let unknown = console
         .post("/admin/queues/no-such-queue/pause", &[("csrf", &csrf)])
         .await;

@@ -58,7 +58,10 @@ async fn scalar(pool: &Db, sql: &'static str) -> i64 {
 }
 
 fn number(text: &str) -> i64 {
-    text.replace(',', "").trim().parse().unwrap_or_else(|_| panic!("a number: {text:?}"))
+    text.replace(',', "")
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("a number: {text:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,28 +93,42 @@ async fn an_operator_logs_in_reads_the_overview_retries_a_failed_job_and_logs_ou
     let pending = scalar(&pool, "SELECT sum(pending)::bigint FROM job_queue_stats").await;
     let failed_count = scalar(&pool, "SELECT sum(failed)::bigint FROM job_queue_stats").await;
     assert_eq!((pending, failed_count), (6, 1));
-    assert_eq!(number(&browser.text("[data-stat=pending] .value").await), pending);
-    assert_eq!(number(&browser.text("[data-stat=failed] .value").await), failed_count);
     assert_eq!(
-        number(&browser.text("tr[data-queue=tickets] td[data-col=pending]").await),
+        number(&browser.text("[data-stat=pending] .value").await),
+        pending
+    );
+    assert_eq!(
+        number(&browser.text("[data-stat=failed] .value").await),
+        failed_count
+    );
+    assert_eq!(
+        number(
+            &browser
+                .text("tr[data-queue=tickets] td[data-col=pending]")
+                .await
+        ),
         pending
     );
     browser.screenshot("overview").await;
 
     // The failed job, found through the jobs page, retried with its button.
+    browser.goto(&app.url("/admin/jobs?state=failed")).await;
     browser
-        .goto(&app.url("/admin/jobs?state=failed"))
+        .wait_for(&format!("tr[data-job=\"{failed}\"]"))
         .await;
-    browser.wait_for(&format!("tr[data-job=\"{failed}\"]")).await;
     browser.screenshot("jobs").await;
-    browser
-        .click(&format!("tr[data-job=\"{failed}\"] a"))
-        .await;
-    wait_for_text(&browser, "#state", Duration::from_secs(10), |t| t == "failed").await;
+    browser.click(&format!("tr[data-job=\"{failed}\"] a")).await;
+    wait_for_text(&browser, "#state", Duration::from_secs(10), |t| {
+        t == "failed"
+    })
+    .await;
     assert!(browser.text("table#errors").await.contains("route R-9"));
     browser.screenshot("job").await;
     browser.click("form[action$=\"/retry\"] button").await;
-    wait_for_text(&browser, "#state", Duration::from_secs(10), |t| t == "available").await;
+    wait_for_text(&browser, "#state", Duration::from_secs(10), |t| {
+        t == "available"
+    })
+    .await;
     let state: String = sqlx::query_scalar("SELECT state::text FROM jobs WHERE id = $1")
         .bind(failed)
         .fetch_one(&pool)
@@ -129,13 +146,29 @@ async fn an_operator_logs_in_reads_the_overview_retries_a_failed_job_and_logs_ou
         browser.goto(&app.url(path)).await;
         browser.wait_for("main h1").await;
         browser.screenshot(name).await;
+        match name {
+            "payment" => assert!(browser
+                .text("#timeline")
+                .await
+                .contains("payment.completed")),
+            // The retry made through the button is in the trail, with the console as actor.
+            "audit" => {
+                let newest = browser.text("table#audit tbody tr").await;
+                assert!(newest.contains("console:admin"), "{newest}");
+                assert!(newest.contains("job.retried"), "{newest}");
+                assert!(newest.contains(&format!("job {failed}")), "{newest}");
+            }
+            _ => {}
+        }
     }
-    assert!(browser.text("#timeline").await.contains("payment.completed"));
 
     // Logging out ends the session: the console sends the browser back to the login.
     browser.goto(&app.url("/admin")).await;
     browser.click("form.logout button").await;
-    wait_for_text(&browser, "h1", Duration::from_secs(10), |t| t == "Poda console").await;
+    wait_for_text(&browser, "h1", Duration::from_secs(10), |t| {
+        t == "Poda console"
+    })
+    .await;
     assert_eq!(browser.current_url().await, app.url("/admin/login"));
     browser.goto(&app.url("/admin/jobs")).await;
     assert_eq!(browser.current_url().await, app.url("/admin/login"));
@@ -162,7 +195,12 @@ async fn a_cycles_progress_page_follows_its_fan_out_to_active() {
 
     let _worker = spawn_worker(
         &app.db.url,
-        &["--queues", "contribution_cycles", "--cycle-chunk-size", "500"],
+        &[
+            "--queues",
+            "contribution_cycles",
+            "--cycle-chunk-size",
+            "500",
+        ],
     );
     // The page reloads itself while the cycle fans out; catch it part-way for the record.
     let partway = wait_for_text(&browser, "#progress", CYCLE_TIMEOUT, |t| {
@@ -173,11 +211,12 @@ async fn a_cycles_progress_page_follows_its_fan_out_to_active() {
         browser.screenshot("cycle-progress").await;
     }
     wait_for_text(&browser, "#status", CYCLE_TIMEOUT, |t| t == "Active").await;
-    let processed: i64 = sqlx::query_scalar("SELECT processed FROM contribution_cycles WHERE id = $1")
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let processed: i64 =
+        sqlx::query_scalar("SELECT processed FROM contribution_cycles WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(processed, 150_000 - 1, "every member but the deceased");
     assert!(browser.text("#progress").await.starts_with("100 %"));
     assert!(browser.text("table#agents").await.contains("SLE"));

@@ -56,7 +56,8 @@ pub async fn list(
     Query(query): Query<AuditQuery>,
 ) -> Result<Markup, ConsoleError> {
     let subject = query.subject()?;
-    let mut events = audit::list(&state.pool, subject.as_ref(), query.before, PAGE_SIZE + 1).await?;
+    let mut events =
+        audit::list(&state.pool, subject.as_ref(), query.before, PAGE_SIZE + 1).await?;
     let more = events.len() as i64 > PAGE_SIZE;
     events.truncate(PAGE_SIZE as usize);
 

@@ -5,6 +5,7 @@ use axum::response::Redirect;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use poda_jobs::audit::Actor;
 use poda_jobs::engine::queue::list_queues;
 use poda_jobs::engine::{admin, JobId};
 use serde::{Deserialize, Serialize};
@@ -221,7 +222,7 @@ pub async fn show(
                 tbody { @for e in errors.iter().rev() {
                     tr {
                         td.num { (e["attempt"]) }
-                        td { (e["at"].as_str().unwrap_or("")) }
+                        td { (e["at"].as_str().and_then(|at| at.parse().ok()).map(time).unwrap_or_default()) }
                         td.error { (e["error"].as_str().unwrap_or("")) }
                     }
                 } }
@@ -239,7 +240,7 @@ pub async fn retry(
     _: CsrfChecked,
 ) -> Result<Redirect, ConsoleError> {
     let id = parse_id(&id)?;
-    let job = admin::retry_job(&state.pool, id).await?;
+    let job = admin::retry_job(&state.pool, id, &Actor::Console).await?;
     tracing::info!(job.id = %job.id, job.queue = %job.queue, "job retried from the console");
     Ok(Redirect::to(&format!("/admin/jobs/{id}")))
 }
@@ -250,7 +251,7 @@ pub async fn cancel(
     _: CsrfChecked,
 ) -> Result<Redirect, ConsoleError> {
     let id = parse_id(&id)?;
-    let job = admin::cancel_job(&state.pool, id).await?;
+    let job = admin::cancel_job(&state.pool, id, &Actor::Console).await?;
     tracing::info!(job.id = %job.id, job.queue = %job.queue, "job cancelled from the console");
     Ok(Redirect::to(&format!("/admin/jobs/{id}")))
 }

@@ -24,7 +24,9 @@ pub async fn show(
 ) -> Result<Markup, ConsoleError> {
     let payment = payment_status::fetch(&state.pool, &payment_id)
         .await?
-        .ok_or_else(|| ConsoleError::NotFound(format!("no event ever carried payment {payment_id:?}")))?;
+        .ok_or_else(|| {
+            ConsoleError::NotFound(format!("no event ever carried payment {payment_id:?}"))
+        })?;
 
     let mut steps: Vec<Step> = payment
         .events

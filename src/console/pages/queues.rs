@@ -3,6 +3,7 @@
 use axum::extract::{Path, State};
 use axum::response::Redirect;
 use maud::{html, Markup};
+use poda_jobs::audit::Actor;
 use poda_jobs::engine::admin::queue_stats;
 use poda_jobs::engine::queue::list_queues;
 use poda_jobs::engine::{pause_queue, resume_queue};
@@ -48,7 +49,7 @@ pub async fn pause(
     Path(name): Path<String>,
     _: CsrfChecked,
 ) -> Result<Redirect, ConsoleError> {
-    pause_queue(&state.pool, &name).await?;
+    pause_queue(&state.pool, &name, &Actor::Console).await?;
     tracing::info!(queue = %name, "queue paused from the console");
     Ok(Redirect::to("/admin/queues"))
 }
@@ -58,7 +59,7 @@ pub async fn resume(
     Path(name): Path<String>,
     _: CsrfChecked,
 ) -> Result<Redirect, ConsoleError> {
-    resume_queue(&state.pool, &name).await?;
+    resume_queue(&state.pool, &name, &Actor::Console).await?;
     tracing::info!(queue = %name, "queue resumed from the console");
     Ok(Redirect::to("/admin/queues"))
 }

@@ -4,6 +4,7 @@
 use axum::extract::{Path, Query, State};
 use axum::response::Redirect;
 use maud::{html, Markup};
+use poda_jobs::audit::Actor;
 use poda_jobs::transfer::admin::retry_failed_transfer;
 use serde::Deserialize;
 
@@ -103,7 +104,7 @@ pub async fn retry(
     let ticket_id: i64 = ticket_id
         .parse()
         .map_err(|_| ConsoleError::NotFound(format!("ticket {ticket_id} does not exist")))?;
-    let retried = retry_failed_transfer(&state.pool, ticket_id).await?;
+    let retried = retry_failed_transfer(&state.pool, ticket_id, &Actor::Console).await?;
     tracing::info!(
         ticket.id = ticket_id,
         job.id = %retried.job_id,

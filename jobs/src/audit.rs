@@ -40,6 +40,8 @@ pub mod action {
     pub const JOBS_PRUNED: &str = "jobs.pruned";
     pub const QUEUE_PAUSED: &str = "queue.paused";
     pub const QUEUE_RESUMED: &str = "queue.resumed";
+    pub const CONSOLE_LOGIN: &str = "console.login";
+    pub const CONSOLE_LOGOUT: &str = "console.logout";
 }
 
 /// The subjects events are about, as stored in `audit_events.subject_type`.
@@ -55,6 +57,8 @@ pub mod subject {
     pub const JOB: &str = "job";
     /// A queue, by name.
     pub const QUEUE: &str = "queue";
+    /// The console's sessions (its one operator, `admin`).
+    pub const CONSOLE: &str = "console";
 }
 
 /// Who did it.

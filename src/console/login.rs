@@ -5,8 +5,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use maud::{html, Markup};
+use poda_jobs::audit::{self, action, subject, Actor, Event};
 use serde::Deserialize;
 
+use super::error::ConsoleError;
 use super::layout::bare;
 use super::session::{self, CsrfChecked, Session};
 use crate::http::state::AppState;
@@ -38,12 +40,30 @@ pub async fn login(
         let refusal = "That is not the admin token.";
         return (StatusCode::UNAUTHORIZED, page(Some(refusal))).into_response();
     }
+    if let Err(error) = record(&state, action::CONSOLE_LOGIN).await {
+        return error.into_response();
+    }
     tracing::info!("console login");
     (session::start(&state, &headers), Redirect::to("/admin")).into_response()
 }
 
-pub async fn logout(State(state): State<AppState>, headers: HeaderMap, _: CsrfChecked) -> Response {
-    (session::end(&state, &headers), Redirect::to("/admin/login")).into_response()
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    _: CsrfChecked,
+) -> Result<Response, ConsoleError> {
+    record(&state, action::CONSOLE_LOGOUT).await?;
+    Ok((session::end(&state, &headers), Redirect::to("/admin/login")).into_response())
+}
+
+/// Sessions begin and end in the audit trail too. Refused logins only reach the log: an
+/// append-only table must not be something anyone can fill by guessing.
+async fn record(state: &AppState, what: &'static str) -> Result<(), ConsoleError> {
+    let mut tx = state.pool.begin().await?;
+    let event = Event::new(what, subject::CONSOLE, "admin", serde_json::json!({}));
+    audit::record(&mut tx, &Actor::Console, &event).await?;
+    state.pool.commit(tx).await?;
+    Ok(())
 }
 
 fn page(refusal: Option<&str>) -> Markup {

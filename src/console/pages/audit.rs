@@ -12,7 +12,7 @@ use crate::http::state::AppState;
 
 const PAGE_SIZE: i64 = 100;
 /// The subject types events are recorded under.
-const SUBJECT_TYPES: &[&str] = &["job", "queue", "ticket", "transfer", "cycle"];
+const SUBJECT_TYPES: &[&str] = &["job", "queue", "ticket", "transfer", "cycle", "console"];
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct AuditQuery {

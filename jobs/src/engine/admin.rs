@@ -2,6 +2,7 @@
 
 use crate::audit::{self, action, subject, Actor, Event};
 use crate::db::Db;
+use sqlx::PgConnection;
 
 use super::error::EngineError;
 use super::job::{JobId, JobSnapshot, JobState};
@@ -24,7 +25,8 @@ pub async fn fetch_job(pool: &Db, id: JobId) -> Result<JobSnapshot, EngineError>
 /// history is kept. The change and its `job.retried` event by `actor` commit together.
 pub async fn retry_job(pool: &Db, id: JobId, actor: &Actor) -> Result<JobSnapshot, EngineError> {
     let mut tx = pool.begin().await?;
-    let changed = sqlx::query!(
+    let changed = sqlx::query_as!(
+        Changed,
         "WITH before AS (SELECT id, state FROM jobs WHERE id = $1 FOR UPDATE) \
          UPDATE jobs j SET state = 'available', attempt = 0, run_at = now(), \
          finished_at = NULL, updated_at = now() \
@@ -35,15 +37,7 @@ pub async fn retry_job(pool: &Db, id: JobId, actor: &Actor) -> Result<JobSnapsho
     )
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some(job) = &changed {
-        let data = serde_json::json!({ "queue": job.queue, "kind": job.kind, "was": job.was });
-        audit::record(
-            &mut tx,
-            actor,
-            &Event::new(action::JOB_RETRIED, subject::JOB, id, data),
-        )
-        .await?;
-    }
+    record_change(&mut tx, actor, action::JOB_RETRIED, id, changed.as_ref()).await?;
     pool.commit(tx).await?;
     acted_on(pool, id, changed.is_some(), |state| match state {
         JobState::Running => "it is running now; wait for it to finish",
@@ -57,7 +51,8 @@ pub async fn retry_job(pool: &Db, id: JobId, actor: &Actor) -> Result<JobSnapsho
 /// `job.cancelled` event by `actor` commit together.
 pub async fn cancel_job(pool: &Db, id: JobId, actor: &Actor) -> Result<JobSnapshot, EngineError> {
     let mut tx = pool.begin().await?;
-    let changed = sqlx::query!(
+    let changed = sqlx::query_as!(
+        Changed,
         "WITH before AS (SELECT id, state FROM jobs WHERE id = $1 FOR UPDATE) \
          UPDATE jobs j SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, \
          finished_at = now(), updated_at = now() \
@@ -68,17 +63,29 @@ pub async fn cancel_job(pool: &Db, id: JobId, actor: &Actor) -> Result<JobSnapsh
     )
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some(job) = &changed {
-        let data = serde_json::json!({ "queue": job.queue, "kind": job.kind, "was": job.was });
-        audit::record(
-            &mut tx,
-            actor,
-            &Event::new(action::JOB_CANCELLED, subject::JOB, id, data),
-        )
-        .await?;
-    }
+    record_change(&mut tx, actor, action::JOB_CANCELLED, id, changed.as_ref()).await?;
     pool.commit(tx).await?;
     acted_on(pool, id, changed.is_some(), |_| "it has already finished").await
+}
+
+/// A job an operator action changed: where it is, and the state it left.
+struct Changed {
+    queue: String,
+    kind: String,
+    was: String,
+}
+
+/// Records an operator action on job `id` in its transaction, if it changed the job.
+async fn record_change(
+    conn: &mut PgConnection,
+    actor: &Actor,
+    what: &'static str,
+    id: JobId,
+    changed: Option<&Changed>,
+) -> sqlx::Result<()> {
+    let Some(job) = changed else { return Ok(()) };
+    let data = serde_json::json!({ "queue": job.queue, "kind": job.kind, "was": job.was });
+    audit::record(conn, actor, &Event::new(what, subject::JOB, id, data)).await
 }
 
 /// The job after an operator action: as it is now when the action `changed` it, else why the

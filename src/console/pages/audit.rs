@@ -80,7 +80,7 @@ pub async fn list(
                     td.mono { (e.actor) }
                     td { code { (e.action) } }
                     td { (subject_link(&e.subject_type, &e.subject_id)) }
-                    td.mono.muted { (e.data) }
+                    td.mono.muted.data { (e.data) }
                 } }
                 @if events.is_empty() { tr { td colspan="5" .muted { "No events." } } }
             }

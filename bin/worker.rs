@@ -59,6 +59,13 @@ async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
         WorkerCommand::Stats => {
             ops::ensure_schema(&pool, false).await?;
             println!("{}", ops::stats_table(&pool).await?);
+            println!("{}", ops::last_reconcile_line(&pool).await?);
+        }
+        WorkerCommand::Schedules => {
+            ops::ensure_schema(&pool, false).await?;
+            let monime = monime_config(&cli.monime)?.is_some();
+            let configured = poda::schedules::schedules(&cli.run.schedules, monime)?;
+            println!("{}", ops::schedules_table(&pool, &configured).await?);
         }
         WorkerCommand::Retry { id } => {
             let job = ops::retry(&pool, id).await?;

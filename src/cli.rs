@@ -157,6 +157,26 @@ pub struct RunArgs {
     pub notifications_timeout: Duration,
     #[command(flatten)]
     pub transfers: TransferArgs,
+    #[command(flatten)]
+    pub schedules: ScheduleArgs,
+}
+
+/// Periodic jobs (docs/periodic-jobs.md): the built-in schedules and the operator's own.
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleArgs {
+    /// Extra periodic jobs: `name=<cron>|<queue>|<kind>[|<JSON payload>]`, separated by `;`.
+    /// Cron has 6 fields, seconds first, e.g. `nightly=0 0 3 * * *|probe|probe`.
+    #[arg(long = "schedules", env = "WORKER_SCHEDULES", default_value = "")]
+    pub schedules: String,
+    /// The IANA time zone every schedule's expression is read in.
+    #[arg(long, env = "SCHEDULE_TIMEZONE", default_value = "UTC")]
+    pub schedule_timezone: String,
+    /// When `reconcile-transfers` runs (6-field cron, seconds first; `off` disables it).
+    #[arg(long, env = "SCHEDULE_RECONCILE_TRANSFERS", default_value = poda_jobs::transfer::reconcile_job::DEFAULT_EXPRESSION)]
+    pub schedule_reconcile_transfers: String,
+    /// When `contribution-deadlines` runs (6-field cron, seconds first; `off` disables it).
+    #[arg(long, env = "SCHEDULE_CONTRIBUTION_DEADLINES", default_value = poda_jobs::cycle::deadlines::DEFAULT_EXPRESSION)]
+    pub schedule_contribution_deadlines: String,
 }
 
 /// How commission transfers are paced (the `commission_transfers` queue).
@@ -194,8 +214,10 @@ pub struct TransferArgs {
 pub enum WorkerCommand {
     /// Apply pending migrations and exit.
     Migrate,
-    /// Print the job_queue_stats view as a table.
+    /// Print the job_queue_stats view as a table, and the last transfer reconciliation.
     Stats,
+    /// List the periodic jobs: name, expression, time zone, last and next slot.
+    Schedules,
     /// Run a failed, cancelled or waiting job again now, with fresh attempts.
     Retry { id: JobId },
     /// Cancel a job that has not finished.

@@ -10,6 +10,7 @@ pub mod http;
 pub mod ops;
 pub mod payment_status;
 pub mod sandbox;
+pub mod schedules;
 pub mod shutdown;
 pub mod tally;
 pub mod telemetry;

@@ -7,12 +7,14 @@ use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use poda_jobs::audit::Actor;
 use poda_jobs::db::Db;
+use poda_jobs::engine::schedule::{self, Schedule};
 use poda_jobs::engine::{
     admin, migrate, queue, JobId, JobSnapshot, PruneReport, Pruner, PrunerConfig, QueueStatus,
 };
 use poda_jobs::transfer::admin::{retry_failed_transfer, RetriedTransfer};
 use poda_jobs::transfer::monime::MonimeClient;
 use poda_jobs::transfer::reconcile::{self, ReconcileConfig, ReconcileReport};
+use poda_jobs::transfer::reconcile_job;
 
 pub async fn migrate(pool: &Db) -> anyhow::Result<()> {
     migrate::run_migrations(pool)
@@ -57,6 +59,87 @@ pub async fn stats_table(pool: &Db) -> anyhow::Result<String> {
             s.done_last_hour.to_string(),
             s.oldest_pending_age_s.to_string(),
         ]);
+    }
+    Ok(table.to_string())
+}
+
+/// The last run of the `reconcile-transfers` schedule, one line for `worker stats`.
+pub async fn last_reconcile_line(pool: &Db) -> anyhow::Result<String> {
+    let run = reconcile_job::last_run(pool)
+        .await
+        .context("reading reconcile_runs")?;
+    Ok(match run {
+        None => "last transfer reconciliation: none yet".to_owned(),
+        Some(run) => format!(
+            "last transfer reconciliation: run {} finished {} ({} ms), {} transfers checked, {} findings{}",
+            run.id,
+            run.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            (run.finished_at - run.started_at).num_milliseconds(),
+            run.checked,
+            run.findings,
+            if run.findings > 0 { " → needs attention (worker reconcile)" } else { "" },
+        ),
+    })
+}
+
+/// The periodic jobs as a table: those the workers recorded in `job_schedules`, and those
+/// `configured` here that no worker has recorded yet.
+pub async fn schedules_table(pool: &Db, configured: &[Schedule]) -> anyhow::Result<String> {
+    let rows = schedule::list(pool)
+        .await
+        .context("reading job_schedules")?;
+    let slot = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "name",
+        "expression",
+        "time zone",
+        "job (queue/kind)",
+        "last slot",
+        "next slot",
+    ]);
+    let mut lines: Vec<(String, Vec<String>)> = Vec::new();
+    for row in &rows {
+        let job = configured
+            .iter()
+            .find(|s| s.name() == row.name)
+            .map(|s| format!("{}/{}", s.queue(), s.kind()))
+            .unwrap_or_else(|| "-".into());
+        lines.push((
+            row.name.clone(),
+            vec![
+                row.name.clone(),
+                row.expression.clone(),
+                row.time_zone.clone(),
+                job,
+                slot(row.last_slot),
+                slot(row.next_slot),
+            ],
+        ));
+    }
+    let now = chrono::Utc::now();
+    for s in configured {
+        if rows.iter().any(|r| r.name == s.name()) {
+            continue;
+        }
+        lines.push((
+            s.name().to_owned(),
+            vec![
+                s.name().to_owned(),
+                s.expression().to_owned(),
+                s.time_zone().to_owned(),
+                format!("{}/{}", s.queue(), s.kind()),
+                "-".into(),
+                slot(s.next_after(now)),
+            ],
+        ));
+    }
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, line) in lines {
+        table.add_row(line);
     }
     Ok(table.to_string())
 }

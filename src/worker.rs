@@ -12,6 +12,7 @@ use apalis::prelude::{Data, Monitor, WorkerBuilder};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use poda_jobs::cycle::deadlines::{self, DeadlinesJob};
 use poda_jobs::cycle::{self, CycleConfig, CycleJob};
 use poda_jobs::db::Db;
 use poda_jobs::engine::metrics::DEFAULT_GAUGE_INTERVAL;
@@ -25,6 +26,7 @@ use poda_jobs::ticket::{self, TicketHandler};
 use poda_jobs::transfer::breaker::{Breaker, BreakerConfig, DEFAULT_FAILURE_RATE};
 use poda_jobs::transfer::monime::{ApiToken, MonimeClient, MonimeConfig, DEFAULT_CONNECT_TIMEOUT};
 use poda_jobs::transfer::rate_limit::{GlobalRateLimit, RateLimitConfig, TRANSFER_BUCKET};
+use poda_jobs::transfer::reconcile_job::{self, ReconcileJob};
 use poda_jobs::transfer::{self, TransferContext, TransferJob, TransferSettings, TransferStore};
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +42,14 @@ pub const KNOWN_QUEUES: &[&str] = &[
     transfer::QUEUE,
     cycle::QUEUE,
     notification::QUEUE,
+    deadlines::QUEUE,
+    reconcile_job::QUEUE,
 ];
+
+/// Queues of periodic jobs that need one handler slot, not --concurrency of them.
+const ONE_AT_A_TIME: &[&str] = &[deadlines::QUEUE, reconcile_job::QUEUE];
+/// Queues whose handlers call Monime: worked by default only where Monime is configured.
+const MONIME_QUEUES: &[&str] = &[transfer::QUEUE, reconcile_job::QUEUE];
 
 /// After the workers stop, how long the transfer store may take to write its last batches.
 const BATCHER_DRAIN: Duration = Duration::from_secs(10);
@@ -227,7 +236,7 @@ impl WorkerOptions {
             // queue explicitly without them is an error below.
             KNOWN_QUEUES
                 .iter()
-                .filter(|q| **q != transfer::QUEUE || transfers.is_some())
+                .filter(|q| !MONIME_QUEUES.contains(q) || transfers.is_some())
                 .map(|q| q.to_string())
                 .collect()
         } else {
@@ -245,11 +254,12 @@ impl WorkerOptions {
                 );
             }
         }
-        if queues.iter().any(|q| q == transfer::QUEUE) && transfers.is_none() {
-            bail!(
-                "the {} queue needs Monime: set MONIME_API_URL, MONIME_API_TOKEN, MONIME_SPACE_ID and MONIME_PLATFORM_ACCOUNT_ID",
-                transfer::QUEUE
-            );
+        if let Some(queue) = queues.iter().find(|q| MONIME_QUEUES.contains(&q.as_str())) {
+            if transfers.is_none() {
+                bail!(
+                    "the {queue} queue needs Monime: set MONIME_API_URL, MONIME_API_TOKEN, MONIME_SPACE_ID and MONIME_PLATFORM_ACCOUNT_ID"
+                );
+            }
         }
         if args.concurrency == 0 {
             bail!("--concurrency must be at least 1");
@@ -268,6 +278,8 @@ impl WorkerOptions {
             .map(|q| {
                 let slots = if q == ticket::QUEUE {
                     ticket_batches.jobs_at_once()
+                } else if ONE_AT_A_TIME.contains(&q.as_str()) {
+                    1
                 } else {
                     args.concurrency
                 };
@@ -318,6 +330,7 @@ impl WorkerOptions {
             ..MaintainerConfig::default()
         }));
         engine.gauges = args.metrics_addr.map(|_| DEFAULT_GAUGE_INTERVAL);
+        engine.schedules = crate::schedules::schedules(&args.schedules, transfers.is_some())?;
         if args.handler_connections == Some(0) || args.engine_connections == Some(0) {
             bail!("--handler-connections and --engine-connections must be at least 1");
         }
@@ -555,6 +568,34 @@ pub async fn run_workers(
                         .build(run_transfer)
                 })
             }
+            deadlines::QUEUE => {
+                let engine = engine.clone();
+                let pool = handler_pool.clone();
+                monitor.register(move |i| {
+                    WorkerBuilder::new(format!("{}-{}-{i}", deadlines::QUEUE, engine.owner()))
+                        .backend(PgBackend::<DeadlinesJob>::new(&engine, settings.clone()))
+                        .data(pool.clone())
+                        .enable_tracing()
+                        .build(run_deadlines)
+                })
+            }
+            reconcile_job::QUEUE => {
+                let Some(transfers) = &options.transfers else {
+                    bail!("the {} queue needs Monime settings", reconcile_job::QUEUE);
+                };
+                let client = MonimeClient::new(transfers.monime.clone())
+                    .context("building the Monime client")?;
+                let engine = engine.clone();
+                let pool = handler_pool.clone();
+                monitor.register(move |i| {
+                    WorkerBuilder::new(format!("{}-{}-{i}", reconcile_job::QUEUE, engine.owner()))
+                        .backend(PgBackend::<ReconcileJob>::new(&engine, settings.clone()))
+                        .data(pool.clone())
+                        .data(client.clone())
+                        .enable_tracing()
+                        .build(run_reconcile)
+                })
+            }
             other => bail!("no handler for queue {other:?}"),
         };
     }
@@ -736,6 +777,23 @@ async fn run_cycle(
     cycle::handle(&pool, &config, &meta, job).await
 }
 
+async fn run_deadlines(
+    job: DeadlinesJob,
+    meta: JobMeta,
+    pool: Data<Db>,
+) -> Result<Outcome, JobError> {
+    deadlines::handle(&pool, &meta, job).await
+}
+
+async fn run_reconcile(
+    job: ReconcileJob,
+    meta: JobMeta,
+    pool: Data<Db>,
+    client: Data<MonimeClient>,
+) -> Result<Outcome, JobError> {
+    reconcile_job::handle(&pool, &client, &meta, job).await
+}
+
 async fn run_notification(
     job: AgentSummaryJob,
     meta: JobMeta,
@@ -753,6 +811,8 @@ fn run_timeout(queue: &str, options: &WorkerOptions) -> Duration {
             None => transfer::RUN_TIMEOUT,
         },
         notification::QUEUE => notification::run_timeout(options.notifier.timeout),
+        deadlines::QUEUE => deadlines::RUN_TIMEOUT,
+        reconcile_job::QUEUE => reconcile_job::RUN_TIMEOUT,
         _ => poda_jobs::engine::DEFAULT_RUN_TIMEOUT,
     }
 }

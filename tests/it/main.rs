@@ -17,6 +17,7 @@ mod pgbouncer;
 mod process;
 mod queue_ops;
 mod replicas;
+mod schedules;
 mod shutdown;
 mod tickets;
 mod transfers;

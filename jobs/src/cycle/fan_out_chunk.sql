@@ -11,7 +11,8 @@
 -- snapshot), member_contributions_pkey raises 23505, the transaction rolls back and the job
 -- retries from the committed cursor.
 -- Returns one row: whether the cycle was still Initializing, members scanned, contributions
--- inserted, and the cycle's processed count after the chunk. Scanned = 0 means done.
+-- inserted, and the cycle's processed count after the chunk. The cycle's `pending` counter
+-- grows with processed (every new contribution is Pending). Scanned = 0 means done.
 WITH cycle AS (
     SELECT id, tier_id, deceased_member_id, member_bound, cursor_member_id, amount_minor,
            currency, (deadline AT TIME ZONE 'UTC')::date AS due_date
@@ -56,6 +57,7 @@ progressed AS (
     UPDATE contribution_cycles cc
     SET cursor_member_id = (SELECT max(id) FROM batch),
         processed = cc.processed + (SELECT count(*) FROM inserted),
+        pending = cc.pending + (SELECT count(*) FROM inserted),
         chunks = cc.chunks + 1,
         updated_at = now()
     FROM cycle c

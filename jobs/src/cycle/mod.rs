@@ -16,6 +16,7 @@
 
 pub mod abandoned;
 pub mod create;
+pub mod deadlines;
 pub mod error;
 pub mod handler;
 pub mod progress;

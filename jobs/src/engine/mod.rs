@@ -16,7 +16,7 @@
 //!    (what became of a run), `slots`, `registry`, `claim_cursor`, `notify`, `metrics`,
 //!    `loops` (the process's watched tasks);
 //! 2. statements: `enqueue`, `claim`, `complete` (the batched completer), `lease`, `queue`,
-//!    `admin`, `migrate`, `maintenance`;
+//!    `admin`, `migrate`, `maintenance`, `schedule` (periodic jobs);
 //! 3. `runtime`: the [`Engine`] of a process and its background tasks;
 //! 4. the two ways to run a queue on it: `backend` (+ `ack`, its middleware) for apalis
 //!    workers, and `batch_worker` for batch queues.
@@ -45,6 +45,7 @@ pub mod queue;
 pub mod registry;
 pub mod retry;
 pub mod runtime;
+pub mod schedule;
 pub mod slots;
 
 pub use backend::{BackendSettings, PgBackend, DEFAULT_RUN_TIMEOUT};
@@ -65,3 +66,4 @@ pub use retry::{JobError, Outcome, RetryPolicy};
 pub use runtime::{
     Engine, EngineConfig, EngineHandle, Listen, DEFAULT_LEASE, DEFAULT_POLL_INTERVAL,
 };
+pub use schedule::{Schedule, ScheduleError};

@@ -1,5 +1,5 @@
 //! The engine of one process: its shared state ([`Engine`]) and the background tasks that
-//! keep its jobs (completer, lease renewal, rescuer, maintainer, gauges, listener).
+//! keep its jobs (completer, lease renewal, rescuer, maintainer, gauges, scheduler, listener).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use super::metrics;
 use super::notify::{self, Signals};
 use super::outcome::Action;
 use super::registry::Registry;
+use super::schedule::{self, Schedule};
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -43,6 +44,9 @@ pub struct EngineConfig {
     /// Sample the queue-depth gauges this often; `None` (the default) samples nothing, for
     /// processes that export no metrics.
     pub gauges: Option<Duration>,
+    /// Periodic jobs this process enqueues (every replica runs the scheduler; each slot is
+    /// enqueued once). Empty: no scheduler loop.
+    pub schedules: Vec<Schedule>,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +60,7 @@ impl Default for EngineConfig {
             completer: CompleterConfig::default(),
             maintenance: Some(MaintainerConfig::default()),
             gauges: None,
+            schedules: Vec::new(),
         }
     }
 }
@@ -206,6 +211,13 @@ impl Engine {
                 "engine:gauges",
                 &stop,
                 metrics::run_gauges(pool.clone(), interval, stop.clone()),
+            );
+        }
+        if !config.schedules.is_empty() {
+            loops.spawn(
+                "engine:scheduler",
+                &stop,
+                schedule::run_scheduler(pool.clone(), config.schedules.clone(), stop.clone()),
             );
         }
         if let Some(session) = listen_session {

@@ -17,6 +17,7 @@ pub mod handler;
 pub mod monime;
 pub mod rate_limit;
 pub mod reconcile;
+pub mod reconcile_job;
 pub mod store;
 
 pub use error::TransferError;

@@ -33,7 +33,7 @@ impl Default for ReconcileConfig {
 }
 
 /// A ticket without a completed transfer; `status` is its row's status, if it has a row.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct MissingTransfer {
     pub ticket_id: i64,
     pub company_id: String,
@@ -41,7 +41,7 @@ pub struct MissingTransfer {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct StuckTransfer {
     pub ticket_id: i64,
     pub status: String,
@@ -50,7 +50,7 @@ pub struct StuckTransfer {
 }
 
 /// A row whose status (or amount) is not what Monime says.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Disagreement {
     pub ticket_id: i64,
     pub monime_transfer_id: String,
@@ -58,7 +58,7 @@ pub struct Disagreement {
     pub monime: String,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ReconcileReport {
     pub missing: Vec<MissingTransfer>,
     pub stuck: Vec<StuckTransfer>,
@@ -68,6 +68,11 @@ pub struct ReconcileReport {
 }
 
 impl ReconcileReport {
+    /// Rows that need attention: missing, stuck and disagreeing transfers.
+    pub fn findings(&self) -> usize {
+        self.missing.len() + self.stuck.len() + self.disagreements.len()
+    }
+
     pub fn needs_attention(&self) -> bool {
         !(self.missing.is_empty() && self.stuck.is_empty() && self.disagreements.is_empty())
     }

@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod cancel_running;
 mod console;
 mod console_browser;
 mod crash;

@@ -112,16 +112,19 @@ async fn a_cancelled_and_retried_job_claimed_again_by_the_same_process_fences_th
     assert!(changed.is_empty());
     assert_eq!(state_of(&db.pool, id).await, (JobState::Running, 1));
 
-    // Renewing the first run's lease renews nothing; renewing the second's renews it.
+    // Renewing the first run's lease renews nothing and names it lost; renewing the second's
+    // renews it.
     use poda_jobs::engine::lease::extend_leases;
-    let renewed = extend_leases(&db.pool, &[(id, first[0].token)], Duration::from_secs(600))
+    let renewal = extend_leases(&db.pool, &[(id, first[0].token)], Duration::from_secs(600))
         .await
         .unwrap();
-    assert_eq!(renewed, 0);
-    let renewed = extend_leases(&db.pool, &[(id, second[0].token)], Duration::from_secs(600))
+    assert_eq!(renewal.renewed, 0);
+    assert_eq!(renewal.lost, vec![(id, first[0].token)]);
+    let renewal = extend_leases(&db.pool, &[(id, second[0].token)], Duration::from_secs(600))
         .await
         .unwrap();
-    assert_eq!(renewed, 1);
+    assert_eq!(renewal.renewed, 1);
+    assert!(renewal.lost.is_empty());
     let left: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM jobs WHERE id = $1",
     )

@@ -8,6 +8,7 @@ mod cancel_running;
 mod console;
 mod console_browser;
 mod crash;
+mod enqueue_sql;
 mod cycles;
 mod health;
 mod metrics;

@@ -7,6 +7,7 @@ use clap::Parser;
 use poda::cli::{WorkerCli, WorkerCommand};
 use poda::worker::{monime_config, run_workers, WorkerOptions};
 use poda::{ops, shutdown, telemetry};
+use poda_jobs::engine::NewJob;
 use poda_jobs::transfer::monime::MonimeClient;
 use poda_jobs::transfer::reconcile::ReconcileConfig;
 
@@ -77,6 +78,29 @@ async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
         WorkerCommand::Cancel { id } => {
             let job = ops::cancel(&pool, id).await?;
             println!("job {} ({}) is cancelled", job.id, job.queue);
+        }
+        WorkerCommand::Enqueue {
+            queue,
+            kind,
+            payload,
+            run_at,
+            priority: _, // taken and checked (0..=3); stored once jobs carry a priority
+            unique_key,
+            max_attempts,
+        } => {
+            ops::ensure_schema(&pool, false).await?;
+            let mut job = NewJob::new(queue, kind, payload);
+            job.run_at = run_at;
+            job.unique_key = unique_key;
+            job.retry.max_attempts = max_attempts;
+            let enqueued = ops::enqueue(&pool, &job).await?;
+            if !enqueued.created {
+                eprintln!(
+                    "the unique key is taken: job {} already exists",
+                    enqueued.id
+                );
+            }
+            println!("{}", enqueued.id);
         }
         WorkerCommand::Prune { older_than } => {
             let report = ops::prune(&pool, older_than).await?;

@@ -220,8 +220,28 @@ pub enum WorkerCommand {
     Schedules,
     /// Run a failed, cancelled or waiting job again now, with fresh attempts.
     Retry { id: JobId },
-    /// Cancel a job that has not finished.
+    /// Cancel a job that has not finished; a running job's handler is told to stop.
     Cancel { id: JobId },
+    /// Enqueue one job and print its id (the existing job's id when the unique key is taken).
+    Enqueue {
+        queue: String,
+        kind: String,
+        /// The payload, a JSON value.
+        #[arg(value_parser = parse_json)]
+        payload: serde_json::Value,
+        /// When to run it (RFC 3339, e.g. 2026-12-24T08:00:00Z); default now.
+        #[arg(long, value_parser = parse_rfc3339)]
+        run_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// 0 (most urgent) .. 3.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i16).range(0..=3))]
+        priority: i16,
+        /// Enqueueing a key already taken in the queue writes nothing and prints that job's id.
+        #[arg(long)]
+        unique_key: Option<String>,
+        /// Attempts before the job fails for good.
+        #[arg(long, default_value_t = poda_jobs::engine::retry::DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(i32).range(1..))]
+        max_attempts: i32,
+    },
     /// Delete finished jobs (completed, cancelled, failed) older than the threshold.
     Prune {
         /// Age threshold, e.g. 7d, 12h, 30m.
@@ -354,4 +374,14 @@ pub struct EnqueuerArgs {
     /// Apply pending migrations at start instead of refusing an unmigrated database.
     #[arg(long, env = "ENQUEUER_MIGRATE")]
     pub migrate: bool,
+}
+
+fn parse_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
+}
+
+fn parse_rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("not an RFC 3339 time (e.g. 2026-12-24T08:00:00Z): {e}"))
 }

@@ -9,7 +9,8 @@ use poda_jobs::audit::Actor;
 use poda_jobs::db::Db;
 use poda_jobs::engine::schedule::{self, Schedule};
 use poda_jobs::engine::{
-    admin, migrate, queue, JobId, JobSnapshot, PruneReport, Pruner, PrunerConfig, QueueStatus,
+    admin, enqueue_one_pooled, migrate, queue, Enqueued, JobId, JobSnapshot, NewJob, PruneReport,
+    Pruner, PrunerConfig, QueueStatus,
 };
 use poda_jobs::transfer::admin::{retry_failed_transfer, RetriedTransfer};
 use poda_jobs::transfer::monime::MonimeClient;
@@ -164,6 +165,14 @@ pub fn cli_actor() -> Actor {
 
 pub async fn retry(pool: &Db, id: JobId) -> anyhow::Result<JobSnapshot> {
     Ok(admin::retry_job(pool, id, &cli_actor()).await?)
+}
+
+/// Enqueues one job with the engine's enqueue; returns its id and whether it was created
+/// (false: its unique key was taken, and the existing job's id is returned).
+pub async fn enqueue(pool: &Db, job: &NewJob) -> anyhow::Result<Enqueued> {
+    enqueue_one_pooled(pool, job)
+        .await
+        .with_context(|| format!("enqueueing a {} job in queue {}", job.kind, job.queue))
 }
 
 pub async fn cancel(pool: &Db, id: JobId) -> anyhow::Result<JobSnapshot> {

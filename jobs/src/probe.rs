@@ -1,6 +1,7 @@
 //! The probe job kind: a diagnostic job whose behaviour its payload chooses (succeed, fail
 //! some attempts, fail for good, panic, sleep, snooze), used by the demo, the benchmarks and
-//! the process tests. With `record`, every run leaves a row in `probe_runs`.
+//! the process tests. With `record`, every run leaves a row in `probe_runs`, and a run that is
+//! cancelled while it sleeps notes when it learnt of it (`cancel_observed_at`).
 
 use std::time::Duration;
 
@@ -77,7 +78,25 @@ pub enum ProbeError {
     Record(#[source] sqlx::Error),
 }
 
-/// Runs one probe.
+/// A probe whose job was cancelled while it slept: it stops, and a recorded one notes when it
+/// learnt of it.
+async fn cancelled(pool: &Db, meta: &JobMeta, job: &ProbeJob) -> Result<Outcome, JobError> {
+    tracing::info!(job.id = %meta.id, n = job.n, "probe cancelled while running; stopping");
+    if job.record {
+        sqlx::query!(
+            "UPDATE probe_runs SET cancel_observed_at = clock_timestamp() \
+             WHERE job_id = $1 AND attempt = $2",
+            meta.id.0,
+            meta.attempt,
+        )
+        .execute(pool)
+        .await
+        .map_err(|e| JobError::retryable(ProbeError::Record(e)))?;
+    }
+    Ok(Outcome::Done)
+}
+
+/// Runs one probe. A sleeping probe stops when its job is cancelled.
 pub async fn handle(pool: &Db, meta: &JobMeta, job: ProbeJob) -> Result<Outcome, JobError> {
     if job.record {
         sqlx::query!(
@@ -91,7 +110,10 @@ pub async fn handle(pool: &Db, meta: &JobMeta, job: ProbeJob) -> Result<Outcome,
         .map_err(|e| JobError::retryable(ProbeError::Record(e)))?;
     }
     if job.sleep_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(job.sleep_ms)) => {}
+            _ = meta.cancel.cancelled() => return cancelled(pool, meta, &job).await,
+        }
     }
     if job.panic {
         panic!("probe {} panics on purpose", job.n);

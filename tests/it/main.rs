@@ -4,10 +4,12 @@
 mod support;
 
 mod admin;
+mod cancel_running;
 mod console;
 mod console_browser;
 mod crash;
 mod cycles;
+mod enqueue_sql;
 mod health;
 mod metrics;
 mod ops;

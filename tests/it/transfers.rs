@@ -1034,6 +1034,7 @@ async fn run_claimed(
         attempt: job.attempt,
         claim_token: job.token,
         retry: job.retry,
+        cancel: tokio_util::sync::CancellationToken::new(),
     };
     let payload: TransferJob = serde_json::from_value(job.payload.clone()).unwrap();
     let result = transfer::handle(context, &meta, payload).await;
@@ -1183,4 +1184,60 @@ async fn an_operator_retry_of_a_transfer_whose_failing_run_has_not_ended_is_refu
     );
     assert_eq!(sandbox.counts.total_executions(), 2);
     store.stop().await;
+}
+
+#[tokio::test]
+async fn a_transfer_cancelled_while_monime_holds_its_create_is_still_recorded() {
+    let db = TestDb::new().await;
+    // Monime executes the transfer at once but answers after 4 s, past the engine's grace for
+    // a cancelled run: the create and its recording must outlive the dropped handler.
+    let sandbox = sandbox(SandboxConfig {
+        latency: Duration::from_secs(4),
+        completion_delay: Duration::from_secs(60),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let tickets = seed_tickets(&db.pool, "co-cancel", "fa-cancel", 1).await;
+    enqueue_transfers(&db.pool, &tickets, FAST_RETRY).await;
+    let _worker = spawn_transfer_worker(&db, &sandbox, &["--monime-timeout", "30s"]);
+    wait_until(
+        "Monime to hold the create",
+        Duration::from_secs(30),
+        || async { sandbox.counts.total_executions() },
+        |n| *n == 1,
+    )
+    .await;
+    let job: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE queue = $1")
+        .bind(transfer::QUEUE)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let (ok, out, err) = run_worker_command(&db.url, &["cancel", &job.to_string()]).await;
+    assert!(ok, "worker cancel failed: {out} {err}");
+
+    // Monime's answer is recorded after the cancel, and the job stays cancelled.
+    let (status, monime_id): (String, Option<String>) = wait_until(
+        "the accepted transfer to be recorded",
+        Duration::from_secs(20),
+        || async {
+            sqlx::query_as(
+                "SELECT status::text, monime_transfer_id FROM commission_transfers \
+                 WHERE ticket_id = $1",
+            )
+            .bind(tickets[0])
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        },
+        |(_, id): &(String, Option<String>)| id.is_some(),
+    )
+    .await;
+    assert!(
+        status == "processing" || status == "completed",
+        "recorded as {status}"
+    );
+    assert!(monime_id.unwrap().starts_with("trf-"));
+    assert_eq!(count_jobs(&db.pool, "cancelled").await, 1);
+    assert_eq!(sandbox.counts.total_executions(), 1);
+    assert_eq!(sandbox.counts.create_requests(), 1);
 }

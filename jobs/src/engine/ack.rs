@@ -5,6 +5,11 @@
 //! failures of the run like any handler error. It also bounds every run by the queue's run
 //! timeout: a run past it is dropped (its slot freed, its connections returned) and fails
 //! as a retryable attempt, so no handler holds a job, a slot and a renewed lease forever.
+//!
+//! A run whose cancellation token fires (its job was cancelled while it ran) is given
+//! [`CANCEL_GRACE`] to return by itself (handlers that await the token stop at once and may
+//! write their last word), then dropped; its outcome is [`Action::Cancelled`], fenced by
+//! its claim token like any other.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use tower::{Layer, Service};
 
 use super::complete::{Completion, CompletionHandle};
 use super::job::JobMeta;
-use super::outcome::{decide, log_outcome, panic_message};
+use super::outcome::{decide, log_outcome, panic_message, Action};
 use super::retry::{BoxError, Outcome};
 use super::slots::Slots;
 
@@ -41,6 +46,24 @@ impl AckLayer {
             run_timeout,
         }
     }
+}
+
+/// How long a cancelled run may take to return by itself before it is dropped.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs `run` to its end, or, once `cancel` fires, for at most [`CANCEL_GRACE`] more; `None`
+/// when it was dropped.
+async fn until_stopped<F: std::future::Future>(
+    cancel: tokio_util::sync::CancellationToken,
+    run: F,
+) -> Option<F::Output> {
+    tokio::pin!(run);
+    tokio::select! {
+        biased;
+        out = &mut run => return Some(out),
+        _ = cancel.cancelled() => {}
+    }
+    tokio::time::timeout(CANCEL_GRACE, run).await.ok()
 }
 
 /// A run that went past its queue's run timeout.
@@ -89,15 +112,18 @@ where
         let completer = self.completer.clone();
         let slots = self.slots.clone();
         let run_timeout = self.run_timeout;
+        let cancel = meta.as_ref().map(|m| m.cancel.clone()).unwrap_or_default();
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(task)));
         async move {
             let started = Instant::now();
             let result: Result<Result<Outcome, BoxError>, String> = match run {
                 Ok(future) => {
-                    let bounded = tokio::time::timeout(run_timeout, AssertUnwindSafe(future).catch_unwind());
-                    match bounded.await {
-                        Ok(Ok(result)) => Ok(result.map(Into::into).map_err(Into::into)),
-                        Ok(Err(panic)) => Err(panic_message(panic)),
+                    let stoppable = until_stopped(cancel.clone(), AssertUnwindSafe(future).catch_unwind());
+                    match tokio::time::timeout(run_timeout, stoppable).await {
+                        Ok(Some(Ok(result))) => Ok(result.map(Into::into).map_err(Into::into)),
+                        Ok(Some(Err(panic))) => Err(panic_message(panic)),
+                        // Dropped after the cancel grace: the action below says cancelled.
+                        Ok(None) => Ok(Ok(Outcome::Done)),
                         Err(_) => Ok(Err(Box::new(RunTimedOut(run_timeout)) as BoxError)),
                     }
                 }
@@ -109,7 +135,12 @@ where
                 return Ok(());
             };
             super::metrics::record_handler(&meta.queue, started.elapsed().as_secs_f64());
-            let action = decide(&meta, result);
+            // A cancelled run's job is no longer its claim: whatever it returned, record that.
+            let action = if cancel.is_cancelled() {
+                Action::Cancelled
+            } else {
+                decide(&meta, result)
+            };
             log_outcome(&meta, &action);
             super::metrics::record_outcome(&meta.queue, &action);
             let sent = completer

@@ -6,6 +6,7 @@ use sqlx::PgConnection;
 
 use super::error::EngineError;
 use super::job::{JobId, JobSnapshot, JobState};
+use super::notify::CANCEL_CHANNEL;
 
 /// One job as operators see it.
 pub async fn fetch_job(pool: &Db, id: JobId) -> Result<JobSnapshot, EngineError> {
@@ -46,23 +47,36 @@ pub async fn retry_job(pool: &Db, id: JobId, actor: &Actor) -> Result<JobSnapsho
     .await
 }
 
-/// Cancels a job that has not finished. A running job's outcome is then ignored when it
-/// arrives (fencing), though what its handler already did stays done. The change and its
-/// `job.cancelled` event by `actor` commit together.
+/// Cancels a job that has not finished. A running job's handler is told at once: the change
+/// notifies [`CANCEL_CHANNEL`] with the run's job id and claim token, which the process that
+/// runs it hears (or finds within a poll interval when it does not LISTEN) and fires the
+/// run's cancellation token; the handler stops at its next await point. Its outcome is then
+/// ignored when it arrives (fencing), though what its handler already did stays done. The
+/// change, its notification and its `job.cancelled` event by `actor` commit together.
 pub async fn cancel_job(pool: &Db, id: JobId, actor: &Actor) -> Result<JobSnapshot, EngineError> {
     let mut tx = pool.begin().await?;
-    let changed = sqlx::query_as!(
-        Changed,
-        "WITH before AS (SELECT id, state FROM jobs WHERE id = $1 FOR UPDATE) \
-         UPDATE jobs j SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, \
-         finished_at = now(), updated_at = now() \
-         FROM before b \
-         WHERE j.id = b.id AND b.state IN ('available', 'running') \
-         RETURNING j.queue, j.kind, b.state::text AS \"was!\"",
+    let changed = sqlx::query!(
+        "WITH before AS (SELECT id, state, claim_token FROM jobs WHERE id = $1 FOR UPDATE), \
+         changed AS ( \
+           UPDATE jobs j SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL, \
+           finished_at = now(), updated_at = now() \
+           FROM before b \
+           WHERE j.id = b.id AND b.state IN ('available', 'running') \
+           RETURNING j.id, j.queue, j.kind, b.state AS was, b.claim_token) \
+         SELECT queue, kind, was::text AS \"was!\", \
+           (SELECT count(pg_notify($2, c.id || ':' || c.claim_token)) FROM changed c \
+            WHERE c.was = 'running') AS \"notified!\" \
+         FROM changed",
         id.0,
+        CANCEL_CHANNEL,
     )
     .fetch_optional(&mut *tx)
-    .await?;
+    .await?
+    .map(|row| Changed {
+        queue: row.queue,
+        kind: row.kind,
+        was: row.was,
+    });
     record_change(&mut tx, actor, action::JOB_CANCELLED, id, changed.as_ref()).await?;
     pool.commit(tx).await?;
     acted_on(pool, id, changed.is_some(), |_| "it has already finished").await

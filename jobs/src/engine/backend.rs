@@ -208,6 +208,11 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> PgBackend<Args> {
     fn task_from(&self, job: ClaimedJob) -> Option<Task<Args>> {
         match serde_json::from_value::<Args>(job.payload) {
             Ok(args) => {
+                let cancel = self
+                    .engine
+                    .registry()
+                    .cancel_token(job.id, job.token)
+                    .unwrap_or_default();
                 let meta = JobMeta {
                     id: job.id,
                     queue: job.queue,
@@ -215,6 +220,7 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> PgBackend<Args> {
                     attempt: job.attempt,
                     claim_token: job.token,
                     retry: job.retry,
+                    cancel,
                 };
                 Some(
                     TaskBuilder::new(args)

@@ -106,6 +106,9 @@ impl LockedRow {
                 self.backoff_base_ms,
                 self.backoff_max_ms,
             ),
+            // A batch holds its jobs' row locks until it commits: an operator's cancel waits
+            // for the batch, so there is no running batch job to tell.
+            cancel: tokio_util::sync::CancellationToken::new(),
         }
     }
 }

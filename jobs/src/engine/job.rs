@@ -4,6 +4,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::retry::RetryPolicy;
@@ -148,6 +149,19 @@ pub struct JobMeta {
     /// This run's claim token (see [`ClaimedJob::token`]).
     pub claim_token: i32,
     pub retry: RetryPolicy,
+    /// Fires when this run stops being its job's claim: an operator cancelled the job (told by
+    /// NOTIFY, or found by the poll of held jobs), or its lease was taken over. A handler that
+    /// awaits it (`tokio::select!`) stops at once and may write its last word; one that does
+    /// not is dropped at its next await point after a short grace (see `ack`). Whatever such a
+    /// run returns is fenced off by its claim token.
+    pub cancel: CancellationToken,
+}
+
+impl JobMeta {
+    /// Whether this run was told to stop (see [`JobMeta::cancel`]).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
 }
 
 impl<Args: Sync> apalis_core::task::from_request::FromRequest<apalis_core::task::Task<Args>>

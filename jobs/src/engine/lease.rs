@@ -1,5 +1,8 @@
 //! Lease renewal: while this process holds runs, their leases are pushed forward on a task of
-//! their own, independent of fetching and of how busy the handlers are.
+//! their own, independent of fetching and of how busy the handlers are. Each renewal also
+//! names the held runs that are no longer their job's claim, and their handlers are told to
+//! stop; a process that does not LISTEN for cancellations checks that every poll interval
+//! ([`run_cancel_watch`]).
 
 use std::time::Duration;
 
@@ -10,23 +13,97 @@ use super::error::EngineError;
 use super::job::JobId;
 use super::registry::Registry;
 
+/// What one renewal found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    /// Leases pushed forward.
+    pub renewed: u64,
+    /// Runs that are no longer their job's claim (cancelled, finished, or taken over).
+    pub lost: Vec<(JobId, i32)>,
+}
+
 /// Extends the leases of `claims` (job id, claim token) to now + `lease`; returns how many
-/// were still held (the others were rescued or cancelled, and belong to another run now).
+/// were still held and which are lost (rescued or cancelled, and belonging to another run or
+/// to none now).
 pub async fn extend_leases(
     pool: &Db,
     claims: &[(JobId, i32)],
     lease: Duration,
-) -> Result<u64, EngineError> {
+) -> Result<Renewal, EngineError> {
     if claims.is_empty() {
-        return Ok(0);
+        return Ok(Renewal::default());
     }
     let ids: Vec<i64> = claims.iter().map(|(id, _)| id.0).collect();
     let tokens: Vec<i32> = claims.iter().map(|(_, token)| *token).collect();
     let lease_ms = lease.as_millis() as i64;
-    let result = sqlx::query_file!("src/engine/extend_leases.sql", &ids, &tokens, lease_ms)
-        .execute(pool)
+    let rows = sqlx::query_file!("src/engine/extend_leases.sql", &ids, &tokens, lease_ms)
+        .fetch_all(pool)
         .await?;
-    Ok(result.rows_affected())
+    Ok(Renewal {
+        renewed: rows.iter().filter(|r| r.renewed).count() as u64,
+        lost: rows
+            .iter()
+            .filter(|r| r.lost)
+            .map(|r| (JobId(r.id), r.claim_token))
+            .collect(),
+    })
+}
+
+/// The runs among `claims` that are no longer their job's claim; reads only.
+pub async fn lost_claims(
+    pool: &Db,
+    claims: &[(JobId, i32)],
+) -> Result<Vec<(JobId, i32)>, EngineError> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = claims.iter().map(|(id, _)| id.0).collect();
+    let tokens: Vec<i32> = claims.iter().map(|(_, token)| *token).collect();
+    let rows = sqlx::query_file!("src/engine/lost_claims.sql", &ids, &tokens)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (JobId(r.id), r.claim_token))
+        .collect())
+}
+
+/// Tells the handlers of `lost` runs to stop.
+fn stop_lost(registry: &Registry, lost: &[(JobId, i32)]) {
+    for &(id, token) in lost {
+        if registry.cancel(id, Some(token)) {
+            tracing::debug!(job.id = %id, claim_token = token, "run is no longer its job's claim; telling its handler to stop");
+        }
+    }
+}
+
+/// Without LISTEN, finds each `interval` the held runs whose jobs were cancelled (or taken
+/// over) and tells their handlers, until `stop`. One primary-key read per held run, no write.
+pub async fn run_cancel_watch(
+    pool: Db,
+    registry: Registry,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let held = registry.snapshot();
+        if held.is_empty() {
+            continue;
+        }
+        match tokio::time::timeout(interval, lost_claims(&pool, &held)).await {
+            Ok(Ok(lost)) => stop_lost(&registry, &lost),
+            Ok(Err(error)) => {
+                tracing::debug!(error = %error, "could not check held runs for cancellations")
+            }
+            Err(_) => tracing::debug!("checking held runs for cancellations timed out"),
+        }
+    }
 }
 
 /// Renews every held run's lease each `interval` until `stop`. A renewal that does not
@@ -58,7 +135,8 @@ pub async fn run_heartbeat(
             .await
             .unwrap_or(Err(EngineError::Timeout("renewing leases")));
         match renewed {
-            Ok(renewed) => {
+            Ok(Renewal { renewed, lost }) => {
+                stop_lost(&registry, &lost);
                 if failing {
                     tracing::info!(held = held.len(), renewed, "lease renewal works again");
                     failing = false;

@@ -38,7 +38,7 @@ pub fn record_outcomes(queue: &str, actions: &[Action]) {
             Action::Retry { .. } => counts[1] += 1,
             Action::Fail { .. } => counts[2] += 1,
             Action::Snooze { .. } => counts[3] += 1,
-            Action::Release => {}
+            Action::Release | Action::Cancelled => {}
         }
     }
     let names = [JOBS_COMPLETED, JOBS_RETRIED, JOBS_FAILED, JOBS_SNOOZED];

@@ -2,6 +2,10 @@
 //! them into per-queue signals. Workers also poll, so a lost notification (or no listener,
 //! behind a transaction pooler without a direct listen URL) only costs the poll interval.
 //! The listener keeps a session of its own, opened with a pool's connect options.
+//!
+//! The same session listens for cancellations: an operator's cancel of a running job sends
+//! `<job id>:<claim token>` on [`CANCEL_CHANNEL`], and the listener hands it to the engine,
+//! which tells that run's handler. Without a listener the engine polls its held runs instead.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +19,15 @@ use tokio_util::sync::CancellationToken;
 
 /// The channel enqueue notifies, with the queue name as payload.
 pub const NOTIFY_CHANNEL: &str = "poda_jobs";
+
+/// The channel a cancel of a running job notifies, with `<job id>:<claim token>` as payload.
+pub const CANCEL_CHANNEL: &str = "poda_cancel";
+
+/// A cancellation's payload: the job id and the claim token of the run to stop.
+pub fn parse_cancel(payload: &str) -> Option<(i64, i32)> {
+    let (id, token) = payload.split_once(':')?;
+    Some((id.parse().ok()?, token.parse().ok()?))
+}
 
 /// One queue's wake-up signal. The generation counter closes the gap between a claim that
 /// found nothing and the wait that follows it: a notification in between is not lost.
@@ -96,8 +109,14 @@ impl Signals {
     }
 }
 
-/// Listens on [`NOTIFY_CHANNEL`] until `stop`, reconnecting with exponential backoff.
-pub async fn run_listener(pool: PgPool, signals: Signals, stop: CancellationToken) {
+/// Listens on [`NOTIFY_CHANNEL`] and [`CANCEL_CHANNEL`] until `stop`, reconnecting with
+/// exponential backoff. Each cancellation (job id, claim token) goes to `on_cancel`.
+pub async fn run_listener(
+    pool: PgPool,
+    signals: Signals,
+    on_cancel: impl Fn(i64, i32) + Send + Sync + 'static,
+    stop: CancellationToken,
+) {
     let mut backoff = reconnect_backoff();
     loop {
         let listener = tokio::select! {
@@ -108,7 +127,8 @@ pub async fn run_listener(pool: PgPool, signals: Signals, stop: CancellationToke
             Ok(mut listener) => {
                 backoff = reconnect_backoff();
                 signals.listening.send_replace(true);
-                // Anything sent while we were not listening is picked up by this wake-up.
+                // Anything sent while we were not listening is picked up by this wake-up (and
+                // cancellations by the next lease renewal, which names lost runs).
                 signals.wake_all();
                 loop {
                     let received = tokio::select! {
@@ -116,6 +136,15 @@ pub async fn run_listener(pool: PgPool, signals: Signals, stop: CancellationToke
                         r = listener.try_recv() => r,
                     };
                     match received {
+                        Ok(Some(n)) if n.channel() == CANCEL_CHANNEL => {
+                            match parse_cancel(n.payload()) {
+                                Some((id, token)) => on_cancel(id, token),
+                                None => tracing::warn!(
+                                    payload = n.payload(),
+                                    "a cancellation that does not parse"
+                                ),
+                            }
+                        }
                         Ok(Some(n)) => signals.wake(n.payload()),
                         Ok(None) => {
                             signals.listening.send_replace(false);
@@ -146,7 +175,9 @@ pub async fn run_listener(pool: PgPool, signals: Signals, stop: CancellationToke
 async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     // Not a macro: LISTEN takes no parameter (the channel is an identifier), and PgListener sends it.
-    listener.listen(NOTIFY_CHANNEL).await?;
+    listener
+        .listen_all([NOTIFY_CHANNEL, CANCEL_CHANNEL])
+        .await?;
     Ok(listener)
 }
 
@@ -157,5 +188,17 @@ fn reconnect_backoff() -> backoff::ExponentialBackoff {
         max_interval: Duration::from_secs(5),
         max_elapsed_time: None,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cancel;
+
+    #[test]
+    fn a_cancellation_names_a_job_and_a_claim() {
+        assert_eq!(parse_cancel("42:3"), Some((42, 3)));
+        assert_eq!(parse_cancel("42"), None);
+        assert_eq!(parse_cancel("x:3"), None);
     }
 }

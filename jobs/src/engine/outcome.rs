@@ -25,6 +25,9 @@ pub enum Action {
     },
     /// Claimed but never started: back to available at once, attempt given back.
     Release,
+    /// The run was told to stop because its job is no longer its claim (an operator cancelled
+    /// it): `cancelled`, fenced like every outcome, so it only ever confirms what is there.
+    Cancelled,
 }
 
 impl Action {
@@ -49,6 +52,7 @@ impl Action {
             Action::Fail { error } => ("failed", None, Some(error.as_str()), false),
             Action::Snooze { delay } => ("available", ms(delay), None, true),
             Action::Release => ("available", None, None, true),
+            Action::Cancelled => ("cancelled", None, None, false),
         }
     }
 }
@@ -160,6 +164,9 @@ pub fn log_outcome(meta: &JobMeta, action: &Action) {
         Action::Fail { error } => tracing::error!(
             job.id = %meta.id, job.queue = %meta.queue, job.kind = %meta.kind, job.attempt = meta.attempt,
             error = %error, "job failed for good"),
+        Action::Cancelled => tracing::info!(
+            job.id = %meta.id, job.queue = %meta.queue, job.kind = %meta.kind, job.attempt = meta.attempt,
+            "run stopped: its job was cancelled"),
         _ => {}
     }
 }

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::complete::{Completer, CompleterConfig, Completion, CompletionHandle};
+use super::job::JobId;
 use super::lease;
 use super::loops::Loops;
 use super::maintenance::{Maintainer, MaintainerConfig, Rescuer, RescuerConfig};
@@ -188,7 +189,7 @@ impl Engine {
             &stop,
             lease::run_heartbeat(
                 pool.clone(),
-                registry,
+                registry.clone(),
                 config.lease,
                 config.heartbeat,
                 stop.clone(),
@@ -220,12 +221,36 @@ impl Engine {
                 schedule::run_scheduler(pool.clone(), config.schedules.clone(), stop.clone()),
             );
         }
-        if let Some(session) = listen_session {
-            loops.spawn(
-                "engine:listener",
+        match listen_session {
+            Some(session) => {
+                let cancelled = registry.clone();
+                let on_cancel = move |id: i64, token: i32| {
+                    if cancelled.cancel(JobId(id), Some(token)) {
+                        tracing::info!(
+                            job.id = id,
+                            claim_token = token,
+                            "job cancelled while running here; telling its handler"
+                        );
+                    }
+                };
+                loops.spawn(
+                    "engine:listener",
+                    &stop,
+                    notify::run_listener(session, signals, on_cancel, stop.clone()),
+                );
+            }
+            // No NOTIFY reaches this process: find cancellations by polling the held runs, twice
+            // per poll interval (within a second at the default interval).
+            None => loops.spawn(
+                "engine:cancel-watch",
                 &stop,
-                notify::run_listener(session, signals, stop.clone()),
-            );
+                lease::run_cancel_watch(
+                    pool.clone(),
+                    registry.clone(),
+                    config.poll_interval / 2,
+                    stop.clone(),
+                ),
+            ),
         }
         tracing::info!(owner = %owner, "engine started");
         EngineHandle {

@@ -6,6 +6,8 @@
 //! 3. Circuit open, or the global rate limit reached: snooze (no attempt spent).
 //! 4. No Monime transfer id yet: `POST` the stored body under the stored key (a repeat after a
 //!    crash or a lost answer gets the original transfer back). Otherwise `GET` its status.
+//!    The create and the recording of its answer are shielded from cancellation: a job
+//!    cancelled while Monime holds the request still records the transfer, then stops.
 //! 5. `pending`/`processing`: snooze and poll again after a growing delay. `completed`: record
 //!    it. `failed`: record it with Monime's reason, fail for good. Connection errors,
 //!    timeouts, 429 and 5xx: durable retry (429 after `Retry-After`). Other 4xx: fail for good.
@@ -99,19 +101,48 @@ pub async fn handle(
             )));
         }
     };
+    if row.monime_transfer_id.is_none() {
+        if let Some(limit) = &ctx.rate_limit {
+            if let Some(wait) = pace(ctx, limit, &row)
+                .await
+                .map_err(|e| TransferError::database(ticket_id, e))?
+            {
+                drop(permit);
+                metrics::counter!(HELD_BACK, "reason" => "rate_limit").increment(1);
+                return Ok(Outcome::Snooze(wait));
+            }
+        }
+        if meta.is_cancelled() {
+            // Cancelled before anything was sent: nothing to record.
+            return Ok(Outcome::Done);
+        }
+        // Shielded from cancellation: once the create is on its way, Monime's answer is
+        // recorded whatever happens to this run. The section runs as a task of its own, which
+        // a cancelled run that is dropped does not take down with it.
+        let (ctx, meta) = (ctx.clone(), meta.clone());
+        let shielded =
+            tokio::spawn(async move { call_and_record(&ctx, &meta, ticket_id, row, permit).await });
+        return match shielded.await {
+            Ok(outcome) => outcome,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(JobError::retryable(error)),
+        };
+    }
+    call_and_record(ctx, meta, ticket_id, row, permit).await
+}
+
+/// Asks Monime (creates the transfer, or reads its status once it has an id) and records the
+/// answer.
+async fn call_and_record(
+    ctx: &TransferContext,
+    meta: &JobMeta,
+    ticket_id: i64,
+    row: Row,
+    permit: super::breaker::Permit,
+) -> Result<Outcome, JobError> {
     let (call, result) = match row.monime_transfer_id.as_deref() {
         Some(id) => ("get", ctx.client.get_internal_transfer(id).await),
         None => {
-            if let Some(limit) = &ctx.rate_limit {
-                if let Some(wait) = pace(ctx, limit, &row)
-                    .await
-                    .map_err(|e| TransferError::database(ticket_id, e))?
-                {
-                    drop(permit);
-                    metrics::counter!(HELD_BACK, "reason" => "rate_limit").increment(1);
-                    return Ok(Outcome::Snooze(wait));
-                }
-            }
             let created = ctx
                 .client
                 .create_internal_transfer(&row.key, &row.body)
@@ -124,7 +155,10 @@ pub async fn handle(
     metrics::counter!(MONIME_CALLS, "call" => call, "result" => outcome_label(&result))
         .increment(1);
     let result = match result {
-        Ok(transfer) if call == "create" && is_unfinished(transfer.status) => {
+        // A cancelled run records the answer it has and stops: no status read in between.
+        Ok(transfer)
+            if call == "create" && is_unfinished(transfer.status) && !meta.is_cancelled() =>
+        {
             Ok(poll_inline(ctx, transfer).await)
         }
         other => other,

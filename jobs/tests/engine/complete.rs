@@ -112,16 +112,19 @@ async fn a_cancelled_and_retried_job_claimed_again_by_the_same_process_fences_th
     assert!(changed.is_empty());
     assert_eq!(state_of(&db.pool, id).await, (JobState::Running, 1));
 
-    // Renewing the first run's lease renews nothing; renewing the second's renews it.
+    // Renewing the first run's lease renews nothing and names it lost; renewing the second's
+    // renews it.
     use poda_jobs::engine::lease::extend_leases;
-    let renewed = extend_leases(&db.pool, &[(id, first[0].token)], Duration::from_secs(600))
+    let renewal = extend_leases(&db.pool, &[(id, first[0].token)], Duration::from_secs(600))
         .await
         .unwrap();
-    assert_eq!(renewed, 0);
-    let renewed = extend_leases(&db.pool, &[(id, second[0].token)], Duration::from_secs(600))
+    assert_eq!(renewal.renewed, 0);
+    assert_eq!(renewal.lost, vec![(id, first[0].token)]);
+    let renewal = extend_leases(&db.pool, &[(id, second[0].token)], Duration::from_secs(600))
         .await
         .unwrap();
-    assert_eq!(renewed, 1);
+    assert_eq!(renewal.renewed, 1);
+    assert!(renewal.lost.is_empty());
     let left: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM jobs WHERE id = $1",
     )
@@ -281,4 +284,66 @@ async fn a_late_outcome_that_waits_behind_a_takeover_is_fenced_by_the_committed_
     let changed = late.await.unwrap().unwrap();
     assert!(changed.is_empty());
     assert_eq!(state_of(&db.pool, id).await, (JobState::Running, 2));
+}
+
+#[tokio::test]
+async fn a_running_job_cancelled_by_an_operator_is_announced_and_its_late_outcome_changes_nothing()
+{
+    use poda_jobs::engine::lease::extend_leases;
+    use poda_jobs::engine::notify::{parse_cancel, CANCEL_CHANNEL};
+
+    let db = TestDb::new().await;
+    let id = enqueue_one_pooled(&db.pool, &job(1)).await.unwrap().id;
+    let claimed = claim_batch(&db.pool, QUEUE, 1, Uuid::new_v4(), LEASE, None)
+        .await
+        .unwrap();
+    let token = claimed[0].token;
+    let mut listener = sqlx::postgres::PgListener::connect_with(db.pool.pool())
+        .await
+        .unwrap();
+    listener.listen(CANCEL_CHANNEL).await.unwrap();
+
+    poda_jobs::engine::admin::cancel_job(&db.pool, id, &Actor::Console)
+        .await
+        .unwrap();
+    let told = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a cancellation is notified")
+        .unwrap();
+    assert_eq!(parse_cancel(told.payload()), Some((id.0, token)));
+
+    // The run's lease renewal names it lost; none of its late outcomes lands.
+    let renewal = extend_leases(&db.pool, &[(id, token)], LEASE)
+        .await
+        .unwrap();
+    assert_eq!((renewal.renewed, renewal.lost), (0, vec![(id, token)]));
+    for action in [
+        Action::Complete,
+        Action::Retry {
+            delay: Duration::ZERO,
+            error: "late".into(),
+        },
+        Action::Fail {
+            error: "late".into(),
+        },
+        Action::Cancelled,
+    ] {
+        let changed = complete_many(&db.pool, &[Completion { id, token, action }])
+            .await
+            .unwrap();
+        assert!(changed.is_empty());
+    }
+    assert_eq!(state_of(&db.pool, id).await, (JobState::Cancelled, 1));
+
+    // Cancelling a job that waits notifies nobody: no run holds it.
+    let waiting = enqueue_one_pooled(&db.pool, &job(2)).await.unwrap().id;
+    poda_jobs::engine::admin::cancel_job(&db.pool, waiting, &Actor::Console)
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.recv())
+            .await
+            .is_err(),
+        "a waiting job's cancel sent a notification"
+    );
 }

@@ -8,6 +8,7 @@ mod console;
 mod console_browser;
 mod crash;
 mod cycles;
+mod events;
 mod health;
 mod metrics;
 mod ops;

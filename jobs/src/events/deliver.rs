@@ -154,6 +154,8 @@ struct Pending {
     kind: String,
     created_at: DateTime<Utc>,
     data: serde_json::Value,
+    /// `outbox_deliveries.state` of an event an earlier run settled.
+    settled: Option<String>,
 }
 
 /// Delivers the job's events that are not settled yet.
@@ -189,19 +191,25 @@ async fn deliver(
     job: &DeliveryJob,
 ) -> Result<(Option<DeliveryError>, Option<Unsettled>), DeliveryError> {
     // Relies on the primary keys of outbox_events and outbox_deliveries.
-    let events = sqlx::query_as!(
+    let rows = sqlx::query_as!(
         Pending,
-        "SELECT e.id, e.type AS kind, e.created_at, e.data FROM outbox_events e \
+        "SELECT e.id, e.type AS kind, e.created_at, e.data, d.state AS \"settled?\" \
+         FROM outbox_events e \
+         LEFT JOIN outbox_deliveries d ON d.event_id = e.id AND d.url = $2 \
          WHERE e.id = ANY($1) \
-           AND NOT EXISTS (SELECT 1 FROM outbox_deliveries d \
-                           WHERE d.event_id = e.id AND d.url = $2) \
          ORDER BY e.id",
         &job.events,
         &job.url,
     )
     .fetch_all(db)
     .await?;
-    let total = events.len();
+    let total = rows.len();
+    // Refused by an earlier run: still refused, not sent again.
+    let refused_before = rows
+        .iter()
+        .filter(|e| e.settled.as_deref() == Some("failed"))
+        .count();
+    let events = rows.into_iter().filter(|e| e.settled.is_none());
     let answers: Vec<(i64, Answer)> = stream::iter(events)
         .map(|event| async move {
             let body = body(event.id, &event.kind, event.created_at, &event.data);
@@ -212,7 +220,10 @@ async fn deliver(
         .await;
 
     let mut settled: Vec<(i64, &'static str, i16, String)> = Vec::new();
-    let mut refused = (0, None::<String>);
+    let mut refused = (
+        refused_before,
+        (refused_before > 0).then(|| "refused by an earlier run".to_owned()),
+    );
     let mut pending = (0, None::<String>, None::<Duration>);
     let mut delivered = Vec::new();
     for (id, answer) in answers {

@@ -155,6 +155,31 @@ pub struct RunArgs {
     /// How long one notification delivery may take.
     #[arg(long, env = "NOTIFICATIONS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub notifications_timeout: Duration,
+    /// Where events (`ticket.issued`, `transfer.completed`, `transfer.failed`,
+    /// `cycle.activated`) are POSTed, comma-separated; each gets every event. Empty: events are
+    /// recorded in the outbox and not sent.
+    #[arg(
+        long,
+        env = "EVENTS_WEBHOOK_URLS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub events_webhook_urls: Vec<String>,
+    /// The key events are signed with (`Poda-Signature`); required with EVENTS_WEBHOOK_URLS.
+    #[arg(
+        long,
+        env = "EVENTS_WEBHOOK_SECRET",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub events_webhook_secret: Secret,
+    /// How long one event POST may take.
+    #[arg(long, env = "EVENTS_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub events_webhook_timeout: Duration,
+    /// Tests: the first wait between runs of an event delivery job (it doubles up to 30 min).
+    #[arg(long, hide = true, default_value = "2s", value_parser = parse_duration)]
+    pub events_retry_base: Duration,
     #[command(flatten)]
     pub transfers: TransferArgs,
     #[command(flatten)]

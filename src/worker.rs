@@ -20,6 +20,7 @@ use poda_jobs::engine::{
     batch_worker, BackendSettings, BatchSettings, Engine, EngineConfig, JobError, JobMeta, Listen,
     MaintainerConfig, Outcome, PgBackend, PrunerConfig,
 };
+use poda_jobs::events::{self, Deliverer, DelivererConfig, DeliveryJob, RelayConfig, Signer};
 use poda_jobs::notification::{self, AgentSummaryJob, Notifier, NotifierConfig};
 use poda_jobs::probe::{self, ProbeJob};
 use poda_jobs::ticket::{self, TicketHandler};
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{MonimeArgs, RunArgs, TransferArgs};
 use crate::config::{DatabaseSettings, Secret};
+use crate::http::webhooks::signature;
 use crate::shutdown::Shutdown;
 use crate::tally::ProbeTally;
 
@@ -44,6 +46,7 @@ pub const KNOWN_QUEUES: &[&str] = &[
     notification::QUEUE,
     deadlines::QUEUE,
     reconcile_job::QUEUE,
+    events::QUEUE,
 ];
 
 /// Queues of periodic jobs that need one handler slot, not --concurrency of them.
@@ -192,6 +195,7 @@ pub struct WorkerOptions {
     pub announce_ready: bool,
     pub cycle: CycleConfig,
     pub notifier: NotifierConfig,
+    pub events: EventsOptions,
     /// Serve `/metrics` and `/healthz` here.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -223,6 +227,7 @@ impl WorkerOptions {
             announce_ready: false,
             cycle: CycleConfig::default(),
             notifier: NotifierConfig::default(),
+            events: EventsOptions::default(),
             ticket_batches: ticket::batch_settings(),
             transfers: None,
             metrics_addr: None,
@@ -310,6 +315,7 @@ impl WorkerOptions {
         if args.cycle_chunk_size == 0 {
             bail!("--cycle-chunk-size must be at least 1");
         }
+        let events = EventsOptions::from_args(args)?;
         if let Some(url) = &args.notifications_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 bail!("--notifications-url (NOTIFICATIONS_URL) must be an http:// or https:// URL");
@@ -360,6 +366,7 @@ impl WorkerOptions {
                     .filter(|u| !u.trim().is_empty()),
                 timeout: args.notifications_timeout,
             },
+            events,
             transfers,
         })
     }
@@ -388,6 +395,56 @@ impl WorkerOptions {
     pub fn engine_connections(&self) -> u32 {
         self.engine_connections
             .unwrap_or((4 + self.queues.len()) as u32)
+    }
+}
+
+/// What the events queue needs: the receivers, the signing key and how to send.
+#[derive(Debug, Clone, Default)]
+pub struct EventsOptions {
+    /// `EVENTS_WEBHOOK_URLS` are `relay.urls`.
+    pub relay: RelayConfig,
+    pub deliverer: DelivererConfig,
+    /// `EVENTS_WEBHOOK_SECRET`; required when there are URLs.
+    pub secret: Secret,
+}
+
+impl EventsOptions {
+    pub fn from_args(args: &RunArgs) -> anyhow::Result<Self> {
+        let urls: Vec<String> = args
+            .events_webhook_urls
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        for url in &urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--events-webhook-urls (EVENTS_WEBHOOK_URLS): {url:?} is not an http:// or https:// URL");
+            }
+        }
+        if !urls.is_empty() && args.events_webhook_secret.expose().is_empty() {
+            bail!("EVENTS_WEBHOOK_URLS needs EVENTS_WEBHOOK_SECRET: events are always signed");
+        }
+        Ok(EventsOptions {
+            relay: RelayConfig {
+                urls,
+                retry: poda_jobs::RetryPolicy {
+                    base: args.events_retry_base,
+                    ..events::RETRY_POLICY
+                },
+                ..RelayConfig::default()
+            },
+            deliverer: DelivererConfig {
+                timeout: args.events_webhook_timeout,
+                ..DelivererConfig::default()
+            },
+            secret: args.events_webhook_secret.clone(),
+        })
+    }
+
+    /// Signs with the scheme of Monime's webhooks, keyed with the secret.
+    pub fn signer(&self) -> Signer {
+        let secret = self.secret.clone();
+        Arc::new(move |t, body| signature::sign(secret.expose(), t, body))
     }
 }
 
@@ -466,6 +523,17 @@ pub async fn run_workers(
 
     let notifier =
         Notifier::new(options.notifier.clone()).context("building the notification client")?;
+
+    let deliverer = Deliverer::new(&options.events.deliverer, options.events.signer())
+        .context("building the events client")?;
+    if options.queues.iter().any(|q| q == events::QUEUE) {
+        let (pool, config) = (handler_pool.clone(), options.events.relay.clone());
+        engine.loops().spawn(
+            "outbox_relay",
+            &shutdown,
+            events::relay::run(pool, config, shutdown.clone()),
+        );
+    }
 
     // The tickets queue runs outside the monitor, as a batch queue. Its runners stop claiming
     // at the shutdown signal itself, not once the monitor has drained the other queues.
@@ -550,6 +618,19 @@ pub async fn run_workers(
                         .data(notifier.clone())
                         .enable_tracing()
                         .build(run_notification)
+                })
+            }
+            events::QUEUE => {
+                let engine = engine.clone();
+                let pool = handler_pool.clone();
+                let deliverer = deliverer.clone();
+                monitor.register(move |i| {
+                    WorkerBuilder::new(format!("{}-{}-{i}", events::QUEUE, engine.owner()))
+                        .backend(PgBackend::<DeliveryJob>::new(&engine, settings.clone()))
+                        .data(pool.clone())
+                        .data(deliverer.clone())
+                        .enable_tracing()
+                        .build(run_delivery)
                 })
             }
             transfer::QUEUE => {
@@ -802,6 +883,15 @@ async fn run_notification(
     notification::handle(&notifier, &meta, job).await
 }
 
+async fn run_delivery(
+    job: DeliveryJob,
+    meta: JobMeta,
+    pool: Data<Db>,
+    deliverer: Data<Deliverer>,
+) -> Result<Outcome, JobError> {
+    events::handle(&pool, &deliverer, &meta, job).await
+}
+
 /// How long one run of `queue`'s job kind may take, as the kind derives it from its settings.
 fn run_timeout(queue: &str, options: &WorkerOptions) -> Duration {
     match queue {
@@ -813,6 +903,11 @@ fn run_timeout(queue: &str, options: &WorkerOptions) -> Duration {
         notification::QUEUE => notification::run_timeout(options.notifier.timeout),
         deadlines::QUEUE => deadlines::RUN_TIMEOUT,
         reconcile_job::QUEUE => reconcile_job::RUN_TIMEOUT,
+        events::QUEUE => events::run_timeout(
+            options.events.deliverer.timeout,
+            options.events.relay.events_per_job,
+            options.events.deliverer.concurrency,
+        ),
         _ => poda_jobs::engine::DEFAULT_RUN_TIMEOUT,
     }
 }

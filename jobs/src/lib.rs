@@ -12,6 +12,7 @@ pub mod batch;
 pub mod cycle;
 pub mod db;
 pub mod engine;
+pub mod events;
 pub mod notification;
 pub mod probe;
 pub mod sqlstate;

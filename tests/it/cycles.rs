@@ -473,6 +473,23 @@ async fn a_cycle_created_through_the_api_and_activated_by_its_fan_out_is_in_the_
     .await
     .unwrap();
     assert!(same);
+    // So is its outbox event, with the target as money.
+    let (same, data): (bool, Value) = sqlx::query_as(
+        "SELECT c.xmin = o.xmin, o.data FROM contribution_cycles c JOIN outbox_events o \
+         ON o.subject_id = c.id::text AND o.type = 'cycle.activated' WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(same);
+    assert_eq!(data["cycle_id"], id);
+    assert_eq!(data["target"]["currency"], "SLE");
+    assert_eq!(
+        data["target"]["value"].as_i64(),
+        data["contributions"].as_i64().map(|n| n * 2_500)
+    );
+    assert!(data["contributions"].as_i64().unwrap() > 0);
 }
 
 /// A notification receiver: records every delivery, and answers 503 to the first one for

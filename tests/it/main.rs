@@ -10,6 +10,7 @@ mod console_browser;
 mod crash;
 mod cycles;
 mod enqueue_sql;
+mod events;
 mod health;
 mod metrics;
 mod ops;

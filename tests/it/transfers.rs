@@ -239,6 +239,16 @@ async fn transfers_complete_exactly_once_when_a_fifth_of_calls_fail_transiently(
     .await
     .unwrap();
     assert_eq!(stats, (2_000, 2_000, 2_000 * 1_250));
+    // One transfer.completed outbox event per transfer, written by the completing statement.
+    let (events, subjects, amounts): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT subject_id), \
+                sum((data->'amount'->>'value')::bigint)::bigint \
+         FROM outbox_events WHERE type = 'transfer.completed'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((events, subjects, amounts), (2_000, 2_000, 2_000 * 1_250));
 }
 
 #[tokio::test]
@@ -284,6 +294,21 @@ async fn permanent_errors_fail_with_their_reason_and_are_not_retried() {
     assert!(error.contains("400"), "{error}");
     let (_, _, code, _, _) = row(declined);
     assert_eq!(code.as_deref(), Some("transfer_declined"));
+    // Each failure announced once in the outbox, with its code.
+    let failed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT subject_id, data->>'failure_code' FROM outbox_events \
+         WHERE type = 'transfer.failed' ORDER BY subject_id::bigint",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let mut expected = vec![
+        (broke.to_string(), "fund_insufficient".to_owned()),
+        (invalid.to_string(), "rejected".to_owned()),
+        (declined.to_string(), "transfer_declined".to_owned()),
+    ];
+    expected.sort_by_key(|(t, _)| t.parse::<i64>().unwrap());
+    assert_eq!(failed, expected);
 
     // One attempt each, one create each: nothing was retried.
     let attempts: Vec<(i32, i64)> = sqlx::query_as(

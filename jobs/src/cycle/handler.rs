@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::audit::{self, action, subject, Actor, Event};
 use crate::db::Db;
+use crate::events::{self, event_type};
 
 use crate::engine::outcome::error_chain;
 use crate::engine::{enqueue_many, JobError, JobMeta, Outcome};
@@ -200,6 +201,16 @@ async fn activate(pool: &Db, id: CycleId) -> Result<(), CycleError> {
     });
     let event = Event::new(action::CYCLE_ACTIVATED, subject::CYCLE, id, data);
     audit::record(&mut tx, &Actor::Worker, &event)
+        .await
+        .map_err(db(id))?;
+    let published = serde_json::json!({
+        "cycle_id": id,
+        "code": cycle.code,
+        "contributions": cycle.processed,
+        "target": { "currency": cycle.currency, "value": target },
+        "agents": jobs.len(),
+    });
+    events::publish(&mut tx, event_type::CYCLE_ACTIVATED, id, &published)
         .await
         .map_err(db(id))?;
     pool.commit(tx).await.map_err(db(id))?;

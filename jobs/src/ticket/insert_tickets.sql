@@ -3,11 +3,12 @@
 -- $1 payment_id[], $2 event_id[], $3 company_id[], $4 route_id[], $5 payment_code[] (NULL:
 -- none), $6 passenger_phone[], $7 amount_minor[], $8 commission_minor[], $9 currency[],
 -- $10 financial_transaction_reference[] (NULL: none); $11 the audit actor, $12 the audit
--- action and $13 its subject type.
+-- action and $13 its subject type; $14 the outbox event type.
 -- Rows go in in payment_id order, so concurrent batches take the unique index's locks in the
 -- same order and never deadlock on each other.
 -- Each inserted ticket gets its audit event from the same statement: one INSERT … SELECT over
--- the RETURNING rows, not a statement per ticket (docs/audit-trail.md).
+-- the RETURNING rows, not a statement per ticket (docs/audit-trail.md), and its outbox
+-- event the same way (docs/outbox-events.md).
 -- Relies on tickets' unique payment_id index (ON CONFLICT).
 WITH inserted AS (
     INSERT INTO tickets (payment_id, event_id, company_id, route_id, payment_code, passenger_phone,
@@ -20,7 +21,7 @@ WITH inserted AS (
               amount_minor, commission_minor, currency, financial_transaction_reference)
     ORDER BY payment_id
     ON CONFLICT (payment_id) DO NOTHING
-    RETURNING id, payment_id, company_id, amount_minor, currency, commission_minor
+    RETURNING id, payment_id, company_id, route_id, amount_minor, currency, commission_minor
 ),
 audited AS (
     INSERT INTO audit_events (actor, action, subject_type, subject_id, data)
@@ -28,6 +29,17 @@ audited AS (
            jsonb_build_object('payment_id', i.payment_id, 'company_id', i.company_id,
                               'amount_minor', i.amount_minor, 'currency', i.currency,
                               'commission_minor', i.commission_minor)
+    FROM inserted i
+),
+published AS (
+    INSERT INTO outbox_events (type, subject_id, data)
+    SELECT $14, i.id::text,
+           jsonb_build_object('ticket_id', i.id, 'payment_id', i.payment_id,
+                              'company_id', i.company_id, 'route_id', i.route_id,
+                              'amount', jsonb_build_object('currency', i.currency,
+                                                           'value', i.amount_minor),
+                              'commission', jsonb_build_object('currency', i.currency,
+                                                               'value', i.commission_minor))
     FROM inserted i
 )
 SELECT id AS "id!", payment_id AS "payment_id!"

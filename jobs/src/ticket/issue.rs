@@ -9,7 +9,8 @@
 //!   look_up_batch        companies, routes and existing tickets, set-based
 //!   (Rust)               reject what cannot become a ticket; count uses against each code's limit
 //!   insert_tickets       one multi-row INSERT … ON CONFLICT (payment_id) DO NOTHING, and
-//!                        the inserted tickets' `ticket.issued` audit events, in one statement
+//!                        the inserted tickets' `ticket.issued` audit and outbox events, in
+//!                        one statement
 //!   count_code_uses      the inserted tickets' codes; exhausted at the limit
 //!   insert_new_jobs      one commission_transfers job per inserted ticket (its key is new)
 //! RELEASE SAVEPOINT
@@ -37,6 +38,7 @@ use super::{commission_minor, TicketJob};
 use crate::audit::{action, subject, Actor};
 use crate::engine::EngineError;
 use crate::engine::{insert_new_jobs, NewJob};
+use crate::events::event_type;
 use crate::sqlstate::{is_data_error, is_transaction_conflict, may_be_caused_by_a_row};
 use crate::transfer::TransferJob;
 
@@ -531,6 +533,7 @@ async fn insert_tickets(
         Actor::Worker.name(),
         action::TICKET_ISSUED,
         subject::TICKET,
+        event_type::TICKET_ISSUED,
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -25,6 +25,7 @@ use super::store::{Answer, RowStatus, TransferRow as Row, TransferStore};
 use super::TransferJob;
 use crate::audit::{action, subject, Actor};
 use crate::engine::{JobError, JobMeta, Outcome};
+use crate::events::event_type;
 
 pub const DEFAULT_POLL_INITIAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
@@ -309,11 +310,19 @@ async fn on_answer(
                    monime_status = 'failed', failure_code = $3, last_error = $4, \
                    updated_at = now(), status_changed_at = now() \
                    WHERE id = $1 AND idempotency_key = $5 AND status IN ('pending', 'processing') \
-                   RETURNING ticket_id, generation, failure_code, monime_status, last_error) \
-                 INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
-                 SELECT $6, $7, $8, ticket_id::text, jsonb_build_object('generation', generation, \
-                   'failure_code', failure_code, 'monime_status', monime_status, \
-                   'reason', last_error) \
+                   RETURNING id, ticket_id, generation, failure_code, monime_status, \
+                    last_error, amount_minor, currency), \
+                 audited AS ( \
+                   INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
+                   SELECT $6, $7, $8, ticket_id::text, jsonb_build_object('generation', generation, \
+                     'failure_code', failure_code, 'monime_status', monime_status, \
+                     'reason', last_error) \
+                   FROM failed) \
+                 INSERT INTO outbox_events (type, subject_id, data) \
+                 SELECT $9, ticket_id::text, jsonb_build_object('ticket_id', ticket_id, \
+                   'transfer_id', id, 'generation', generation, \
+                   'amount', jsonb_build_object('currency', currency, 'value', amount_minor), \
+                   'failure_code', failure_code, 'monime_status', monime_status) \
                  FROM failed",
                 row.id,
                 &transfer.id,
@@ -323,6 +332,7 @@ async fn on_answer(
                 Actor::Worker.name(),
                 action::TRANSFER_FAILED,
                 subject::TRANSFER,
+                event_type::TRANSFER_FAILED,
             )
             .execute(&ctx.pool)
             .await
@@ -348,11 +358,19 @@ async fn record_transient(
                failure_code = 'retries_exhausted', retry_count = retry_count + 1, \
                last_error = $2, updated_at = now(), status_changed_at = now() \
                WHERE id = $1 AND idempotency_key = $3 AND status IN ('pending', 'processing') \
-               RETURNING ticket_id, generation, failure_code, monime_status, last_error) \
-             INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
-             SELECT $4, $5, $6, ticket_id::text, jsonb_build_object('generation', generation, \
-               'failure_code', failure_code, 'monime_status', monime_status, \
-               'reason', last_error) \
+               RETURNING id, ticket_id, generation, failure_code, monime_status, \
+                last_error, amount_minor, currency), \
+             audited AS ( \
+               INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
+               SELECT $4, $5, $6, ticket_id::text, jsonb_build_object('generation', generation, \
+                 'failure_code', failure_code, 'monime_status', monime_status, \
+                 'reason', last_error) \
+               FROM failed) \
+             INSERT INTO outbox_events (type, subject_id, data) \
+             SELECT $7, ticket_id::text, jsonb_build_object('ticket_id', ticket_id, \
+               'transfer_id', id, 'generation', generation, \
+               'amount', jsonb_build_object('currency', currency, 'value', amount_minor), \
+               'failure_code', failure_code, 'monime_status', monime_status) \
              FROM failed",
             row.id,
             format!("no retries left: {text}"),
@@ -360,6 +378,7 @@ async fn record_transient(
             Actor::Worker.name(),
             action::TRANSFER_FAILED,
             subject::TRANSFER,
+            event_type::TRANSFER_FAILED,
         )
         .execute(pool)
         .await?;
@@ -390,10 +409,18 @@ async fn record_failed(
            UPDATE commission_transfers SET status = 'failed', monime_status = $2, \
            failure_code = $3, last_error = $4, updated_at = now(), status_changed_at = now() \
            WHERE id = $1 AND idempotency_key = $5 AND status IN ('pending', 'processing') \
-           RETURNING ticket_id, generation, failure_code, monime_status, last_error) \
-         INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
-         SELECT $6, $7, $8, ticket_id::text, jsonb_build_object('generation', generation, \
-           'failure_code', failure_code, 'monime_status', monime_status, 'reason', last_error) \
+           RETURNING id, ticket_id, generation, failure_code, monime_status, \
+            last_error, amount_minor, currency), \
+         audited AS ( \
+           INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
+           SELECT $6, $7, $8, ticket_id::text, jsonb_build_object('generation', generation, \
+             'failure_code', failure_code, 'monime_status', monime_status, 'reason', last_error) \
+           FROM failed) \
+         INSERT INTO outbox_events (type, subject_id, data) \
+         SELECT $9, ticket_id::text, jsonb_build_object('ticket_id', ticket_id, \
+           'transfer_id', id, 'generation', generation, \
+           'amount', jsonb_build_object('currency', currency, 'value', amount_minor), \
+           'failure_code', failure_code, 'monime_status', monime_status) \
          FROM failed",
         row.id,
         monime_status,
@@ -403,6 +430,7 @@ async fn record_failed(
         Actor::Worker.name(),
         action::TRANSFER_FAILED,
         subject::TRANSFER,
+        event_type::TRANSFER_FAILED,
     )
     .execute(pool)
     .await?;

@@ -3,7 +3,8 @@
 -- Fenced: a row whose key changed (an operator retry made a new generation) is left alone,
 -- and a completed row is not written again.
 -- $4 the audit actor, $5 the audit action and $6 its subject type: each row completed gets
--- its `transfer.completed` event in this statement.
+-- its `transfer.completed` event in this statement, and $7 (the outbox event type) its
+-- outbox event (docs/outbox-events.md).
 WITH completed AS (
     UPDATE commission_transfers ct
     SET status = 'completed', monime_transfer_id = u.monime_transfer_id,
@@ -13,10 +14,20 @@ WITH completed AS (
     WHERE ct.id = u.id AND ct.idempotency_key = u.idempotency_key AND ct.status <> 'completed'
     RETURNING ct.id, ct.ticket_id, ct.generation, ct.monime_transfer_id, ct.amount_minor,
               ct.currency
+),
+audited AS (
+    INSERT INTO audit_events (actor, action, subject_type, subject_id, data)
+    SELECT $4, $5, $6, c.ticket_id::text,
+           jsonb_build_object('transfer_id', c.id, 'generation', c.generation,
+                              'monime_transfer_id', c.monime_transfer_id,
+                              'amount_minor', c.amount_minor, 'currency', c.currency)
+    FROM completed c
 )
-INSERT INTO audit_events (actor, action, subject_type, subject_id, data)
-SELECT $4, $5, $6, c.ticket_id::text,
-       jsonb_build_object('transfer_id', c.id, 'generation', c.generation,
+INSERT INTO outbox_events (type, subject_id, data)
+SELECT $7, c.ticket_id::text,
+       jsonb_build_object('ticket_id', c.ticket_id, 'transfer_id', c.id,
+                          'generation', c.generation,
                           'monime_transfer_id', c.monime_transfer_id,
-                          'amount_minor', c.amount_minor, 'currency', c.currency)
+                          'amount', jsonb_build_object('currency', c.currency,
+                                                       'value', c.amount_minor))
 FROM completed c

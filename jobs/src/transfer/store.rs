@@ -27,6 +27,7 @@ use super::error::TransferError;
 use super::monime::{AccountRef, Amount, CreateTransfer, IdempotencyKey};
 use crate::audit::{action, subject, Actor};
 use crate::batch::{self, BatchHandle, BatcherConfig};
+use crate::events::event_type;
 use crate::sqlstate::may_be_caused_by_a_row;
 
 /// Statements of each kind being written at once (each holds a connection).
@@ -413,6 +414,7 @@ async fn record_completed_many(pool: &Db, answers: Vec<Answer>) -> Vec<Shared<()
         Actor::Worker.name(),
         action::TRANSFER_COMPLETED,
         subject::TRANSFER,
+        event_type::TRANSFER_COMPLETED,
     )
     .execute(pool)
     .await

@@ -63,13 +63,16 @@ async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
         WorkerCommand::Retry { id } => {
             let job = ops::retry(&pool, id).await?;
             println!(
-                "job {} ({}) is available again (attempts reset; run_at {})",
-                job.id, job.queue, job.run_at
+                "job {} ({}, priority {}) is available again (attempts reset; run_at {})",
+                job.id, job.queue, job.priority, job.run_at
             );
         }
         WorkerCommand::Cancel { id } => {
             let job = ops::cancel(&pool, id).await?;
-            println!("job {} ({}) is cancelled", job.id, job.queue);
+            println!(
+                "job {} ({}, priority {}) is cancelled",
+                job.id, job.queue, job.priority
+            );
         }
         WorkerCommand::Prune { older_than } => {
             let report = ops::prune(&pool, older_than).await?;

@@ -95,10 +95,23 @@ async fn seed_tickets(pool: &Db, company: &str, account: &str, n: i64) -> Vec<i6
     .unwrap()
 }
 
+/// Enqueues the transfer jobs of `tickets` as ticket creation does: keyed by their company.
 async fn enqueue_transfers(pool: &Db, tickets: &[i64], retry: RetryPolicy) {
+    let companies: std::collections::HashMap<i64, String> =
+        sqlx::query_as("SELECT id, company_id FROM tickets WHERE id = ANY($1)")
+            .bind(tickets)
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
     let jobs: Vec<_> = tickets
         .iter()
-        .map(|&ticket_id| TransferJob { ticket_id }.to_job().with_retry(retry))
+        .map(|&ticket_id| {
+            TransferJob { ticket_id }
+                .to_job(&companies[&ticket_id])
+                .with_retry(retry)
+        })
         .collect();
     for chunk in jobs.chunks(1_000) {
         enqueue_many_pooled(pool, chunk).await.unwrap();

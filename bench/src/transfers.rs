@@ -168,6 +168,7 @@ async fn run_once(
             },
             breaker: BreakerConfig::default(),
             rate_limit: None,
+            max_in_flight_per_company: 0,
         }),
         ..WorkerOptions::for_queues(&[transfer::QUEUE], opts.concurrency)
     };

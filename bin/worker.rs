@@ -71,26 +71,30 @@ async fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
         WorkerCommand::Retry { id } => {
             let job = ops::retry(&pool, id).await?;
             println!(
-                "job {} ({}) is available again (attempts reset; run_at {})",
-                job.id, job.queue, job.run_at
+                "job {} ({}, priority {}) is available again (attempts reset; run_at {})",
+                job.id, job.queue, job.priority, job.run_at
             );
         }
         WorkerCommand::Cancel { id } => {
             let job = ops::cancel(&pool, id).await?;
-            println!("job {} ({}) is cancelled", job.id, job.queue);
+            println!(
+                "job {} ({}, priority {}) is cancelled",
+                job.id, job.queue, job.priority
+            );
         }
         WorkerCommand::Enqueue {
             queue,
             kind,
             payload,
             run_at,
-            priority: _, // taken and checked (0..=3); stored once jobs carry a priority
+            priority,
             unique_key,
             max_attempts,
         } => {
             ops::ensure_schema(&pool, false).await?;
             let mut job = NewJob::new(queue, kind, payload);
             job.run_at = run_at;
+            job.priority = priority;
             job.unique_key = unique_key;
             job.retry.max_attempts = max_attempts;
             let enqueued = ops::enqueue(&pool, &job).await?;

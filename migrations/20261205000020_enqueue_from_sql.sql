@@ -73,11 +73,8 @@ BEGIN
                                   max_attempts, ord)
     ),
     inserted AS (
-        -- PRIORITY: once jobs.priority exists, these two lines become
-        --   INSERT INTO jobs (id, queue, kind, payload, unique_key, run_at, max_attempts, backoff_base_ms, backoff_max_ms, priority)
-        --   SELECT i.id, i.queue, i.kind, i.payload, i.unique_key, coalesce(i.run_at, now()), coalesce(i.max_attempts, 25), 1000, 3600000, coalesce(i.priority, 1)
-        INSERT INTO jobs (id, queue, kind, payload, unique_key, run_at, max_attempts, backoff_base_ms, backoff_max_ms)
-        SELECT i.id, i.queue, i.kind, i.payload, i.unique_key, coalesce(i.run_at, now()), coalesce(i.max_attempts, 25), 1000, 3600000
+        INSERT INTO jobs (id, queue, kind, payload, unique_key, run_at, max_attempts, backoff_base_ms, backoff_max_ms, priority)
+        SELECT i.id, i.queue, i.kind, i.payload, i.unique_key, coalesce(i.run_at, now()), coalesce(i.max_attempts, 25), 1000, 3600000, coalesce(i.priority, 1)
         FROM input i
         ORDER BY i.ord
         ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING

@@ -211,6 +211,10 @@ pub struct TransferArgs {
     /// Postgres); 0 turns the limit off.
     #[arg(long, env = "TRANSFER_RATE_LIMIT", default_value_t = 0)]
     pub transfer_rate_limit: u32,
+    /// Commission transfers of one transport company running at once across ALL worker
+    /// replicas (every replica must use the same value); 0 turns the limit off.
+    #[arg(long, env = "TRANSFER_MAX_IN_FLIGHT_PER_COMPANY", default_value_t = 0)]
+    pub transfer_max_in_flight_per_company: u32,
     /// Burst above the rate (0: one second's worth, at least 1).
     #[arg(long, env = "TRANSFER_RATE_BURST", default_value_t = 0)]
     pub transfer_rate_burst: u32,

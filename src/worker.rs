@@ -70,6 +70,8 @@ pub struct TransferOptions {
     pub settings: TransferSettings,
     pub breaker: BreakerConfig,
     pub rate_limit: Option<RateLimitConfig>,
+    /// Transfers of one company running at once across every replica (0: no limit).
+    pub max_in_flight_per_company: u32,
 }
 
 impl TransferOptions {
@@ -86,6 +88,7 @@ impl TransferOptions {
             },
             breaker: BreakerConfig::default(),
             rate_limit: None,
+            max_in_flight_per_company: 0,
         }
     }
 
@@ -126,6 +129,7 @@ impl TransferOptions {
                 reset: args.breaker_reset,
             },
             rate_limit,
+            max_in_flight_per_company: args.transfer_max_in_flight_per_company,
         }))
     }
 }
@@ -581,6 +585,7 @@ pub async fn run_workers(
             batch_size: options.batch_size,
             prefetch: options.prefetch,
             run_timeout: run_timeout(queue, &options),
+            per_key_limit: per_key_limit(queue, &options),
         };
         monitor = match queue.as_str() {
             probe::QUEUE => {
@@ -890,6 +895,18 @@ async fn run_delivery(
     deliverer: Data<Deliverer>,
 ) -> Result<Outcome, JobError> {
     events::handle(&pool, &deliverer, &meta, job).await
+}
+
+/// How many jobs of one concurrency key of `queue` may run at once (0: no limit): for the
+/// transfers, one company's.
+fn per_key_limit(queue: &str, options: &WorkerOptions) -> u32 {
+    match queue {
+        transfer::QUEUE => options
+            .transfers
+            .as_ref()
+            .map_or(0, |t| t.max_in_flight_per_company),
+        _ => 0,
+    }
 }
 
 /// How long one run of `queue`'s job kind may take, as the kind derives it from its settings.

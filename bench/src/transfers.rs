@@ -108,9 +108,20 @@ async fn run_once(
     let tickets = seed_tickets(&handler_pool, opts.n).await?;
     // The N transfer jobs, as ticket creation leaves them; then fresh statistics, so the
     // engine's plans are those of a table with N jobs (BENCHMARKS: ANALYZE after loading).
+    let companies: std::collections::HashMap<i64, String> =
+        sqlx::query_as("SELECT id, company_id FROM tickets WHERE id = ANY($1)")
+            .bind(&tickets)
+            .fetch_all(&handler_pool)
+            .await?
+            .into_iter()
+            .collect();
     let jobs: Vec<_> = tickets
         .iter()
-        .map(|&ticket_id| TransferJob { ticket_id }.to_job().with_retry(opts.retry))
+        .map(|&ticket_id| {
+            TransferJob { ticket_id }
+                .to_job(&companies[&ticket_id])
+                .with_retry(opts.retry)
+        })
         .collect();
     let mut conn = handler_pool.pool().acquire().await?;
     for chunk in jobs.chunks(1_000) {
@@ -157,6 +168,7 @@ async fn run_once(
             },
             breaker: BreakerConfig::default(),
             rate_limit: None,
+            max_in_flight_per_company: 0,
         }),
         ..WorkerOptions::for_queues(&[transfer::QUEUE], opts.concurrency)
     };

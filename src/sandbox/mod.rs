@@ -50,6 +50,9 @@ pub(crate) struct Settings {
     pub latency: Duration,
     pub completion_delay: Duration,
     pub faults: FaultConfig,
+    /// Added to the answer of a create whose source is this financial account (a slow
+    /// company), on top of `latency`.
+    pub account_latency: std::collections::HashMap<String, Duration>,
     /// Every request answers 503 (nothing executed).
     pub outage: bool,
 }
@@ -76,6 +79,7 @@ impl SandboxState {
                 latency: config.latency,
                 completion_delay: config.completion_delay,
                 faults: config.faults,
+                account_latency: Default::default(),
                 outage: false,
             }),
             token: config.token,
@@ -227,6 +231,14 @@ impl SandboxHandle {
 
     pub fn set_latency(&self, latency: Duration) {
         self.state.update(|s| s.latency = latency);
+    }
+
+    /// Answers creates from `account` (the source financial account) `extra` later than the
+    /// others: one slow company beside fast ones.
+    pub fn set_account_latency(&self, account: &str, extra: Duration) {
+        self.state.update(|s| {
+            s.account_latency.insert(account.to_owned(), extra);
+        });
     }
 
     pub fn set_faults(&self, faults: FaultConfig) {

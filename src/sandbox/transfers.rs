@@ -117,6 +117,12 @@ async fn create(
         return too_many_requests(settings.faults.retry_after_s);
     }
 
+    let latency = settings.latency
+        + settings
+            .account_latency
+            .get(&source)
+            .copied()
+            .unwrap_or_default();
     // Draw a fault for this create, then apply the idempotency rules.
     let (fault, outcome) = {
         let mut store = state.store.lock().unwrap_or_else(|p| p.into_inner());
@@ -127,7 +133,7 @@ async fn create(
         };
         (fault, outcome)
     };
-    tokio::time::sleep(settings.latency).await;
+    tokio::time::sleep(latency).await;
     match (fault, outcome) {
         (Some(FaultKind::TooManyRequests), _) => {
             state.counters.faults.fetch_add(1, Ordering::Relaxed);

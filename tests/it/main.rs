@@ -17,6 +17,7 @@ mod ops;
 mod outage;
 mod payments;
 mod pgbouncer;
+mod priorities;
 mod process;
 mod queue_ops;
 mod replicas;

@@ -95,10 +95,23 @@ async fn seed_tickets(pool: &Db, company: &str, account: &str, n: i64) -> Vec<i6
     .unwrap()
 }
 
+/// Enqueues the transfer jobs of `tickets` as ticket creation does: keyed by their company.
 async fn enqueue_transfers(pool: &Db, tickets: &[i64], retry: RetryPolicy) {
+    let companies: std::collections::HashMap<i64, String> =
+        sqlx::query_as("SELECT id, company_id FROM tickets WHERE id = ANY($1)")
+            .bind(tickets)
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
     let jobs: Vec<_> = tickets
         .iter()
-        .map(|&ticket_id| TransferJob { ticket_id }.to_job().with_retry(retry))
+        .map(|&ticket_id| {
+            TransferJob { ticket_id }
+                .to_job(&companies[&ticket_id])
+                .with_retry(retry)
+        })
         .collect();
     for chunk in jobs.chunks(1_000) {
         enqueue_many_pooled(pool, chunk).await.unwrap();
@@ -1265,4 +1278,144 @@ async fn a_transfer_cancelled_while_monime_holds_its_create_is_still_recorded() 
     assert_eq!(count_jobs(&db.pool, "cancelled").await, 1);
     assert_eq!(sandbox.counts.total_executions(), 1);
     assert_eq!(sandbox.counts.create_requests(), 1);
+}
+
+/// With `TRANSFER_MAX_IN_FLIGHT_PER_COMPANY`, three worker processes never run more than that
+/// many transfers of one company at once, and a slow company's backlog, enqueued first, does
+/// not hold the fast companies back.
+#[tokio::test]
+async fn at_most_the_limit_of_one_companys_transfers_run_and_a_slow_company_holds_no_other_back() {
+    const LIMIT: i64 = 2;
+    let db = TestDb::new().await;
+    let sandbox = sandbox(SandboxConfig {
+        latency: Duration::from_millis(2),
+        completion_delay: Duration::from_millis(10),
+        ..SandboxConfig::default()
+    })
+    .await;
+    // Every create from the slow company's account takes a second: 12 transfers, 2 at a time,
+    // need at least 6 s.
+    sandbox
+        .counts
+        .set_account_latency("fa-slow", Duration::from_secs(1));
+    let slow = seed_tickets(&db.pool, "co-slow", "fa-slow", 12).await;
+    let fast_a = seed_tickets(&db.pool, "co-fast-a", "fa-fast-a", 30).await;
+    let fast_b = seed_tickets(&db.pool, "co-fast-b", "fa-fast-b", 30).await;
+    enqueue_transfers(&db.pool, &slow, FAST_RETRY).await;
+    enqueue_transfers(&db.pool, &[fast_a, fast_b].concat(), FAST_RETRY).await;
+
+    let args = [
+        "--concurrency",
+        "8",
+        "--transfer-poll-inline",
+        "30ms",
+        "--transfer-poll-initial",
+        "30ms",
+        "--poll-interval",
+        "100ms",
+    ];
+    let started = std::time::Instant::now();
+    let _workers: Vec<_> = (0..3)
+        .map(|_| {
+            let mut command = transfer_worker_command(&db, &sandbox, &args);
+            command.env("TRANSFER_MAX_IN_FLIGHT_PER_COMPANY", LIMIT.to_string());
+            spawn_worker_with(command)
+        })
+        .collect();
+
+    // The sampler reads the running transfer jobs per company from the tickets they move.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sampler = {
+        let pool = db.pool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut most: std::collections::HashMap<String, i64> = Default::default();
+            while !stop.is_cancelled() {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT t.company_id, count(*) FROM jobs j \
+                     JOIN tickets t ON t.id = (j.payload->>'ticket_id')::bigint \
+                     WHERE j.queue = 'commission_transfers' AND j.state = 'running' \
+                     GROUP BY t.company_id",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                for (company, n) in rows {
+                    let m = most.entry(company).or_default();
+                    *m = (*m).max(n);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
+
+    let completed_of = |company: &'static str| {
+        let pool = db.pool.clone();
+        move || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM commission_transfers c JOIN tickets t ON t.id = c.ticket_id \
+                     WHERE c.status = 'completed' AND t.company_id = $1",
+                )
+                .bind(company)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+            }
+        }
+    };
+    wait_until(
+        "the fast companies' 60 transfers completed",
+        Duration::from_secs(60),
+        {
+            let a = completed_of("co-fast-a");
+            let b = completed_of("co-fast-b");
+            move || {
+                let (a, b) = (a(), b());
+                async move { a.await + b.await }
+            }
+        },
+        |n| *n == 60,
+    )
+    .await;
+    let fast_done = started.elapsed();
+    let slow_when_fast_done = completed_of("co-slow")().await;
+    wait_until(
+        "the slow company's 12 transfers completed",
+        Duration::from_secs(60),
+        completed_of("co-slow"),
+        |n| *n == 12,
+    )
+    .await;
+    let slow_done = started.elapsed();
+    stop.cancel();
+    let most = sampler.await.unwrap();
+
+    for (company, n) in &most {
+        assert!(
+            *n <= LIMIT,
+            "{n} transfers of {company} ran at once (limit {LIMIT})"
+        );
+    }
+    assert_eq!(
+        most.get("co-slow"),
+        Some(&LIMIT),
+        "the slow company used its places: {most:?}"
+    );
+    assert!(
+        slow_when_fast_done <= 8,
+        "the slow company was throttled while the fast ones ran ({slow_when_fast_done} of 12 done)"
+    );
+    assert!(
+        slow_done >= Duration::from_secs(6),
+        "12 one-second creates, 2 at a time, took {slow_done:?}"
+    );
+    // 30 transfers per fast company, 2 at a time, each a few tens of milliseconds: their pace
+    // does not follow the slow company's second per create.
+    assert!(
+        fast_done < Duration::from_secs(5) && fast_done * 2 < slow_done,
+        "the fast companies took {fast_done:?} (the slow one {slow_done:?})"
+    );
 }

@@ -13,7 +13,7 @@ pub async fn fetch_job(pool: &Db, id: JobId) -> Result<JobSnapshot, EngineError>
     sqlx::query_as!(
         JobSnapshot,
         "SELECT id AS \"id: JobId\", queue, kind, state AS \"state: JobState\", \
-         attempt AS attempts, max_attempts, run_at, unique_key, last_error, errors, payload, \
+         priority, concurrency_key, attempt AS attempts, max_attempts, run_at, unique_key, last_error, errors, payload, \
          created_at, attempted_at, finished_at, updated_at FROM jobs WHERE id = $1",
         id.0,
     )

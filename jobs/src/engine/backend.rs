@@ -29,7 +29,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use super::ack::AckLayer;
-use super::claim::claim_batch;
+use super::claim::{claim_batch, claim_batch_per_key};
 use super::complete::Completion;
 use super::enqueue::enqueue_many_pooled;
 use super::error::EngineError;
@@ -59,6 +59,10 @@ pub struct BackendSettings {
     /// How long one run may take; past it the run is stopped and fails as a retryable
     /// attempt (see `ack`). Each job kind declares its own.
     pub run_timeout: Duration,
+    /// At most this many jobs sharing a concurrency key run at once, across every process
+    /// that claims with the same limit ([`super::claim::claim_batch_per_key`]); 0, the
+    /// default, sets no limit.
+    pub per_key_limit: u32,
 }
 
 /// The run timeout of a queue whose job kind does not declare one.
@@ -114,18 +118,32 @@ impl<Args> PgBackend<Args> {
     fn start_claim(&mut self, limit: usize) {
         let engine = self.engine.clone();
         let queue = self.settings.queue.clone();
+        let per_key = self.settings.per_key_limit;
         self.seen_generation = self.signal.generation();
         self.claim_size = limit;
         self.claiming = Some(self.engine.track_claim(async move {
-            let jobs = claim_batch(
-                engine.pool(),
-                &queue,
-                limit,
-                engine.owner(),
-                engine.config().lease,
-                None,
-            )
-            .await?;
+            let jobs = if per_key == 0 {
+                claim_batch(
+                    engine.pool(),
+                    &queue,
+                    limit,
+                    engine.owner(),
+                    engine.config().lease,
+                    None,
+                )
+                .await?
+            } else {
+                claim_batch_per_key(
+                    engine.pool(),
+                    &queue,
+                    limit,
+                    per_key,
+                    engine.owner(),
+                    engine.config().lease,
+                    None,
+                )
+                .await?
+            };
             // Tests widen the window between a claim's commit and its jobs being handed over,
             // to signal the process inside it (`engine-claim-returned=1*return(MS)`).
             #[cfg(feature = "failpoints")]

@@ -82,6 +82,7 @@ impl BatchSettings {
 /// A claimed job as `claim_locked` returns it.
 struct LockedRow {
     id: i64,
+    priority: i16,
     run_at: chrono::DateTime<chrono::Utc>,
     kind: String,
     payload: String,
@@ -217,12 +218,13 @@ async fn run_batch<H: BatchHandler>(
         "src/engine/claim_locked.sql",
         queue,
         limit,
-        after.map(|(run_at, _)| run_at),
-        after.map(|(_, id)| id),
+        after.map(|(priority, _, _)| priority),
+        after.map(|(_, run_at, _)| run_at),
+        after.map(|(_, _, id)| id),
     )
     .fetch_all(&mut *tx)
     .await?;
-    let claimed: Vec<_> = rows.iter().map(|r| (r.run_at, r.id)).collect();
+    let claimed: Vec<_> = rows.iter().map(|r| (r.priority, r.run_at, r.id)).collect();
     cursor.record(settings.batch_size, &claimed, Instant::now());
     if rows.is_empty() {
         pool.commit(tx).await?;

@@ -3,8 +3,9 @@
 //! Runners that claim side by side each skip the rows the others hold locked, and the index
 //! entries of rows just finished that are not yet cleaned up: with 3 runners of 200 jobs,
 //! every claim stepped over a few hundred such rows before it found free ones. The cursor
-//! remembers the last (run_at, id) this process claimed in a full batch, and the next claim
-//! starts after it.
+//! remembers the last (priority, run_at, id) this process claimed in a full batch, and the
+//! next claim starts after it within that priority; more and less urgent priorities are read
+//! from their start, so an urgent job never waits behind the cursor.
 //!
 //! Rows can become runnable behind the cursor: a batch of another process rolled back, a job
 //! whose enqueueing transaction committed after later ids were claimed, a job scheduled in the
@@ -17,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-/// A claim's starting point: rows after (run_at, id); `None` is the start of the queue.
-pub type Position = Option<(DateTime<Utc>, i64)>;
+/// A claim's starting point: rows of the priority after (run_at, id); `None` is the start of
+/// the queue.
+pub type Position = Option<(i16, DateTime<Utc>, i64)>;
 
 #[derive(Debug)]
 pub struct ClaimCursor {
@@ -48,10 +50,11 @@ impl ClaimCursor {
         self.lock().position
     }
 
-    /// Records a claim that asked for `limit` rows and got `claimed` (their run_at and id):
+    /// Records a claim that asked for `limit` rows and got `claimed` (their priority, run_at
+    /// and id):
     /// a full batch moves the cursor past its last row (never backwards: runners claim side
     /// by side); a short one, or the rewind period running out, sends it back to the start.
-    pub fn record(&self, limit: usize, claimed: &[(DateTime<Utc>, i64)], now: Instant) {
+    pub fn record(&self, limit: usize, claimed: &[(i16, DateTime<Utc>, i64)], now: Instant) {
         let mut state = self.lock();
         if claimed.len() < limit || now.duration_since(state.rewound_at) >= self.rewind_every {
             state.position = None;
@@ -75,8 +78,8 @@ impl ClaimCursor {
 mod tests {
     use super::*;
 
-    fn at(second: i64, id: i64) -> (DateTime<Utc>, i64) {
-        (DateTime::from_timestamp(second, 0).unwrap(), id)
+    fn at(second: i64, id: i64) -> (i16, DateTime<Utc>, i64) {
+        (1, DateTime::from_timestamp(second, 0).unwrap(), id)
     }
 
     #[test]

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::error::EngineError;
-use super::job::{Enqueued, JobId, NewJob};
+use super::job::{Enqueued, JobId, NewJob, Priority};
 use super::notify::NOTIFY_CHANNEL;
 
 /// Enqueues `jobs` with one statement and returns, in input order, each job's id and whether
@@ -36,6 +36,8 @@ pub async fn enqueue_many(
         &c.max_attempts,
         &c.backoff_base_ms,
         &c.backoff_max_ms,
+        &c.priority,
+        &c.concurrency_key as &[Option<String>],
         NOTIFY_CHANNEL,
     )
     .fetch_all(&mut *conn)
@@ -106,6 +108,8 @@ pub async fn insert_new_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result
         &c.max_attempts,
         &c.backoff_base_ms,
         &c.backoff_max_ms,
+        &c.priority,
+        &c.concurrency_key as &[Option<String>],
         NOTIFY_CHANNEL,
     )
     .fetch_one(&mut *conn)
@@ -137,8 +141,8 @@ pub async fn enqueue_one_pooled(pool: &Db, job: &NewJob) -> Result<Enqueued, Eng
     the_one(enqueue_many_pooled(pool, std::slice::from_ref(job)).await?)
 }
 
-/// The jobs as one array per column, for `unnest`: the statements' parameters $1..$8 (the
-/// NOTIFY channel is $9).
+/// The jobs as one array per column, for `unnest`: the statements' parameters $1..$10 (the
+/// NOTIFY channel is $11).
 struct Columns {
     queue: Vec<String>,
     kind: Vec<String>,
@@ -148,6 +152,8 @@ struct Columns {
     max_attempts: Vec<i32>,
     backoff_base_ms: Vec<i32>,
     backoff_max_ms: Vec<i32>,
+    priority: Vec<i16>,
+    concurrency_key: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -161,6 +167,8 @@ impl Columns {
             max_attempts: Vec::with_capacity(jobs.len()),
             backoff_base_ms: Vec::with_capacity(jobs.len()),
             backoff_max_ms: Vec::with_capacity(jobs.len()),
+            priority: Vec::with_capacity(jobs.len()),
+            concurrency_key: Vec::with_capacity(jobs.len()),
         };
         for job in jobs {
             if job.queue.is_empty() || job.kind.is_empty() {
@@ -169,6 +177,7 @@ impl Columns {
                 ));
             }
             job.retry.validate().map_err(EngineError::InvalidJob)?;
+            Priority::check(job.priority).map_err(EngineError::InvalidJob)?;
             c.queue.push(job.queue.clone());
             c.kind.push(job.kind.clone());
             c.payload.push(serde_json::to_string(&job.payload)?);
@@ -177,6 +186,8 @@ impl Columns {
             c.max_attempts.push(job.retry.max_attempts);
             c.backoff_base_ms.push(job.retry.base.as_millis() as i32);
             c.backoff_max_ms.push(job.retry.max.as_millis() as i32);
+            c.priority.push(job.priority);
+            c.concurrency_key.push(job.concurrency_key.clone());
         }
         Ok(c)
     }

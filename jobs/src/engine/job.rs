@@ -72,6 +72,34 @@ pub struct NewJob {
     /// When to run; `None` means now (the database's clock).
     pub run_at: Option<DateTime<Utc>>,
     pub retry: RetryPolicy,
+    /// 0 is the most urgent … 3 the least ([`Priority`]); claims take the most urgent runnable
+    /// jobs first, FIFO within a priority. Enqueueing checks the range.
+    pub priority: i16,
+    /// Jobs sharing a key count against the per-key limit of their queue's claims, if the
+    /// queue's workers set one (`BackendSettings::key_limit`). `None`: no limit applies.
+    pub concurrency_key: Option<String>,
+}
+
+/// Job priorities: 0 is the most urgent, 3 the least.
+pub struct Priority;
+
+impl Priority {
+    pub const MOST_URGENT: i16 = 0;
+    pub const DEFAULT: i16 = 1;
+    pub const LEAST_URGENT: i16 = 3;
+
+    /// `Ok(p)` if `p` is a priority, an error naming the range otherwise.
+    pub fn check(p: i16) -> Result<i16, String> {
+        if (Self::MOST_URGENT..=Self::LEAST_URGENT).contains(&p) {
+            Ok(p)
+        } else {
+            Err(format!(
+                "priority {p} is out of range: {} (most urgent) to {} (least urgent)",
+                Self::MOST_URGENT,
+                Self::LEAST_URGENT
+            ))
+        }
+    }
 }
 
 impl NewJob {
@@ -87,6 +115,8 @@ impl NewJob {
             unique_key: None,
             run_at: None,
             retry: RetryPolicy::default(),
+            priority: Priority::DEFAULT,
+            concurrency_key: None,
         }
     }
 
@@ -113,6 +143,18 @@ impl NewJob {
         self.retry = retry;
         self
     }
+
+    /// Sets the priority (0 most urgent … 3). A value out of range is refused when the job
+    /// is enqueued ([`super::EngineError::InvalidJob`]).
+    pub fn with_priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    pub fn with_concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into());
+        self
+    }
 }
 
 /// What enqueueing one job did.
@@ -134,6 +176,8 @@ pub struct ClaimedJob {
     /// The claim's fencing token: every later write of this run is fenced by it.
     pub token: i32,
     pub retry: RetryPolicy,
+    /// 0 most urgent … 3.
+    pub priority: i16,
     pub owner: Uuid,
 }
 
@@ -180,6 +224,9 @@ pub struct JobSnapshot {
     pub queue: String,
     pub kind: String,
     pub state: JobState,
+    /// 0 most urgent … 3.
+    pub priority: i16,
+    pub concurrency_key: Option<String>,
     pub attempts: i32,
     pub max_attempts: i32,
     pub run_at: DateTime<Utc>,

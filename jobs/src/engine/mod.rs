@@ -55,7 +55,7 @@ pub use enqueue::{
     enqueue_many, enqueue_many_pooled, enqueue_one, enqueue_one_pooled, insert_new_jobs,
 };
 pub use error::EngineError;
-pub use job::{ClaimedJob, Enqueued, JobId, JobMeta, JobSnapshot, JobState, NewJob};
+pub use job::{ClaimedJob, Enqueued, JobId, JobMeta, JobSnapshot, JobState, NewJob, Priority};
 pub use loops::Loops;
 pub use maintenance::{
     Maintainer, MaintainerConfig, PruneReport, Pruner, PrunerConfig, Rescuer, RescuerConfig,

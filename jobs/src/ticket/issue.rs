@@ -228,11 +228,20 @@ async fn issue_batch(
     };
 
     count_code_uses(&mut tx, &unique, &to_write, &written).await?;
-    let mut new_ids: Vec<i64> = written.values().copied().collect();
-    new_ids.sort_unstable();
-    let transfers: Vec<NewJob> = new_ids
+    // Each new ticket's transfer, keyed by its company (the ticket's), in ticket order.
+    let mut new_tickets: Vec<(i64, &str)> = written
         .iter()
-        .map(|&ticket_id| TransferJob { ticket_id }.to_job())
+        .map(|(payment, &ticket_id)| {
+            let company = unique[first_of_payment[payment.as_str()]]
+                .company_id
+                .as_str();
+            (ticket_id, company)
+        })
+        .collect();
+    new_tickets.sort_unstable();
+    let transfers: Vec<NewJob> = new_tickets
+        .iter()
+        .map(|&(ticket_id, company)| TransferJob { ticket_id }.to_job(company))
         .collect();
     // Keyed by tickets this transaction has just inserted: the keys cannot exist yet.
     insert_new_jobs(&mut tx, &transfers).await?;

@@ -75,14 +75,16 @@ pub async fn retry_failed_transfer(
 ) -> Result<RetriedTransfer, TransferAdminError> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query!(
-        "SELECT status::text AS \"status!\", generation, monime_status \
-         FROM commission_transfers WHERE ticket_id = $1 FOR UPDATE",
+        "SELECT ct.status::text AS \"status!\", ct.generation, ct.monime_status, t.company_id \
+         FROM commission_transfers ct JOIN tickets t ON t.id = ct.ticket_id \
+         WHERE ct.ticket_id = $1 FOR UPDATE OF ct",
         ticket_id,
     )
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(TransferAdminError::NotFound { ticket_id })?;
-    let (status, generation, monime_status) = (row.status, row.generation, row.monime_status);
+    let (status, generation, monime_status) =
+        (row.status, row.generation, row.monime_status.clone());
     if status == "completed" {
         return Err(TransferAdminError::NotFailed { ticket_id, status });
     }
@@ -124,7 +126,7 @@ pub async fn retry_failed_transfer(
     let job_id = match revived {
         Some(id) => id,
         // Pruned, or still waiting: enqueue returns the existing job or makes a new one.
-        None => enqueue_one(&mut tx, &job.to_job()).await?.id,
+        None => enqueue_one(&mut tx, &job.to_job(&row.company_id)).await?.id,
     };
     let data = serde_json::json!({
         "generation": generation,

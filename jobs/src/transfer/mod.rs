@@ -64,7 +64,10 @@ impl TransferJob {
         format!("ticket:{}", self.ticket_id)
     }
 
-    pub fn to_job(&self) -> NewJob {
+    /// The job that moves this ticket's commission out of `company_id`'s account. The company
+    /// is the job's concurrency key: with `TRANSFER_MAX_IN_FLIGHT_PER_COMPANY` set, at most that
+    /// many transfers of one company run at once (docs/per-company-limit.md).
+    pub fn to_job(&self, company_id: &str) -> NewJob {
         NewJob::new(
             QUEUE,
             KIND,
@@ -72,5 +75,6 @@ impl TransferJob {
         )
         .with_unique_key(self.unique_key())
         .with_retry(RETRY_POLICY)
+        .with_concurrency_key(company_id)
     }
 }

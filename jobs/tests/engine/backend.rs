@@ -70,6 +70,7 @@ async fn never_more_handlers_run_at_once_than_the_concurrency() {
             batch_size: 100,
             prefetch: 0,
             run_timeout: poda_jobs::engine::DEFAULT_RUN_TIMEOUT,
+            per_key_limit: 0,
         };
         Monitor::new()
             .register(move |_| {
@@ -116,6 +117,7 @@ async fn closing_a_backend_releases_claimed_jobs_that_never_started_without_spen
             batch_size: 100,
             prefetch: 0,
             run_timeout: poda_jobs::engine::DEFAULT_RUN_TIMEOUT,
+            per_key_limit: 0,
         },
     );
     let worker = WorkerContext::new("release-test");
@@ -195,6 +197,7 @@ async fn apalis_task_sink_pushes_durable_jobs_and_honours_idempotency_keys() {
             batch_size: 1,
             prefetch: 0,
             run_timeout: poda_jobs::engine::DEFAULT_RUN_TIMEOUT,
+            per_key_limit: 0,
         },
     );
     backend.push(ProbeJob::new(1)).await.unwrap();

@@ -105,6 +105,7 @@ impl ProbeWorker {
                 batch_size: 100,
                 prefetch: 0,
                 run_timeout,
+                per_key_limit: 0,
             };
             let monitor = Monitor::new().register(move |_| {
                 WorkerBuilder::new("probe-test")

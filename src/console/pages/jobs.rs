@@ -202,6 +202,10 @@ pub async fn show(
             dt { "Queue" } dd { a href={"/admin/jobs?queue=" (job.queue)} { (job.queue) } }
             dt { "Kind" } dd { (job.kind) }
             dt { "State" } dd id="state" { (job.state.as_str()) }
+            dt { "Priority" } dd id="priority" { (job.priority) " (0 most urgent … 3)" }
+            @if let Some(key) = &job.concurrency_key {
+                dt { "Concurrency key" } dd.mono { (key) }
+            }
             dt { "Attempts" } dd id="attempts" { (job.attempts) " of " (job.max_attempts) }
             dt { "Unique key" } dd.mono { (job.unique_key.as_deref().unwrap_or("—")) }
             @if let Some(payment) = payment {

@@ -21,6 +21,11 @@ use crate::cli::ScheduleArgs;
 /// The setting that disables a built-in schedule.
 pub const OFF: &str = "off";
 
+/// Whether `name` is one of the built-in schedules.
+pub fn is_built_in(name: &str) -> bool {
+    [deadlines::SCHEDULE, reconcile_job::SCHEDULE].contains(&name)
+}
+
 /// The schedules of a worker; `monime` says whether it can run the reconciliation. A bad
 /// entry is an error that names it.
 pub fn schedules(args: &ScheduleArgs, monime: bool) -> anyhow::Result<Vec<Schedule>> {
@@ -58,7 +63,7 @@ pub fn schedules(args: &ScheduleArgs, monime: bool) -> anyhow::Result<Vec<Schedu
         let schedule = parse_entry(entry, tz)
             .with_context(|| format!("WORKER_SCHEDULES: the entry {entry:?}"))?;
         if all.iter().any(|s: &Schedule| s.name() == schedule.name())
-            || [deadlines::SCHEDULE, reconcile_job::SCHEDULE].contains(&schedule.name())
+            || is_built_in(schedule.name())
         {
             bail!(
                 "WORKER_SCHEDULES: the entry {entry:?}: the name {:?} is taken (by a built-in or an earlier entry)",

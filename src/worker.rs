@@ -340,7 +340,14 @@ impl WorkerOptions {
             ..MaintainerConfig::default()
         }));
         engine.gauges = args.metrics_addr.map(|_| DEFAULT_GAUGE_INTERVAL);
-        engine.schedules = crate::schedules::schedules(&args.schedules, transfers.is_some())?;
+        // A built-in schedule is enqueued only by the workers that run its job: a worker
+        // started for other queues leaves no job behind that it cannot run.
+        engine.schedules = crate::schedules::schedules(&args.schedules, transfers.is_some())?
+            .into_iter()
+            .filter(|s| {
+                !crate::schedules::is_built_in(s.name()) || queues.iter().any(|q| q == s.queue())
+            })
+            .collect();
         if args.handler_connections == Some(0) || args.engine_connections == Some(0) {
             bail!("--handler-connections and --engine-connections must be at least 1");
         }

@@ -154,6 +154,10 @@ async fn slots_missed_during_downtime_run_once_and_worker_schedules_lists_them()
     let mut command = worker_command(&db.url, &["schedules"]);
     command
         .env("WORKER_SCHEDULES", schedules)
+        .env(
+            "SCHEDULE_CONTRIBUTION_DEADLINES",
+            deadlines::DEFAULT_EXPRESSION,
+        )
         .env("SCHEDULE_RECONCILE_TRANSFERS", "off");
     let out = command.output().await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

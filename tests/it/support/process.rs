@@ -131,6 +131,10 @@ pub fn base_command(database_url: &str, args: &[&str]) -> std::process::Command 
         .env("RUST_LOG", "info,sqlx=warn")
         .env("WORKER_HANDLER_CONNECTIONS", "4")
         .env("WORKER_ENGINE_CONNECTIONS", "6")
+        // Built-in schedules fire on the wall clock (every 15 minutes, every hour), which a
+        // test must not depend on; the tests of schedules turn them on.
+        .env("SCHEDULE_CONTRIBUTION_DEADLINES", "off")
+        .env("SCHEDULE_RECONCILE_TRANSFERS", "off")
         .env_remove("WORKER_QUEUES")
         .env_remove("DATABASE_POOLER")
         .env_remove("DATABASE_LISTEN_URL");

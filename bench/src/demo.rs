@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use poda_jobs::cycle::deadlines;
 use poda_jobs::db::Db;
+use poda_jobs::engine::Schedule;
+use poda_jobs::events::{self, DelivererConfig, RelayConfig};
 use poda_jobs::transfer::monime::{
     ApiToken, MonimeConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_VERSION,
 };
@@ -28,12 +31,17 @@ use poda::enqueuer::{Enqueuer, EnqueuerSettings};
 use poda::http::webhooks::signature::sign;
 use poda::ops;
 use poda::sandbox::{faults::FaultConfig, Sandbox, SandboxConfig};
-use poda::worker::{run_workers, TransferOptions, WorkerOptions};
+use poda::worker::{run_workers, EventsOptions, TransferOptions, WorkerOptions};
+
+use crate::receiver::Receiver;
 
 pub const DEMO_DATABASE: &str = "poda_demo";
 const DEMO_SECRET: &str = "whsec_demo_only";
 const DEMO_ADMIN_TOKEN: &str = "demo-admin-token";
 const DEMO_MONIME_TOKEN: &str = "demo-monime-token";
+const DEMO_EVENTS_SECRET: &str = "whsec_events_demo_only";
+/// The demo runs the contribution-deadlines schedule every two seconds, to see it fire.
+const DEMO_DEADLINES_SCHEDULE: &str = "*/2 * * * * *";
 const PLATFORM_ACCOUNT: &str = "fa-platform-demo";
 /// The payment code half of the first company's payments use; its limit runs out first.
 const DEMO_CODE: &str = "FREETOWN-BO";
@@ -117,7 +125,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let server_task = tokio::spawn(enqueuer.run_until_stopped(shutdown.clone()));
     println!("▸ enqueuer on {base}; its console: {base}/admin (admin token: {DEMO_ADMIN_TOKEN})");
 
-    let worker_options = WorkerOptions {
+    // Poda's events go to a receiver of the demo's own, which checks every signature.
+    let receiver = Receiver::spawn(DEMO_EVENTS_SECRET, shutdown.clone()).await?;
+    println!("▸ events receiver on {}", receiver.url);
+
+    let mut worker_options = WorkerOptions {
         transfers: Some(TransferOptions::new(
             MonimeConfig {
                 base_url: sandbox.base_url.clone(),
@@ -135,10 +147,28 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                 transfer::QUEUE,
                 cycle::QUEUE,
                 notification::QUEUE,
+                events::QUEUE,
+                deadlines::QUEUE,
             ],
             64,
         )
     };
+    worker_options.events = EventsOptions {
+        relay: RelayConfig {
+            urls: vec![receiver.url.clone()],
+            ..RelayConfig::default()
+        },
+        deliverer: DelivererConfig::default(),
+        secret: Secret::new(DEMO_EVENTS_SECRET),
+    };
+    worker_options.engine.schedules = vec![Schedule::new(
+        deadlines::SCHEDULE,
+        DEMO_DEADLINES_SCHEDULE,
+        "UTC",
+        deadlines::QUEUE,
+        deadlines::KIND,
+        json!({}),
+    )?];
     let engine_pool = database.connect_async_commit().await?;
     let stop_workers = CancellationToken::new();
     let workers = tokio::spawn(run_workers(
@@ -199,6 +229,36 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     };
     bars.finish();
     let elapsed = started.elapsed();
+
+    // Every event of what settled reaches the receiver, and the schedule has fired.
+    let expected = |kind: &str| match kind {
+        "ticket.issued" => outcome.tickets as usize,
+        "transfer.completed" => outcome.transfers_completed as usize,
+        _ => 1,
+    };
+    let kinds = ["ticket.issued", "transfer.completed", "cycle.activated"];
+    let waited = Instant::now();
+    let (events_seen, forged, slots) = loop {
+        let (seen, forged) = receiver.counts();
+        let slots: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE queue = $1 AND state = 'completed' \
+             AND unique_key LIKE 'schedule:' || $2 || ':%'",
+        )
+        .bind(deadlines::QUEUE)
+        .bind(deadlines::SCHEDULE)
+        .fetch_one(&pool)
+        .await?;
+        let delivered = kinds
+            .iter()
+            .all(|k| seen.get(*k).copied().unwrap_or(0) >= expected(k));
+        if delivered && slots > 0 {
+            break (seen, forged, slots);
+        }
+        if waited.elapsed() > Duration::from_secs(60) {
+            bail!("events or the schedule did not arrive within a minute: {seen:?}, {slots} slots");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     stop_workers.cancel();
     workers.await.context("the worker task")??;
 
@@ -227,6 +287,20 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         "  contribution cycle {cycle_id}: {} — {} pending contributions (the deceased and inactive \
          members excluded), {} agents notified",
         outcome.cycle_status, outcome.contributions, outcome.notifications
+    );
+    println!(
+        "  events out: {} delivered to the receiver, each signature valid{} — {}",
+        events_seen.values().sum::<usize>(),
+        if forged == 0 { "" } else { " (SOME WERE NOT)" },
+        events_seen
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  schedule {} ({DEMO_DEADLINES_SCHEDULE} in the demo): {slots} slots fired, one job each",
+        deadlines::SCHEDULE
     );
     println!("\nSELECT * FROM commission_transfer_stats;");
     for (company, total, completed, amount) in sqlx::query_as::<_, (String, i64, i64, i64)>(
@@ -269,6 +343,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     shutdown.cancel();
     server_task.await.context("the enqueuer task")??;
     sandbox.shutdown().await;
+    if forged > 0 {
+        bail!("the receiver got {forged} events whose signature did not match");
+    }
     if !executed_once {
         bail!("a transfer was executed more than once at the sandbox");
     }

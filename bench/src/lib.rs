@@ -10,6 +10,7 @@
 pub mod demo;
 pub mod fanout;
 pub mod ingest;
+pub mod receiver;
 pub mod report;
 pub mod scratch;
 pub mod tickets;

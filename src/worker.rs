@@ -442,6 +442,7 @@ impl EventsOptions {
                     base: args.events_retry_base,
                     ..events::RETRY_POLICY
                 },
+                retention: args.retention,
                 ..RelayConfig::default()
             },
             deliverer: DelivererConfig {
@@ -927,9 +928,15 @@ fn run_timeout(queue: &str, options: &WorkerOptions) -> Duration {
         notification::QUEUE => notification::run_timeout(options.notifier.timeout),
         deadlines::QUEUE => deadlines::RUN_TIMEOUT,
         reconcile_job::QUEUE => reconcile_job::RUN_TIMEOUT,
+        // A delivery job holds up to `events_per_job` events, or one outbox row of more: a
+        // ticket batch's events are one row.
         events::QUEUE => events::run_timeout(
             options.events.deliverer.timeout,
-            options.events.relay.events_per_job,
+            options
+                .events
+                .relay
+                .events_per_job
+                .max(options.ticket_batches.batch_size),
             options.events.deliverer.concurrency,
         ),
         _ => poda_jobs::engine::DEFAULT_RUN_TIMEOUT,

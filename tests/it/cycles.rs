@@ -475,8 +475,9 @@ async fn a_cycle_created_through_the_api_and_activated_by_its_fan_out_is_in_the_
     assert!(same);
     // So is its outbox event, with the target as money.
     let (same, data): (bool, Value) = sqlx::query_as(
-        "SELECT c.xmin = o.xmin, o.data FROM contribution_cycles c JOIN outbox_events o \
-         ON o.subject_id = c.id::text AND o.type = 'cycle.activated' WHERE c.id = $1",
+        "SELECT c.xmin = o.xmin, o.data->0 FROM contribution_cycles c JOIN outbox_events o \
+         ON (o.data->0->>'cycle_id')::bigint = c.id AND o.type = 'cycle.activated' \
+         WHERE c.id = $1",
     )
     .bind(id)
     .fetch_one(&pool)

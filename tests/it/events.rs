@@ -137,13 +137,12 @@ fn spawn_events_worker(
 }
 
 async fn outbox_ids(pool: &Db, kind: &str) -> BTreeSet<String> {
-    sqlx::query_scalar::<_, i64>("SELECT id FROM outbox_events WHERE type = $1")
+    sqlx::query_scalar::<_, String>("SELECT event_id FROM outbox_event_list WHERE type = $1")
         .bind(kind)
         .fetch_all(pool)
         .await
         .unwrap()
         .into_iter()
-        .map(events::public_id)
         .collect()
 }
 
@@ -206,6 +205,15 @@ async fn events_reach_a_failing_receiver_each_at_least_once_signed_under_a_stabl
     .await;
     let expected = outbox_ids(&db.pool, event_type::TICKET_ISSUED).await;
     assert_eq!(expected.len(), N, "one ticket.issued event per ticket");
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE type = 'ticket.issued'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        rows < N as i64,
+        "a ticket batch's events share one outbox row ({rows} rows)"
+    );
     wait_until(
         "every event accepted and every delivery job completed",
         Duration::from_secs(90),
@@ -260,7 +268,7 @@ async fn events_refused_with_a_client_error_fail_for_review_without_a_retry() {
     for i in 0..3 {
         let data = serde_json::json!({"cycle_id": i});
         ids.push(
-            events::publish(&mut tx, event_type::CYCLE_ACTIVATED, i, &data)
+            events::publish(&mut tx, event_type::CYCLE_ACTIVATED, &data)
                 .await
                 .unwrap(),
         );
@@ -268,19 +276,14 @@ async fn events_refused_with_a_client_error_fail_for_review_without_a_retry() {
     db.pool.commit(tx).await.unwrap();
     // A published event in a rolled-back transaction is not there to deliver.
     let mut tx = db.pool.begin().await.unwrap();
-    events::publish(
-        &mut tx,
-        event_type::CYCLE_ACTIVATED,
-        99,
-        &serde_json::json!({}),
-    )
-    .await
-    .unwrap();
+    events::publish(&mut tx, event_type::CYCLE_ACTIVATED, &serde_json::json!({}))
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
 
-    let refused = events::public_id(ids[1]);
+    let refused = events::public_id(ids[1], 0);
     let refused_by_policy = refused.clone();
-    let late = events::public_id(ids[2]);
+    let late = events::public_id(ids[2], 0);
     let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // 422 for the middle event; 408 once for the last one (retried, then accepted).
     let (receiver, addr) = Receiver::start(Arc::new(move |_, id| {
@@ -306,7 +309,7 @@ async fn events_refused_with_a_client_error_fail_for_review_without_a_retry() {
     let accepted = receiver.accepted();
     let others: BTreeSet<String> = [ids[0], ids[2]]
         .into_iter()
-        .map(events::public_id)
+        .map(|id| events::public_id(id, 0))
         .collect();
     assert_eq!(accepted, others, "the other events are delivered");
     let refused_requests = receiver
@@ -315,12 +318,13 @@ async fn events_refused_with_a_client_error_fail_for_review_without_a_retry() {
         .filter(|r| r.id == refused)
         .count();
     assert_eq!(refused_requests, 1, "a refusal is not retried");
-    let (state, status): (String, i16) =
-        sqlx::query_as("SELECT state, status FROM outbox_deliveries WHERE event_id = $1")
-            .bind(ids[1])
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (state, status): (String, i16) = sqlx::query_as(
+        "SELECT state, status FROM outbox_deliveries WHERE event_id = $1 AND seq = 0",
+    )
+    .bind(ids[1])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!((state.as_str(), status), ("failed", 422));
     let last_error: String =
         sqlx::query_scalar("SELECT last_error FROM jobs WHERE queue = 'events'")
@@ -333,4 +337,66 @@ async fn events_refused_with_a_client_error_fail_for_review_without_a_retry() {
         4,
         "three events, one answered 408 and sent again; nothing of the rolled-back one"
     );
+}
+
+#[tokio::test]
+async fn events_past_the_retention_are_pruned_with_their_deliveries_oldest_first() {
+    let db = TestDb::new().await;
+    let mut tx = db.pool.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let data = serde_json::json!({"cycle_id": i});
+        ids.push(
+            events::publish(&mut tx, event_type::CYCLE_ACTIVATED, &data)
+                .await
+                .unwrap(),
+        );
+    }
+    db.pool.commit(tx).await.unwrap();
+    // The first three were relayed two hours ago (one refused by its receiver), the fourth
+    // just now; the fifth is not relayed yet.
+    sqlx::query(
+        "UPDATE outbox_events SET relayed_at = now() - interval '2 hours' WHERE id = ANY($1)",
+    )
+    .bind(&ids[..3])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE outbox_events SET relayed_at = now() WHERE id = $1")
+        .bind(ids[3])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox_deliveries (event_id, seq, url, state, status) \
+         VALUES ($1, 0, 'http://receiver.test/', 'failed', 422)",
+    )
+    .bind(ids[1])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    // Batches of two: the pass crosses a batch that is part old, part young.
+    let deleted = events::prune_once(&db.pool, Duration::from_secs(3600), 2)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3);
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox_events ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ids[3..].to_vec(), "the young and the unrelayed stay");
+    let deliveries: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_deliveries")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        deliveries, 0,
+        "the pruned event's delivery record goes with it"
+    );
+    // Nothing is past the retention any more.
+    let again = events::prune_once(&db.pool, Duration::from_secs(3600), 2)
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
 }

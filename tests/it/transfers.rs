@@ -252,11 +252,12 @@ async fn transfers_complete_exactly_once_when_a_fifth_of_calls_fail_transiently(
     .await
     .unwrap();
     assert_eq!(stats, (2_000, 2_000, 2_000 * 1_250));
-    // One transfer.completed outbox event per transfer, written by the completing statement.
+    // One transfer.completed outbox event per transfer, written by the completing statement
+    // (one outbox row per statement, with the events of its batch).
     let (events, subjects, amounts): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT subject_id), \
+        "SELECT count(*), count(DISTINCT data->>'ticket_id'), \
                 sum((data->'amount'->>'value')::bigint)::bigint \
-         FROM outbox_events WHERE type = 'transfer.completed'",
+         FROM outbox_event_list WHERE type = 'transfer.completed'",
     )
     .fetch_one(&db.pool)
     .await
@@ -309,8 +310,8 @@ async fn permanent_errors_fail_with_their_reason_and_are_not_retried() {
     assert_eq!(code.as_deref(), Some("transfer_declined"));
     // Each failure announced once in the outbox, with its code.
     let failed: Vec<(String, String)> = sqlx::query_as(
-        "SELECT subject_id, data->>'failure_code' FROM outbox_events \
-         WHERE type = 'transfer.failed' ORDER BY subject_id::bigint",
+        "SELECT data->>'ticket_id', data->>'failure_code' FROM outbox_event_list \
+         WHERE type = 'transfer.failed' ORDER BY (data->>'ticket_id')::bigint",
     )
     .fetch_all(&db.pool)
     .await

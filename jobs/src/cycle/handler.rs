@@ -210,7 +210,7 @@ async fn activate(pool: &Db, id: CycleId) -> Result<(), CycleError> {
         "target": { "currency": cycle.currency, "value": target },
         "agents": jobs.len(),
     });
-    events::publish(&mut tx, event_type::CYCLE_ACTIVATED, id, &published)
+    events::publish(&mut tx, event_type::CYCLE_ACTIVATED, &published)
         .await
         .map_err(db(id))?;
     pool.commit(tx).await.map_err(db(id))?;

@@ -48,6 +48,8 @@ pub enum DeliveryError {
     Client(#[source] reqwest::Error),
     #[error("reading or recording outbox events failed")]
     Database(#[from] sqlx::Error),
+    #[error("outbox row {0} holds an event whose data cannot be built (its subject is gone)")]
+    SubjectGone(i64),
     #[error("{pending} of {total} events not yet delivered to {url}: {first}")]
     Pending {
         url: String,
@@ -149,18 +151,18 @@ enum Answer {
     },
 }
 
+/// One event of the job not settled at this receiver yet.
 struct Pending {
-    id: i64,
+    row: i64,
+    seq: i32,
     kind: String,
     created_at: DateTime<Utc>,
     data: serde_json::Value,
-    /// `outbox_deliveries.state` of an event an earlier run settled.
-    settled: Option<String>,
 }
 
 /// Delivers the job's events that are not settled yet.
 #[tracing::instrument(skip_all, fields(job.id = %meta.id, job.attempt = meta.attempt,
-    events = job.events.len()))]
+    rows = job.rows.len()))]
 pub async fn handle(
     db: &Db,
     deliverer: &Deliverer,
@@ -168,7 +170,7 @@ pub async fn handle(
     job: DeliveryJob,
 ) -> Result<Outcome, JobError> {
     let (refused, pending) = deliver(db, deliverer, &job).await.map_err(|e| match e {
-        DeliveryError::Client(_) => JobError::permanent(e),
+        DeliveryError::Client(_) | DeliveryError::SubjectGone(_) => JobError::permanent(e),
         other => JobError::retryable(other),
     })?;
     if let Some((pending, retry_after)) = pending {
@@ -190,36 +192,65 @@ async fn deliver(
     deliverer: &Deliverer,
     job: &DeliveryJob,
 ) -> Result<(Option<DeliveryError>, Option<Unsettled>), DeliveryError> {
-    // Relies on the primary keys of outbox_events and outbox_deliveries.
-    let rows = sqlx::query_as!(
-        Pending,
-        "SELECT e.id, e.type AS kind, e.created_at, e.data, d.state AS \"settled?\" \
-         FROM outbox_events e \
-         LEFT JOIN outbox_deliveries d ON d.event_id = e.id AND d.url = $2 \
-         WHERE e.id = ANY($1) \
-         ORDER BY e.id",
-        &job.events,
+    // One line per event (outbox_event_list: inline data, or built from the ticket); relies on
+    // the primary keys of outbox_events, tickets and outbox_deliveries.
+    let lines = sqlx::query!(
+        "SELECT e.row_id AS \"row_id!\", e.seq AS \"seq!\", e.type AS \"kind!\", \
+                e.created_at AS \"created_at!\", e.data, d.state AS \"settled?\" \
+         FROM outbox_event_list e \
+         LEFT JOIN outbox_deliveries d ON d.event_id = e.row_id AND d.seq = e.seq AND d.url = $2 \
+         WHERE e.row_id = ANY($1) \
+         ORDER BY e.row_id, e.seq",
+        &job.rows,
         &job.url,
     )
     .fetch_all(db)
     .await?;
-    let total = rows.len();
-    // Refused by an earlier run: still refused, not sent again.
-    let refused_before = rows
-        .iter()
-        .filter(|e| e.settled.as_deref() == Some("failed"))
-        .count();
-    let events = rows.into_iter().filter(|e| e.settled.is_none());
-    let answers: Vec<(i64, Answer)> = stream::iter(events)
+    let total = lines.len();
+    let found: std::collections::BTreeSet<i64> = lines.iter().map(|l| l.row_id).collect();
+    if found.len() < job.rows.len() {
+        tracing::warn!(
+            missing = job.rows.len() - found.len(),
+            "outbox rows of this delivery are gone (pruned past the retention); their events are not sent"
+        );
+    }
+    let mut settled_before = Vec::new();
+    let mut events = Vec::new();
+    for line in lines {
+        // Refused or delivered by an earlier run: not sent again.
+        if let Some(state) = line.settled {
+            settled_before.push(state);
+            continue;
+        }
+        let Some(data) = line.data else {
+            return Err(DeliveryError::SubjectGone(line.row_id));
+        };
+        events.push(Pending {
+            row: line.row_id,
+            seq: line.seq,
+            kind: line.kind,
+            created_at: line.created_at,
+            data,
+        });
+    }
+    // Refused by an earlier run: still refused.
+    let refused_before = settled_before.iter().filter(|s| *s == "failed").count();
+    let answers: Vec<((i64, i32), Answer)> = stream::iter(events)
         .map(|event| async move {
-            let body = body(event.id, &event.kind, event.created_at, &event.data);
-            (event.id, deliverer.post(&job.url, body).await)
+            let body = body(
+                event.row,
+                event.seq,
+                &event.kind,
+                event.created_at,
+                &event.data,
+            );
+            ((event.row, event.seq), deliverer.post(&job.url, body).await)
         })
         .buffer_unordered(deliverer.concurrency)
         .collect()
         .await;
 
-    let mut settled: Vec<(i64, &'static str, i16, String)> = Vec::new();
+    let mut settled: Vec<((i64, i32), &'static str, i16, String)> = Vec::new();
     let mut refused = (
         refused_before,
         (refused_before > 0).then(|| "refused by an earlier run".to_owned()),
@@ -253,7 +284,8 @@ async fn deliver(
         );
     }
     if !settled.is_empty() {
-        let ids: Vec<i64> = settled.iter().map(|s| s.0).collect();
+        let rows: Vec<i64> = settled.iter().map(|s| s.0 .0).collect();
+        let seqs: Vec<i32> = settled.iter().map(|s| s.0 .1).collect();
         let states: Vec<&str> = settled.iter().map(|s| s.1).collect();
         let statuses: Vec<i16> = settled.iter().map(|s| s.2).collect();
         let details: Vec<Option<&str>> = settled
@@ -261,12 +293,13 @@ async fn deliver(
             .map(|s| (!s.3.is_empty()).then_some(s.3.as_str()))
             .collect();
         sqlx::query!(
-            "INSERT INTO outbox_deliveries (event_id, url, state, status, detail) \
-             SELECT id, $2, state, status, detail \
-             FROM unnest($1::bigint[], $3::text[], $4::smallint[], $5::text[]) \
-                  AS u(id, state, status, detail) \
-             ON CONFLICT (event_id, url) DO NOTHING",
-            &ids,
+            "INSERT INTO outbox_deliveries (event_id, seq, url, state, status, detail) \
+             SELECT row_id, seq, $3, state, status, detail \
+             FROM unnest($1::bigint[], $2::int[], $4::text[], $5::smallint[], $6::text[]) \
+                  AS u(row_id, seq, state, status, detail) \
+             ON CONFLICT (event_id, seq, url) DO NOTHING",
+            &rows,
+            &seqs,
             &job.url,
             &states as &[&str],
             &statuses,

@@ -2,22 +2,26 @@
 //!
 //! `ticket.issued`, `transfer.completed`, `transfer.failed` and `cycle.activated` are written
 //! to `outbox_events` by the statement or transaction that makes the change they announce, so
-//! an event exists exactly when its change committed. The hot paths (a ticket batch, the
-//! transfer store's answers) write theirs from the rows they changed in one more CTE of their
-//! existing statement; the rest call [`publish`] inside their transaction.
+//! an event exists exactly when its change committed. An outbox row holds the events of one
+//! statement (`data` is an array, one element per event): the hot paths (a ticket batch, a
+//! batch of the transfer store's answers) write one row for the whole batch from the rows they
+//! changed, in one more CTE of their existing statement; the rest call [`publish`] inside
+//! their transaction, one event per row.
 //!
 //! Delivery is two steps, neither on the writers' path:
 //!
-//! - the [`relay`] (a loop in each worker that runs the [`QUEUE`]) takes committed events not
-//!   yet relayed, in batches, and turns each batch into one [`DeliveryJob`] per configured
+//! - the [`relay`] (a loop in each worker that runs the [`QUEUE`]) takes committed rows not
+//!   yet relayed, in batches, and turns each batch into [`DeliveryJob`]s for each configured
 //!   URL, in one transaction;
 //! - a [`DeliveryJob`] POSTs each of its events to its URL ([`deliver`]), signed like Monime's
 //!   webhooks; the engine retries it durably until every event is accepted or refused.
 //!
 //! Each event's body is built from its row alone, so every delivery of it carries the same
-//! bytes and the same `id` (`evt_<row id>`), which the receiver dedupes on.
+//! bytes and the same `id` (`evt_<row id>_<position in the row>`), which the receiver dedupes
+//! on.
 
 pub mod deliver;
+pub mod prune;
 pub mod relay;
 
 use std::time::Duration;
@@ -29,6 +33,7 @@ use sqlx::PgConnection;
 use crate::engine::{NewJob, RetryPolicy};
 
 pub use deliver::{handle, Deliverer, DelivererConfig, Signer};
+pub use prune::prune_once;
 pub use relay::{relay_once, RelayConfig};
 
 /// The event types, as stored in `outbox_events.type` and sent as `type`.
@@ -67,8 +72,8 @@ pub fn run_timeout(timeout: Duration, events_per_job: usize, concurrency: usize)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryJob {
     pub url: String,
-    /// `outbox_events.id`s, ascending.
-    pub events: Vec<i64>,
+    /// `outbox_events.id`s, ascending: every event of each of these rows.
+    pub rows: Vec<i64>,
 }
 
 impl DeliveryJob {
@@ -82,15 +87,21 @@ impl DeliveryJob {
     }
 }
 
-/// The id a receiver sees for the event at row `id`.
-pub fn public_id(id: i64) -> String {
-    format!("evt_{id}")
+/// The id a receiver sees for event `seq` (0-based) of outbox row `row`.
+pub fn public_id(row: i64, seq: i32) -> String {
+    format!("evt_{row}_{seq}")
 }
 
-/// The body POSTed for one event: `{"id","type","created_at","data"}`.
-pub fn body(id: i64, kind: &str, created_at: DateTime<Utc>, data: &serde_json::Value) -> Vec<u8> {
+/// The body POSTed for event `seq` of outbox row `row`: `{"id","type","created_at","data"}`.
+pub fn body(
+    row: i64,
+    seq: i32,
+    kind: &str,
+    created_at: DateTime<Utc>,
+    data: &serde_json::Value,
+) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
-        "id": public_id(id),
+        "id": public_id(row, seq),
         "type": kind,
         "created_at": created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
         "data": data,
@@ -99,17 +110,17 @@ pub fn body(id: i64, kind: &str, created_at: DateTime<Utc>, data: &serde_json::V
 }
 
 /// Writes one event on `conn`, which is inside the transaction of the change the event
-/// announces: it commits, or rolls back, with it. Returns the row id.
+/// announces: it commits, or rolls back, with it. Returns the row id (the event is event 0 of
+/// that row).
 pub async fn publish(
     conn: &mut PgConnection,
     kind: &'static str,
-    subject_id: impl ToString,
     data: &serde_json::Value,
 ) -> sqlx::Result<i64> {
     sqlx::query_scalar!(
-        "INSERT INTO outbox_events (type, subject_id, data) VALUES ($1, $2, $3) RETURNING id",
+        "INSERT INTO outbox_events (type, size, data) VALUES ($1, 1, jsonb_build_array($2::jsonb)) \
+         RETURNING id",
         kind,
-        subject_id.to_string(),
         data,
     )
     .fetch_one(&mut *conn)
@@ -126,10 +137,10 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let data = serde_json::json!({"amount": {"currency": "SLE", "value": 2500}});
-        let one = body(7, event_type::TICKET_ISSUED, at, &data);
-        assert_eq!(one, body(7, event_type::TICKET_ISSUED, at, &data));
+        let one = body(7, 2, event_type::TICKET_ISSUED, at, &data);
+        assert_eq!(one, body(7, 2, event_type::TICKET_ISSUED, at, &data));
         let parsed: serde_json::Value = serde_json::from_slice(&one).unwrap();
-        assert_eq!(parsed["id"], "evt_7");
+        assert_eq!(parsed["id"], "evt_7_2");
         assert_eq!(parsed["type"], "ticket.issued");
         assert_eq!(parsed["created_at"], "2026-12-05T10:00:00.500000Z");
         assert_eq!(parsed["data"]["amount"]["value"], 2500);

@@ -7,8 +7,10 @@
 -- Rows go in in payment_id order, so concurrent batches take the unique index's locks in the
 -- same order and never deadlock on each other.
 -- Each inserted ticket gets its audit event from the same statement: one INSERT … SELECT over
--- the RETURNING rows, not a statement per ticket (docs/audit-trail.md), and its outbox
--- event the same way (docs/outbox-events.md).
+-- the RETURNING rows, not a statement per ticket (docs/audit-trail.md); the batch's
+-- `ticket.issued` events are one outbox row holding the tickets' ids, their data built from
+-- the tickets when they are delivered, so this statement builds no JSON for them
+-- (docs/outbox-events.md).
 -- Relies on tickets' unique payment_id index (ON CONFLICT).
 WITH inserted AS (
     INSERT INTO tickets (payment_id, event_id, company_id, route_id, payment_code, passenger_phone,
@@ -21,7 +23,7 @@ WITH inserted AS (
               amount_minor, commission_minor, currency, financial_transaction_reference)
     ORDER BY payment_id
     ON CONFLICT (payment_id) DO NOTHING
-    RETURNING id, payment_id, company_id, route_id, amount_minor, currency, commission_minor
+    RETURNING id, payment_id, company_id, amount_minor, currency, commission_minor
 ),
 audited AS (
     INSERT INTO audit_events (actor, action, subject_type, subject_id, data)
@@ -32,15 +34,10 @@ audited AS (
     FROM inserted i
 ),
 published AS (
-    INSERT INTO outbox_events (type, subject_id, data)
-    SELECT $14, i.id::text,
-           jsonb_build_object('ticket_id', i.id, 'payment_id', i.payment_id,
-                              'company_id', i.company_id, 'route_id', i.route_id,
-                              'amount', jsonb_build_object('currency', i.currency,
-                                                           'value', i.amount_minor),
-                              'commission', jsonb_build_object('currency', i.currency,
-                                                               'value', i.commission_minor))
+    INSERT INTO outbox_events (type, size, subject_ids)
+    SELECT $14, count(*), array_agg(i.id ORDER BY i.id)
     FROM inserted i
+    HAVING count(*) > 0
 )
 SELECT id AS "id!", payment_id AS "payment_id!"
 FROM inserted

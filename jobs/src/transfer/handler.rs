@@ -182,9 +182,13 @@ async fn call_and_record(
             record_failed(
                 &ctx.pool,
                 &row,
-                row.monime_status.as_deref(),
-                "rejected",
-                &error.to_string(),
+                Failure {
+                    code: "rejected",
+                    reason: &error.to_string(),
+                    monime_transfer_id: None,
+                    monime_status: None,
+                    last_retry: false,
+                },
             )
             .await
             .map_err(|e| TransferError::database(ticket_id, e))?;
@@ -304,37 +308,17 @@ async fn on_answer(
                 code: code.clone(),
                 message,
             };
-            sqlx::query!(
-                "WITH failed AS ( \
-                   UPDATE commission_transfers SET status = 'failed', monime_transfer_id = $2, \
-                   monime_status = 'failed', failure_code = $3, last_error = $4, \
-                   updated_at = now(), status_changed_at = now() \
-                   WHERE id = $1 AND idempotency_key = $5 AND status IN ('pending', 'processing') \
-                   RETURNING id, ticket_id, generation, failure_code, monime_status, \
-                    last_error, amount_minor, currency), \
-                 audited AS ( \
-                   INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
-                   SELECT $6, $7, $8, ticket_id::text, jsonb_build_object('generation', generation, \
-                     'failure_code', failure_code, 'monime_status', monime_status, \
-                     'reason', last_error) \
-                   FROM failed) \
-                 INSERT INTO outbox_events (type, subject_id, data) \
-                 SELECT $9, ticket_id::text, jsonb_build_object('ticket_id', ticket_id, \
-                   'transfer_id', id, 'generation', generation, \
-                   'amount', jsonb_build_object('currency', currency, 'value', amount_minor), \
-                   'failure_code', failure_code, 'monime_status', monime_status) \
-                 FROM failed",
-                row.id,
-                &transfer.id,
-                &code,
-                error.to_string(),
-                row.key.as_str(),
-                Actor::Worker.name(),
-                action::TRANSFER_FAILED,
-                subject::TRANSFER,
-                event_type::TRANSFER_FAILED,
+            record_failed(
+                &ctx.pool,
+                row,
+                Failure {
+                    code: &code,
+                    reason: &error.to_string(),
+                    monime_transfer_id: Some(&transfer.id),
+                    monime_status: Some("failed"),
+                    last_retry: false,
+                },
             )
-            .execute(&ctx.pool)
             .await
             .map_err(db)?;
             Err(error.into())
@@ -352,35 +336,17 @@ async fn record_transient(
     if last_attempt {
         // Out of retries: the row waits for an operator. Monime may or may not have the
         // transfer, so an operator retry keeps the same key (see `retry_failed_transfer`).
-        sqlx::query!(
-            "WITH failed AS ( \
-               UPDATE commission_transfers SET status = 'failed', \
-               failure_code = 'retries_exhausted', retry_count = retry_count + 1, \
-               last_error = $2, updated_at = now(), status_changed_at = now() \
-               WHERE id = $1 AND idempotency_key = $3 AND status IN ('pending', 'processing') \
-               RETURNING id, ticket_id, generation, failure_code, monime_status, \
-                last_error, amount_minor, currency), \
-             audited AS ( \
-               INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
-               SELECT $4, $5, $6, ticket_id::text, jsonb_build_object('generation', generation, \
-                 'failure_code', failure_code, 'monime_status', monime_status, \
-                 'reason', last_error) \
-               FROM failed) \
-             INSERT INTO outbox_events (type, subject_id, data) \
-             SELECT $7, ticket_id::text, jsonb_build_object('ticket_id', ticket_id, \
-               'transfer_id', id, 'generation', generation, \
-               'amount', jsonb_build_object('currency', currency, 'value', amount_minor), \
-               'failure_code', failure_code, 'monime_status', monime_status) \
-             FROM failed",
-            row.id,
-            format!("no retries left: {text}"),
-            row.key.as_str(),
-            Actor::Worker.name(),
-            action::TRANSFER_FAILED,
-            subject::TRANSFER,
-            event_type::TRANSFER_FAILED,
+        record_failed(
+            pool,
+            row,
+            Failure {
+                code: "retries_exhausted",
+                reason: &format!("no retries left: {text}"),
+                monime_transfer_id: None,
+                monime_status: None,
+                last_retry: true,
+            },
         )
-        .execute(pool)
         .await?;
     } else {
         sqlx::query!(
@@ -397,36 +363,29 @@ async fn record_transient(
     Ok(())
 }
 
-async fn record_failed(
-    pool: &Db,
-    row: &Row,
-    monime_status: Option<&str>,
-    code: &str,
-    reason: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "WITH failed AS ( \
-           UPDATE commission_transfers SET status = 'failed', monime_status = $2, \
-           failure_code = $3, last_error = $4, updated_at = now(), status_changed_at = now() \
-           WHERE id = $1 AND idempotency_key = $5 AND status IN ('pending', 'processing') \
-           RETURNING id, ticket_id, generation, failure_code, monime_status, \
-            last_error, amount_minor, currency), \
-         audited AS ( \
-           INSERT INTO audit_events (actor, action, subject_type, subject_id, data) \
-           SELECT $6, $7, $8, ticket_id::text, jsonb_build_object('generation', generation, \
-             'failure_code', failure_code, 'monime_status', monime_status, 'reason', last_error) \
-           FROM failed) \
-         INSERT INTO outbox_events (type, subject_id, data) \
-         SELECT $9, ticket_id::text, jsonb_build_object('ticket_id', ticket_id, \
-           'transfer_id', id, 'generation', generation, \
-           'amount', jsonb_build_object('currency', currency, 'value', amount_minor), \
-           'failure_code', failure_code, 'monime_status', monime_status) \
-         FROM failed",
+/// How a transfer failed for good.
+struct Failure<'a> {
+    code: &'a str,
+    reason: &'a str,
+    /// Monime's transfer id, when its answer named one; `None` keeps the row's.
+    monime_transfer_id: Option<&'a str>,
+    /// Monime's status, when it gave one; `None` keeps the row's.
+    monime_status: Option<&'a str>,
+    /// The failure is the last retry's: it counts in `retry_count`.
+    last_retry: bool,
+}
+
+/// Marks the run's row failed, with its audit and outbox events, in one statement.
+async fn record_failed(pool: &Db, row: &Row, failure: Failure<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query_file!(
+        "src/transfer/record_failed.sql",
         row.id,
-        monime_status,
-        code,
-        reason,
         row.key.as_str(),
+        failure.code,
+        failure.reason,
+        failure.monime_transfer_id,
+        failure.monime_status,
+        i32::from(failure.last_retry),
         Actor::Worker.name(),
         action::TRANSFER_FAILED,
         subject::TRANSFER,

@@ -3,8 +3,8 @@
 -- Fenced: a row whose key changed (an operator retry made a new generation) is left alone,
 -- and a completed row is not written again.
 -- $4 the audit actor, $5 the audit action and $6 its subject type: each row completed gets
--- its `transfer.completed` event in this statement, and $7 (the outbox event type) its
--- outbox event (docs/outbox-events.md).
+-- its `transfer.completed` event in this statement, and $7 (the outbox event type) the
+-- batch's events as one outbox row (docs/outbox-events.md).
 WITH completed AS (
     UPDATE commission_transfers ct
     SET status = 'completed', monime_transfer_id = u.monime_transfer_id,
@@ -23,11 +23,13 @@ audited AS (
                               'amount_minor', c.amount_minor, 'currency', c.currency)
     FROM completed c
 )
-INSERT INTO outbox_events (type, subject_id, data)
-SELECT $7, c.ticket_id::text,
-       jsonb_build_object('ticket_id', c.ticket_id, 'transfer_id', c.id,
-                          'generation', c.generation,
-                          'monime_transfer_id', c.monime_transfer_id,
-                          'amount', jsonb_build_object('currency', c.currency,
-                                                       'value', c.amount_minor))
+INSERT INTO outbox_events (type, size, data)
+SELECT $7, count(*),
+       jsonb_agg(jsonb_build_object('ticket_id', c.ticket_id, 'transfer_id', c.id,
+                                    'generation', c.generation,
+                                    'monime_transfer_id', c.monime_transfer_id,
+                                    'amount', jsonb_build_object('currency', c.currency,
+                                                                 'value', c.amount_minor))
+                 ORDER BY c.id)
 FROM completed c
+HAVING count(*) > 0

@@ -146,6 +146,22 @@ async fn outbox_ids(pool: &Db, kind: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Publishes `n` `cycle.activated` events in one committed transaction; their row ids.
+async fn publish_cycle_events(pool: &Db, n: i64) -> Vec<i64> {
+    let mut tx = pool.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let data = serde_json::json!({"cycle_id": i});
+        ids.push(
+            events::publish(&mut tx, event_type::CYCLE_ACTIVATED, &data)
+                .await
+                .unwrap(),
+        );
+    }
+    pool.commit(tx).await.unwrap();
+    ids
+}
+
 async fn delivery_job_states(pool: &Db) -> BTreeMap<String, i64> {
     sqlx::query_as::<_, (String, i64)>(
         "SELECT state::text, count(*) FROM jobs WHERE queue = 'events' GROUP BY 1",
@@ -263,17 +279,7 @@ async fn events_reach_a_failing_receiver_each_at_least_once_signed_under_a_stabl
 #[tokio::test]
 async fn events_refused_with_a_client_error_fail_for_review_without_a_retry() {
     let db = TestDb::new().await;
-    let mut tx = db.pool.begin().await.unwrap();
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        let data = serde_json::json!({"cycle_id": i});
-        ids.push(
-            events::publish(&mut tx, event_type::CYCLE_ACTIVATED, &data)
-                .await
-                .unwrap(),
-        );
-    }
-    db.pool.commit(tx).await.unwrap();
+    let ids = publish_cycle_events(&db.pool, 3).await;
     // A published event in a rolled-back transaction is not there to deliver.
     let mut tx = db.pool.begin().await.unwrap();
     events::publish(&mut tx, event_type::CYCLE_ACTIVATED, &serde_json::json!({}))
@@ -342,17 +348,7 @@ async fn events_refused_with_a_client_error_fail_for_review_without_a_retry() {
 #[tokio::test]
 async fn events_past_the_retention_are_pruned_with_their_deliveries_oldest_first() {
     let db = TestDb::new().await;
-    let mut tx = db.pool.begin().await.unwrap();
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        let data = serde_json::json!({"cycle_id": i});
-        ids.push(
-            events::publish(&mut tx, event_type::CYCLE_ACTIVATED, &data)
-                .await
-                .unwrap(),
-        );
-    }
-    db.pool.commit(tx).await.unwrap();
+    let ids = publish_cycle_events(&db.pool, 5).await;
     // The first three were relayed two hours ago (one refused by its receiver), the fourth
     // just now; the fifth is not relayed yet.
     sqlx::query(

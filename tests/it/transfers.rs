@@ -1073,7 +1073,7 @@ async fn run_claimed(
         attempt: job.attempt,
         claim_token: job.token,
         retry: job.retry,
-        cancel: tokio_util::sync::CancellationToken::new(),
+        cancel: poda_jobs::engine::RunCancel::never(),
     };
     let payload: TransferJob = serde_json::from_value(job.payload.clone()).unwrap();
     let result = transfer::handle(context, &meta, payload).await;

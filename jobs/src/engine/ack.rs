@@ -24,6 +24,7 @@ use tower::{Layer, Service};
 use super::complete::{Completion, CompletionHandle};
 use super::job::JobMeta;
 use super::outcome::{decide, log_outcome, panic_message, Action};
+use super::registry::RunCancel;
 use super::retry::{BoxError, Outcome};
 use super::slots::Slots;
 
@@ -51,19 +52,24 @@ impl AckLayer {
 /// How long a cancelled run may take to return by itself before it is dropped.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
-/// Runs `run` to its end, or, once `cancel` fires, for at most [`CANCEL_GRACE`] more; `None`
-/// when it was dropped.
-async fn until_stopped<F: std::future::Future>(
-    cancel: tokio_util::sync::CancellationToken,
-    run: F,
-) -> Option<F::Output> {
+/// How a run ended under [`until_stopped`].
+enum Stopped<T> {
+    /// It returned before it was told to stop.
+    Finished(T),
+    /// It was told to stop: what it returned within the grace, or `None` if it was dropped.
+    Cancelled(Option<T>),
+}
+
+/// Runs `run` to its end, or, once `cancel` fires, for at most [`CANCEL_GRACE`] more. The
+/// run is polled first: one that is ready at once never looks at the signal.
+async fn until_stopped<F: std::future::Future>(cancel: &RunCancel, run: F) -> Stopped<F::Output> {
     tokio::pin!(run);
     tokio::select! {
         biased;
-        out = &mut run => return Some(out),
+        out = &mut run => return Stopped::Finished(out),
         _ = cancel.cancelled() => {}
     }
-    tokio::time::timeout(CANCEL_GRACE, run).await.ok()
+    Stopped::Cancelled(tokio::time::timeout(CANCEL_GRACE, run).await.ok())
 }
 
 /// A run that went past its queue's run timeout.
@@ -116,14 +122,22 @@ where
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(task)));
         async move {
             let started = Instant::now();
+            let mut was_cancelled = false;
             let result: Result<Result<Outcome, BoxError>, String> = match run {
                 Ok(future) => {
-                    let stoppable = until_stopped(cancel.clone(), AssertUnwindSafe(future).catch_unwind());
+                    let stoppable = until_stopped(&cancel, AssertUnwindSafe(future).catch_unwind());
                     match tokio::time::timeout(run_timeout, stoppable).await {
-                        Ok(Some(Ok(result))) => Ok(result.map(Into::into).map_err(Into::into)),
-                        Ok(Some(Err(panic))) => Err(panic_message(panic)),
-                        // Dropped after the cancel grace: the action below says cancelled.
-                        Ok(None) => Ok(Ok(Outcome::Done)),
+                        Ok(Stopped::Finished(Ok(result))) => Ok(result.map(Into::into).map_err(Into::into)),
+                        Ok(Stopped::Finished(Err(panic))) => Err(panic_message(panic)),
+                        Ok(Stopped::Cancelled(ended)) => {
+                            was_cancelled = true;
+                            match ended {
+                                Some(Ok(result)) => Ok(result.map(Into::into).map_err(Into::into)),
+                                Some(Err(panic)) => Err(panic_message(panic)),
+                                // Dropped after the grace: the action below says cancelled.
+                                None => Ok(Ok(Outcome::Done)),
+                            }
+                        }
                         Err(_) => Ok(Err(Box::new(RunTimedOut(run_timeout)) as BoxError)),
                     }
                 }
@@ -136,7 +150,8 @@ where
             };
             super::metrics::record_handler(&meta.queue, started.elapsed().as_secs_f64());
             // A cancelled run's job is no longer its claim: whatever it returned, record that.
-            let action = if cancel.is_cancelled() {
+            // (A run that returned before it heard of a cancel is fenced off by its claim token.)
+            let action = if was_cancelled {
                 Action::Cancelled
             } else {
                 decide(&meta, result)

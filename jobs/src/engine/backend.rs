@@ -36,6 +36,7 @@ use super::error::EngineError;
 use super::job::{ClaimedJob, JobId, JobMeta, NewJob};
 use super::notify::QueueSignal;
 use super::outcome::Action;
+use super::registry::RunCancel;
 use super::runtime::Engine;
 use super::slots::Slots;
 
@@ -226,11 +227,7 @@ impl<Args: DeserializeOwned + Send + Sync + Clone + 'static> PgBackend<Args> {
     fn task_from(&self, job: ClaimedJob) -> Option<Task<Args>> {
         match serde_json::from_value::<Args>(job.payload) {
             Ok(args) => {
-                let cancel = self
-                    .engine
-                    .registry()
-                    .cancel_token(job.id, job.token)
-                    .unwrap_or_default();
+                let cancel = RunCancel::held(self.engine.registry().clone(), job.id, job.token);
                 let meta = JobMeta {
                     id: job.id,
                     queue: job.queue,

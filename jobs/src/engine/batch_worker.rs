@@ -109,7 +109,7 @@ impl LockedRow {
             ),
             // A batch holds its jobs' row locks until it commits: an operator's cancel waits
             // for the batch, so there is no running batch job to tell.
-            cancel: tokio_util::sync::CancellationToken::new(),
+            cancel: super::registry::RunCancel::never(),
         }
     }
 }

@@ -4,9 +4,9 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::registry::RunCancel;
 use super::retry::RetryPolicy;
 
 /// A job's id: the `jobs.id` column.
@@ -198,7 +198,7 @@ pub struct JobMeta {
     /// awaits it (`tokio::select!`) stops at once and may write its last word; one that does
     /// not is dropped at its next await point after a short grace (see `ack`). Whatever such a
     /// run returns is fenced off by its claim token.
-    pub cancel: CancellationToken,
+    pub cancel: RunCancel,
 }
 
 impl JobMeta {

@@ -62,6 +62,7 @@ pub use maintenance::{
 };
 pub use outcome::Action;
 pub use queue::{pause_queue, resume_queue, QueueStatus};
+pub use registry::RunCancel;
 pub use retry::{JobError, Outcome, RetryPolicy};
 pub use runtime::{
     Engine, EngineConfig, EngineHandle, Listen, DEFAULT_LEASE, DEFAULT_POLL_INTERVAL,

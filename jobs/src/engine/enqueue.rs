@@ -36,9 +36,10 @@ pub async fn enqueue_many(
         &c.max_attempts,
         &c.backoff_base_ms,
         &c.backoff_max_ms,
-        &c.priority,
-        &c.concurrency_key as &[Option<String>],
+        c.priority.as_deref(),
+        c.concurrency_key.as_deref() as Option<&[Option<String>]>,
         NOTIFY_CHANNEL,
+        Priority::DEFAULT,
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -108,9 +109,10 @@ pub async fn insert_new_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result
         &c.max_attempts,
         &c.backoff_base_ms,
         &c.backoff_max_ms,
-        &c.priority,
-        &c.concurrency_key as &[Option<String>],
+        c.priority.as_deref(),
+        c.concurrency_key.as_deref() as Option<&[Option<String>]>,
         NOTIFY_CHANNEL,
+        Priority::DEFAULT,
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -142,7 +144,9 @@ pub async fn enqueue_one_pooled(pool: &Db, job: &NewJob) -> Result<Enqueued, Eng
 }
 
 /// The jobs as one array per column, for `unnest`: the statements' parameters $1..$10 (the
-/// NOTIFY channel is $11).
+/// NOTIFY channel is $11, the default priority $12). The priorities and the concurrency keys
+/// are sent only when some job sets one: most batches would send two arrays of defaults,
+/// encoded, decoded and unnested for nothing.
 struct Columns {
     queue: Vec<String>,
     kind: Vec<String>,
@@ -152,8 +156,10 @@ struct Columns {
     max_attempts: Vec<i32>,
     backoff_base_ms: Vec<i32>,
     backoff_max_ms: Vec<i32>,
-    priority: Vec<i16>,
-    concurrency_key: Vec<Option<String>>,
+    /// `None`: every job has the default priority.
+    priority: Option<Vec<i16>>,
+    /// `None`: no job has a key.
+    concurrency_key: Option<Vec<Option<String>>>,
 }
 
 impl Columns {
@@ -167,8 +173,8 @@ impl Columns {
             max_attempts: Vec::with_capacity(jobs.len()),
             backoff_base_ms: Vec::with_capacity(jobs.len()),
             backoff_max_ms: Vec::with_capacity(jobs.len()),
-            priority: Vec::with_capacity(jobs.len()),
-            concurrency_key: Vec::with_capacity(jobs.len()),
+            priority: None,
+            concurrency_key: None,
         };
         for job in jobs {
             if job.queue.is_empty() || job.kind.is_empty() {
@@ -186,8 +192,12 @@ impl Columns {
             c.max_attempts.push(job.retry.max_attempts);
             c.backoff_base_ms.push(job.retry.base.as_millis() as i32);
             c.backoff_max_ms.push(job.retry.max.as_millis() as i32);
-            c.priority.push(job.priority);
-            c.concurrency_key.push(job.concurrency_key.clone());
+        }
+        if jobs.iter().any(|job| job.priority != Priority::DEFAULT) {
+            c.priority = Some(jobs.iter().map(|job| job.priority).collect());
+        }
+        if jobs.iter().any(|job| job.concurrency_key.is_some()) {
+            c.concurrency_key = Some(jobs.iter().map(|job| job.concurrency_key.clone()).collect());
         }
         Ok(c)
     }

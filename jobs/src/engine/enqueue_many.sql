@@ -1,8 +1,9 @@
 -- enqueue_many: insert a batch of jobs in one statement.
 -- $1 queue[], $2 kind[], $3 payload[] (JSON text), $4 unique_key[] (NULL = none),
 -- $5 run_at[] (NULL = now()), $6 max_attempts[], $7 backoff_base_ms[], $8 backoff_max_ms[],
--- $9 priority[] (0..3, checked by the caller and the table), $10 concurrency_key[] (NULL = none),
--- $11 the NOTIFY channel.
+-- $9 priority[] (0..3, checked by the caller and the table; NULL: every job has the default
+-- priority $12), $10 concurrency_key[] (NULL: no job has a key), $11 the NOTIFY channel.
+-- (unnest pads a NULL array with NULLs.)
 -- Ids are drawn first so each input row can be told apart from the one that was skipped
 -- for an existing unique key (jobs_unique_key_idx); the caller looks those up afterwards.
 -- The identity's sequence is named outright (`jobs_id_seq`, as CREATE TABLE named it):
@@ -20,7 +21,7 @@ inserted AS (
     INSERT INTO jobs (id, queue, kind, payload, unique_key, run_at, max_attempts,
                       backoff_base_ms, backoff_max_ms, priority, concurrency_key)
     SELECT id, queue, kind, payload::jsonb, unique_key, coalesce(run_at, now()), max_attempts,
-           backoff_base_ms, backoff_max_ms, priority, concurrency_key
+           backoff_base_ms, backoff_max_ms, coalesce(priority, $12), concurrency_key
     FROM input
     ORDER BY ord
     ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING

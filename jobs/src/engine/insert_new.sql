@@ -2,8 +2,9 @@
 -- statement; returns how many were inserted.
 -- $1 queue[], $2 kind[], $3 payload[] (JSON text), $4 unique_key[] (NULL = none),
 -- $5 run_at[] (NULL = now()), $6 max_attempts[], $7 backoff_base_ms[], $8 backoff_max_ms[],
--- $9 priority[] (0..3, checked by the caller and the table), $10 concurrency_key[] (NULL = none),
--- $11 the NOTIFY channel.
+-- $9 priority[] (0..3, checked by the caller and the table; NULL: every job has the default
+-- priority $12), $10 concurrency_key[] (NULL: no job has a key), $11 the NOTIFY channel.
+-- (unnest pads a NULL array with NULLs.)
 -- Unlike enqueue_many there is no ON CONFLICT: a key that exists fails the statement with a
 -- unique violation (23505). For jobs keyed by a row the caller has just inserted in the same
 -- transaction (a ticket's transfer job) no key can exist, and the speculative insertion
@@ -14,7 +15,7 @@ WITH inserted AS (
     INSERT INTO jobs (queue, kind, payload, unique_key, run_at, max_attempts,
                       backoff_base_ms, backoff_max_ms, priority, concurrency_key)
     SELECT queue, kind, payload::jsonb, unique_key, coalesce(run_at, now()), max_attempts,
-           backoff_base_ms, backoff_max_ms, priority, concurrency_key
+           backoff_base_ms, backoff_max_ms, coalesce(priority, $12), concurrency_key
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                 $6::int[], $7::int[], $8::int[], $9::smallint[], $10::text[])
          AS t(queue, kind, payload, unique_key, run_at, max_attempts,

@@ -12,7 +12,7 @@
 //! poll of held jobs), and a run claimed again by this process under a newer token is no
 //! longer its claim either. A cancellation token is made only for a run that waits on the
 //! signal: most runs end before anything could cancel them, and a token per job (made,
-//! looked up and dropped) cost the no-op drain about 8 % of its throughput.
+//! looked up and dropped) costs the no-op drain about 8 % of its throughput.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -13,6 +13,7 @@ pub mod cycle;
 pub mod db;
 pub mod engine;
 pub mod events;
+pub mod http_client;
 pub mod notification;
 pub mod probe;
 pub mod sqlstate;

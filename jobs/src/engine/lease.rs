@@ -4,6 +4,7 @@
 //! stop; a process that does not LISTEN for cancellations checks that every poll interval
 //! ([`run_cancel_watch`]).
 
+use super::loops::Every;
 use std::time::Duration;
 
 use crate::db::Db;
@@ -85,13 +86,8 @@ pub async fn run_cancel_watch(
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    let mut every = Every::new(interval, &stop);
+    while every.tick().await {
         let held = registry.snapshot();
         if held.is_empty() {
             continue;
@@ -118,14 +114,9 @@ pub async fn run_heartbeat(
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut every = Every::new(interval, &stop);
     let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    while every.tick().await {
         fail::fail_point!("engine-heartbeat");
         let held = registry.snapshot();
         if held.is_empty() {

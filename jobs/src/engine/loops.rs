@@ -133,6 +133,29 @@ impl Loops {
     }
 }
 
+/// The pace of a periodic loop: a tick every `interval` (the first at once; a late one delays
+/// the next rather than bunching up), until `stop`.
+pub struct Every<'a> {
+    ticker: tokio::time::Interval,
+    stop: &'a CancellationToken,
+}
+
+impl<'a> Every<'a> {
+    pub fn new(interval: std::time::Duration, stop: &'a CancellationToken) -> Every<'a> {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Every { ticker, stop }
+    }
+
+    /// Waits for the next tick: `true`, or `false` once the loop is told to stop.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = self.ticker.tick() => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

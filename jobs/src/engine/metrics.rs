@@ -2,6 +2,7 @@
 //! installs no recorder pays almost nothing for them.
 
 use super::error::EngineError;
+use super::loops::Every;
 use super::outcome::Action;
 
 pub const JOBS_CLAIMED: &str = "poda_jobs_claimed_total";
@@ -71,13 +72,8 @@ pub async fn run_gauges(
     interval: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    let mut every = Every::new(interval, &stop);
+    while every.tick().await {
         match sample_queue_gauges(&pool).await {
             Ok(rows) => {
                 for (queue, depth, age) in rows {

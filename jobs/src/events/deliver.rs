@@ -48,8 +48,6 @@ pub enum DeliveryError {
     Client(#[source] reqwest::Error),
     #[error("reading or recording outbox events failed")]
     Database(#[from] sqlx::Error),
-    #[error("outbox row {0} holds an event whose data cannot be built (its subject is gone)")]
-    SubjectGone(i64),
     #[error("{pending} of {total} events not yet delivered to {url}: {first}")]
     Pending {
         url: String,
@@ -83,11 +81,8 @@ impl std::fmt::Debug for Deliverer {
 
 impl Deliverer {
     pub fn new(config: &DelivererConfig, signer: Signer) -> Result<Deliverer, DeliveryError> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .build()
-            .map_err(DeliveryError::Client)?;
+        let client =
+            crate::http_client::with_timeout(config.timeout).map_err(DeliveryError::Client)?;
         Ok(Deliverer {
             client,
             signer,
@@ -170,7 +165,7 @@ pub async fn handle(
     job: DeliveryJob,
 ) -> Result<Outcome, JobError> {
     let (refused, pending) = deliver(db, deliverer, &job).await.map_err(|e| match e {
-        DeliveryError::Client(_) | DeliveryError::SubjectGone(_) => JobError::permanent(e),
+        DeliveryError::Client(_) => JobError::permanent(e),
         other => JobError::retryable(other),
     })?;
     if let Some((pending, retry_after)) = pending {
@@ -184,6 +179,13 @@ pub async fn handle(
     }
     Ok(Outcome::Done)
 }
+
+/// What became of an event at this receiver, for `outbox_deliveries`: (row, position), state,
+/// the receiver's status (none when nothing was sent), detail.
+type Settled = ((i64, i32), &'static str, Option<i16>, String);
+
+/// The detail recorded for an event whose subject row no longer exists.
+const SUBJECT_GONE: &str = "its subject row is gone: no data to send";
 
 type Unsettled = (DeliveryError, Option<Duration>);
 
@@ -215,6 +217,7 @@ async fn deliver(
         );
     }
     let mut settled_before = Vec::new();
+    let mut subject_gone = Vec::new();
     let mut events = Vec::new();
     for line in lines {
         // Refused or delivered by an earlier run: not sent again.
@@ -222,8 +225,11 @@ async fn deliver(
             settled_before.push(state);
             continue;
         }
+        // An event whose subject row is gone has no data to send: refused for review, the
+        // others go on.
         let Some(data) = line.data else {
-            return Err(DeliveryError::SubjectGone(line.row_id));
+            subject_gone.push((line.row_id, line.seq));
+            continue;
         };
         events.push(Pending {
             row: line.row_id,
@@ -250,10 +256,15 @@ async fn deliver(
         .collect()
         .await;
 
-    let mut settled: Vec<((i64, i32), &'static str, i16, String)> = Vec::new();
+    let mut settled: Vec<Settled> = subject_gone
+        .into_iter()
+        .map(|id| (id, "failed", None, SUBJECT_GONE.to_owned()))
+        .collect();
     let mut refused = (
-        refused_before,
-        (refused_before > 0).then(|| "refused by an earlier run".to_owned()),
+        refused_before + settled.len(),
+        (refused_before > 0)
+            .then(|| "refused by an earlier run".to_owned())
+            .or_else(|| (!settled.is_empty()).then(|| SUBJECT_GONE.to_owned())),
     );
     let mut pending = (0, None::<String>, None::<Duration>);
     let mut delivered = Vec::new();
@@ -263,7 +274,7 @@ async fn deliver(
             Answer::Refused { status, detail } => {
                 refused.0 += 1;
                 refused.1.get_or_insert_with(|| detail.clone());
-                settled.push((id, "failed", status as i16, detail));
+                settled.push((id, "failed", Some(status as i16), detail));
             }
             Answer::Retry {
                 detail,
@@ -280,14 +291,14 @@ async fn deliver(
         settled.extend(
             delivered
                 .into_iter()
-                .map(|(id, status)| (id, "delivered", status as i16, String::new())),
+                .map(|(id, status)| (id, "delivered", Some(status as i16), String::new())),
         );
     }
     if !settled.is_empty() {
         let rows: Vec<i64> = settled.iter().map(|s| s.0 .0).collect();
         let seqs: Vec<i32> = settled.iter().map(|s| s.0 .1).collect();
         let states: Vec<&str> = settled.iter().map(|s| s.1).collect();
-        let statuses: Vec<i16> = settled.iter().map(|s| s.2).collect();
+        let statuses: Vec<Option<i16>> = settled.iter().map(|s| s.2).collect();
         let details: Vec<Option<&str>> = settled
             .iter()
             .map(|s| (!s.3.is_empty()).then_some(s.3.as_str()))
@@ -302,7 +313,7 @@ async fn deliver(
             &seqs,
             &job.url,
             &states as &[&str],
-            &statuses,
+            &statuses as &[Option<i16>],
             &details as &[Option<&str>],
         )
         .execute(db)

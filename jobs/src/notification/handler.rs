@@ -35,11 +35,8 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn new(config: NotifierConfig) -> Result<Notifier, NotificationError> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .build()
-            .map_err(NotificationError::Client)?;
+        let client =
+            crate::http_client::with_timeout(config.timeout).map_err(NotificationError::Client)?;
         Ok(Notifier {
             client,
             url: config.url,

@@ -12,6 +12,7 @@
 //! Two leaders can overlap only by the clock skew between a leader that has lost touch and the
 //! database: the duties are safe to run twice (pruning deletes what is old either way).
 
+use crate::engine::loops::Every;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -181,14 +182,10 @@ impl Maintainer {
     async fn lead(&self, mut leadership: Leadership, pruner: &Pruner, stop: &CancellationToken) {
         let lost = CancellationToken::new();
         let renewing = async {
-            let mut ticker = tokio::time::interval(self.config.leadership_lease / 3);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = ticker.tick() => {}
-                }
+            let mut every = Every::new(self.config.leadership_lease / 3, stop);
+            // The first tick is at once: the leadership was just taken.
+            every.tick().await;
+            while every.tick().await {
                 if !leadership.renew().await {
                     tracing::warn!("lost the maintenance leadership; stepping down");
                     lost.cancel();

@@ -10,6 +10,7 @@
 //! reconnecting, well inside the grace; dead ones cannot, and their jobs are rescued once the
 //! grace has passed.
 
+use crate::engine::loops::Every;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -94,15 +95,10 @@ impl Rescuer {
     }
 
     pub async fn run(self, signals: Signals, stop: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut every = Every::new(self.config.interval, &stop);
         // Since when the database has answered every pass promptly; None after a failure.
         let mut reachable_since: Option<Instant> = None;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
+        while every.tick().await {
             let rescue = reachable_since.is_some_and(|since| since.elapsed() >= self.config.grace);
             let pass = async {
                 if rescue {

@@ -165,8 +165,6 @@ enum Source {
         id: JobId,
         token: i32,
     },
-    /// A signal its owner fires (tests, callers outside the engine).
-    Token(CancellationToken),
 }
 
 impl std::fmt::Debug for RunCancel {
@@ -192,11 +190,6 @@ impl RunCancel {
         })
     }
 
-    /// A signal that fires when `token` is cancelled.
-    pub fn from_token(token: CancellationToken) -> RunCancel {
-        RunCancel(Source::Token(token))
-    }
-
     pub fn is_cancelled(&self) -> bool {
         match &self.0 {
             Source::Never => false,
@@ -205,7 +198,6 @@ impl RunCancel {
                 id,
                 token,
             } => registry.is_cancelled(*id, *token),
-            Source::Token(token) => token.is_cancelled(),
         }
     }
 
@@ -219,7 +211,6 @@ impl RunCancel {
                 id,
                 token,
             } => registry.waiter(*id, *token),
-            Source::Token(token) => Some(token.clone()),
         };
         match token {
             Some(token) => token.cancelled_owned().await,

@@ -118,7 +118,7 @@ pub async fn relay_once(db: &Db, config: &RelayConfig) -> Result<usize, RelayErr
 /// Groups outbox rows (id, events held), in order, into delivery jobs of at most
 /// `events_per_job` events; a row larger than that is a job of its own. A row is never split:
 /// its events are delivered by one job.
-pub fn chunk_rows(rows: &[(i64, usize)], events_per_job: usize) -> Vec<Vec<i64>> {
+fn chunk_rows(rows: &[(i64, usize)], events_per_job: usize) -> Vec<Vec<i64>> {
     let mut chunks: Vec<Vec<i64>> = Vec::new();
     let mut events = 0;
     for &(id, size) in rows {

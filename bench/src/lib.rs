@@ -8,6 +8,7 @@
 //! to stdout; a min/median/max table goes to stderr at the end.
 
 pub mod demo;
+pub mod drained;
 pub mod fanout;
 pub mod ingest;
 pub mod receiver;
@@ -39,6 +40,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use poda::tally::{read_tally, TallyEntry};
+
+use crate::drained::DrainWatch;
 
 /// The server that benchmarks create their databases on, when neither flag nor env says.
 pub const DEFAULT_BENCH_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -288,8 +291,9 @@ impl BenchDb {
     /// Polls until no probe job is available or running; returns when it saw that.
     pub async fn wait_all_finished(&self, timeout: Duration) -> anyhow::Result<Instant> {
         let deadline = Instant::now() + timeout;
+        let mut watch = DrainWatch::new(probe::QUEUE);
         loop {
-            let busy = queue_has_unfinished_jobs(&self.pool, probe::QUEUE).await?;
+            let busy = watch.unfinished(&self.pool).await?;
             if !busy {
                 return Ok(Instant::now());
             }
@@ -339,19 +343,6 @@ pub fn worker_binary(explicit: Option<&std::path::Path>) -> anyhow::Result<PathB
         "no `worker` binary next to {} (build it with `cargo build --release --bins`, or pass --worker-bin)",
         exe.display()
     )
-}
-
-/// Whether `queue` still has a job to run: one probe of the claim index and one of the
-/// running index, so polling it does not load the server a benchmark measures (a count of
-/// finished rows grows with the run).
-pub async fn queue_has_unfinished_jobs(pool: &Db, queue: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'available') \
-             OR EXISTS (SELECT 1 FROM jobs WHERE queue = $1 AND state = 'running')",
-    )
-    .bind(queue)
-    .fetch_one(pool)
-    .await
 }
 
 /// `url` with its database replaced by `name` (query parameters kept).

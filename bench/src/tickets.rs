@@ -11,10 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::drained::DrainWatch;
 use crate::scratch::with_scratch_database;
-use crate::{
-    queue_has_unfinished_jobs, url_with_database, worker_binary, Workers, PGBOUNCER_POOL_SIZE,
-};
+use crate::{url_with_database, worker_binary, Workers, PGBOUNCER_POOL_SIZE};
 use anyhow::{bail, Context};
 use poda_jobs::db::Db;
 use poda_jobs::testing::PgBouncer;
@@ -144,8 +143,9 @@ async fn measure(
         .execute(&pool)
         .await
         .context("opening the tickets queue")?;
+        let mut watch = DrainWatch::new(ticket::QUEUE);
         loop {
-            let unfinished = queue_has_unfinished_jobs(&pool, ticket::QUEUE).await?;
+            let unfinished = watch.unfinished(&pool).await?;
             if !unfinished {
                 break;
             }

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::queue_has_unfinished_jobs;
+use crate::drained::DrainWatch;
 use crate::scratch::with_scratch_database;
 use anyhow::Context;
 use poda::config::{async_commit_options, handler_options};
@@ -183,8 +183,9 @@ async fn run_once(
         stop.clone(),
     ));
     let deadline = started + Duration::from_secs(300);
+    let mut watch = DrainWatch::new(transfer::QUEUE);
     loop {
-        let unfinished = queue_has_unfinished_jobs(&handler_pool, transfer::QUEUE).await?;
+        let unfinished = watch.unfinished(&handler_pool).await?;
         if !unfinished || Instant::now() > deadline {
             break;
         }

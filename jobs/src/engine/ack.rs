@@ -61,13 +61,21 @@ enum Stopped<T> {
 }
 
 /// Runs `run` to its end, or, once `cancel` fires, for at most [`CANCEL_GRACE`] more. The
-/// run is polled first: one that is ready at once never looks at the signal.
+/// run is polled first, and the signal is only waited on (boxed, outside this future) once
+/// the run is pending: a run that is ready at once never looks at it, and every run's future
+/// stays as small as it was without cancellation.
 async fn until_stopped<F: std::future::Future>(cancel: &RunCancel, run: F) -> Stopped<F::Output> {
     tokio::pin!(run);
-    tokio::select! {
-        biased;
-        out = &mut run => return Stopped::Finished(out),
-        _ = cancel.cancelled() => {}
+    let mut signal: Option<BoxFuture<'_, ()>> = None;
+    let first_end = std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = run.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let signal = signal.get_or_insert_with(|| cancel.cancelled().boxed());
+        signal.as_mut().poll(cx).map(|()| None)
+    });
+    if let Some(out) = first_end.await {
+        return Stopped::Finished(out);
     }
     Stopped::Cancelled(tokio::time::timeout(CANCEL_GRACE, run).await.ok())
 }

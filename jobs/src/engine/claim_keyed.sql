@@ -65,5 +65,5 @@ SET state = 'running',
     attempted_at = now(),
     updated_at = now()
 WHERE id = ANY(ARRAY(SELECT id FROM chosen))
-RETURNING id, queue, kind, payload, attempt, claim_token, max_attempts, backoff_base_ms, backoff_max_ms, priority, run_at,
+RETURNING id, queue, kind, payload, attempt, claim_token, max_attempts, backoff_base_ms, backoff_max_ms, priority,
           (SELECT count(*) FROM candidates) AS "candidates!"

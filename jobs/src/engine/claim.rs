@@ -21,6 +21,7 @@ struct ClaimedRow {
     backoff_base_ms: i32,
     backoff_max_ms: i32,
     priority: i16,
+    run_at: DateTime<Utc>,
 }
 
 impl ClaimedRow {
@@ -43,11 +44,9 @@ impl ClaimedRow {
     }
 }
 
-/// Hands jobs out most urgent first, oldest first within a priority (RETURNING order is not
-/// defined). A batch is claimed at once, so the order only says which of its jobs a free
-/// handler takes first; ids stand in for (run_at, id), which saves reading `run_at` back.
+/// Hands jobs out most urgent first, FIFO within a priority (RETURNING order is not defined).
 fn in_claim_order(mut rows: Vec<ClaimedRow>, owner: Uuid) -> Vec<ClaimedJob> {
-    rows.sort_unstable_by_key(|r| (r.priority, r.id));
+    rows.sort_unstable_by_key(|r| (r.priority, r.run_at, r.id));
     rows.into_iter().map(|r| r.into_job(owner)).collect()
 }
 
@@ -139,6 +138,7 @@ pub async fn claim_batch_per_key(
             backoff_base_ms: r.backoff_base_ms,
             backoff_max_ms: r.backoff_max_ms,
             priority: r.priority,
+            run_at: r.run_at,
         }));
         if !again || claimed.len() >= limit {
             break;

@@ -36,4 +36,4 @@ WHERE id = ANY(ARRAY(
     ) c
     LIMIT $2
 ))
-RETURNING id, queue, kind, payload, attempt, claim_token, max_attempts, backoff_base_ms, backoff_max_ms, priority
+RETURNING id, queue, kind, payload, attempt, claim_token, max_attempts, backoff_base_ms, backoff_max_ms, priority, run_at

@@ -65,5 +65,5 @@ SET state = 'running',
     attempted_at = now(),
     updated_at = now()
 WHERE id = ANY(ARRAY(SELECT id FROM chosen))
-RETURNING id, queue, kind, payload, attempt, claim_token, max_attempts, backoff_base_ms, backoff_max_ms, priority,
+RETURNING id, queue, kind, payload, attempt, claim_token, max_attempts, backoff_base_ms, backoff_max_ms, priority, run_at,
           (SELECT count(*) FROM candidates) AS "candidates!"

@@ -1,7 +1,7 @@
 use std::borrow::Cow;
 
 use poda_jobs::db::Db;
-use poda_jobs::engine::migrate::apply;
+use poda_jobs::engine::migrate::{apply, MIGRATOR};
 use poda_jobs::testing::TestDb;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::SqlSafeStr;
@@ -54,6 +54,99 @@ async fn each_migration_commits_before_the_next_so_an_added_enum_value_is_usable
             .await
             .unwrap();
     assert_eq!(applied, vec![1, 2, 3]);
+    pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+/// The migration that lays the jobs row out anew keeps every job as it was: ids, states,
+/// payloads, priorities, the identity's next value, the indexes and the views over it.
+#[tokio::test]
+async fn the_row_layout_migration_keeps_every_job_and_the_identity() {
+    const LAYOUT: i64 = 20261206000024;
+    let db = TestDb::new().await;
+    let (name, pool) = empty_database(&db).await;
+    let all: Vec<Migration> = MIGRATOR.iter().cloned().collect();
+    let before: Vec<Migration> = all.iter().filter(|m| m.version < LAYOUT).cloned().collect();
+    assert!(before.len() < all.len(), "the layout migration is embedded");
+    apply(&pool, &Migrator::with_migrations(before))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (queue, kind, payload, max_attempts, backoff_base_ms, backoff_max_ms, \
+                           state, priority, unique_key, last_error, finished_at) \
+         SELECT 'tickets', 'probe', jsonb_build_object('n', g), 25, 1000, 3600000, \
+                CASE WHEN g % 3 = 0 THEN 'failed'::job_state ELSE 'available' END, g % 4, \
+                CASE WHEN g % 5 = 0 THEN 'key-' || g END, \
+                CASE WHEN g % 3 = 0 THEN 'boom' END, CASE WHEN g % 3 = 0 THEN now() END \
+         FROM generate_series(1, 500) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // A deleted job leaves a gap: the identity must go on from where it stood.
+    sqlx::query("DELETE FROM jobs WHERE id = (SELECT max(id) FROM jobs)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let snapshot = "SELECT string_agg(concat_ws('|', id, queue, kind, payload, state, priority, \
+                    unique_key, last_error, finished_at), ',' ORDER BY id) FROM jobs";
+    let stats = "SELECT string_agg(concat_ws('|', queue, pending, failed), ',' ORDER BY queue) \
+                 FROM job_queue_stats";
+    let jobs_before: String = sqlx::query_scalar(snapshot).fetch_one(&pool).await.unwrap();
+    let stats_before: String = sqlx::query_scalar(stats).fetch_one(&pool).await.unwrap();
+
+    apply(&pool, &MIGRATOR).await.unwrap();
+
+    let jobs_after: String = sqlx::query_scalar(snapshot).fetch_one(&pool).await.unwrap();
+    let stats_after: String = sqlx::query_scalar(stats).fetch_one(&pool).await.unwrap();
+    assert_eq!(jobs_after, jobs_before);
+    assert_eq!(stats_after, stats_before);
+    let failures: i64 = sqlx::query_scalar("SELECT count(*) FROM job_failures")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(failures, 166);
+    let next: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (queue, kind, payload, max_attempts, backoff_base_ms, backoff_max_ms) \
+         VALUES ('tickets', 'probe', '{}', 1, 0, 0) RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(next, 501, "the identity goes on after the deleted job's id");
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE tablename = 'jobs' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "jobs_claim_idx",
+            "jobs_failed_idx",
+            "jobs_failed_or_cancelled_idx",
+            "jobs_finished_idx",
+            "jobs_pkey",
+            "jobs_running_idx",
+            "jobs_running_key_idx",
+            "jobs_unique_key_idx",
+        ]
+    );
+    // The first columns are the fixed-width ones that are always set.
+    let first: Vec<String> = sqlx::query_scalar(
+        "SELECT attname::text FROM pg_attribute WHERE attrelid = 'jobs'::regclass AND attnum > 0 \
+         AND NOT attisdropped ORDER BY attnum LIMIT 5",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(first, ["id", "run_at", "updated_at", "created_at", "state"]);
     pool.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE {name} WITH (FORCE)"

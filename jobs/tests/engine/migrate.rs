@@ -34,6 +34,17 @@ async fn empty_database(db: &TestDb) -> (String, Db) {
     (name, Db::from(pool))
 }
 
+/// Closes `pool` and drops the database [`empty_database`] made.
+async fn drop_database(db: &TestDb, name: &str, pool: Db) {
+    pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn each_migration_commits_before_the_next_so_an_added_enum_value_is_usable() {
     let db = TestDb::new().await;
@@ -54,13 +65,7 @@ async fn each_migration_commits_before_the_next_so_an_added_enum_value_is_usable
             .await
             .unwrap();
     assert_eq!(applied, vec![1, 2, 3]);
-    pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    drop_database(&db, &name, pool).await;
 }
 
 /// The migration that lays the jobs row out anew keeps every job as it was: ids, states,
@@ -147,11 +152,5 @@ async fn the_row_layout_migration_keeps_every_job_and_the_identity() {
     .await
     .unwrap();
     assert_eq!(first, ["id", "run_at", "updated_at", "created_at", "state"]);
-    pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    drop_database(&db, &name, pool).await;
 }

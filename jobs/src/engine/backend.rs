@@ -134,6 +134,9 @@ impl<Args> PgBackend<Args> {
                 )
                 .await?
             } else {
+                // Boxed: the keyed claim's transaction and rounds make a future of many
+                // kilobytes. Inline, it would size every claim task of every queue, and each
+                // spawn copies its task (one claim per job when jobs arrive one at a time).
                 claim_batch_per_key(
                     engine.pool(),
                     &queue,
@@ -143,6 +146,7 @@ impl<Args> PgBackend<Args> {
                     engine.config().lease,
                     None,
                 )
+                .boxed()
                 .await?
             };
             // Tests widen the window between a claim's commit and its jobs being handed over,

@@ -98,8 +98,27 @@ async fn the_row_layout_migration_keeps_every_job_and_the_identity() {
         .execute(&pool)
         .await
         .unwrap();
-    let snapshot = "SELECT string_agg(concat_ws('|', id, queue, kind, payload, state, priority, \
-                    unique_key, last_error, finished_at), ',' ORDER BY id) FROM jobs";
+    // A running job keeps its lease and its claim token (the fence of its late outcome), and
+    // a retrying one its errors and its run_at.
+    sqlx::query(
+        "UPDATE jobs SET state = 'running', attempt = 2, claim_token = 7, \
+                lease_owner = gen_random_uuid(), lease_expires_at = now() + interval '1 minute', \
+                attempted_at = now(), concurrency_key = 'company-' || id \
+         WHERE id % 7 = 1 AND state = 'available'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET errors = jsonb_build_array(jsonb_build_object('attempt', 1, 'error', 'x')), \
+                last_error = 'x', run_at = now() + interval '1 hour' \
+         WHERE id % 7 = 2 AND state = 'available'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Every column of every row, by name (jsonb orders its keys whatever the column order).
+    let snapshot = "SELECT string_agg(to_jsonb(j)::text, ',' ORDER BY id) FROM jobs j";
     let stats = "SELECT string_agg(concat_ws('|', queue, pending, failed), ',' ORDER BY queue) \
                  FROM job_queue_stats";
     let jobs_before: String = sqlx::query_scalar(snapshot).fetch_one(&pool).await.unwrap();
@@ -115,7 +134,8 @@ async fn the_row_layout_migration_keeps_every_job_and_the_identity() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(failures, 166);
+    // 166 failed jobs and 48 retrying ones.
+    assert_eq!(failures, 214);
     let next: i64 = sqlx::query_scalar(
         "INSERT INTO jobs (queue, kind, payload, max_attempts, backoff_base_ms, backoff_max_ms) \
          VALUES ('tickets', 'probe', '{}', 1, 0, 0) RETURNING id",

@@ -66,6 +66,22 @@ impl std::str::FromStr for Pooler {
 /// connected directly, `SET LOCAL` in every transaction behind a transaction pooler.
 pub type SessionSettings = &'static [(&'static str, &'static str)];
 
+/// Statements planned once per connection, on their indexes: a cached generic plan from the
+/// first execution on (no planning per call), with sequential scans priced out so that a
+/// plan made while a table was empty stays an index lookup once the table has grown. Only
+/// for statements that find their rows by key or through an index made for them, not for
+/// joins against arrays of unknown length (docs/plan-cache.md). The batch transactions run
+/// under it, and so does the claim function (`poda_claim_batch`).
+pub const INDEX_PLANS: SessionSettings = &[
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+];
+
+/// `SET LOCAL name = 'value'; …` for `settings`: to run them for one transaction.
+pub fn set_local(settings: SessionSettings) -> String {
+    set_locals(&[settings]).trim_start_matches("; ").to_owned()
+}
+
 /// A pool, and how statements run on it. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {

@@ -28,7 +28,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::db::Db;
+use crate::db::{set_local, Db, INDEX_PLANS};
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
@@ -49,7 +49,7 @@ pub trait BatchHandler: Send + Sync + 'static {
 
     /// Runs `jobs` on `conn`, inside the claiming transaction; returns one result per job, in
     /// order. The transaction plans each statement once, on its indexes
-    /// ([`PLANNER_SETTINGS`]): write lookups and writes by key. A handler that writes must
+    /// ([`INDEX_PLANS`]): write lookups and writes by key. A handler that writes must
     /// isolate its own failures (a savepoint), so the transaction stays usable for the
     /// outcomes; if it does not, the commit fails and every job of the batch is retried.
     fn run<'a>(
@@ -332,20 +332,17 @@ async fn run_batch<H: BatchHandler>(
 /// BEGIN, and the settings of a batch transaction:
 /// - `idle_in_transaction_session_timeout` = the lease (whole milliseconds): the server ends a
 ///   transaction whose process stopped talking to it, and its jobs are free again;
-/// - `plan_cache_mode = force_generic_plan` with `enable_seqscan = off`: a batch's statements
+/// - [`INDEX_PLANS`] (generic plans, sequential scans priced out): a batch's statements
 ///   are lookups and writes by key, so each is planned once per connection on its indexes
 ///   (planning them for every batch was ~5 % of the server's time in `bench tickets`), and a
 ///   plan made while a table was empty never turns into a scan of the grown table.
 fn batch_settings(lease: Duration) -> String {
     format!(
-        "SET LOCAL idle_in_transaction_session_timeout = {}; {PLANNER_SETTINGS}",
-        lease.as_millis().max(1)
+        "SET LOCAL idle_in_transaction_session_timeout = {}; {}",
+        lease.as_millis().max(1),
+        set_local(INDEX_PLANS)
     )
 }
-
-/// How a batch transaction's statements are planned (see [`batch_settings`]).
-pub const PLANNER_SETTINGS: &str =
-    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
 /// After the batch's transaction failed: each job spends its attempt with `error` (a retry
 /// after its backoff, or a failure for good on its last attempt), from a new transaction; a

@@ -5,7 +5,7 @@ use crate::db::Db;
 use sqlx::pool::PoolConnection;
 use sqlx::Postgres;
 
-use crate::engine::batch_worker::PLANNER_SETTINGS;
+use crate::db::{set_local, INDEX_PLANS};
 
 /// The plan of `sql` with `$1`, `$2`, … replaced by the array literals `params` (each cast
 /// by the statement itself, as in `$1::bigint[]`): what a custom plan (the worker's
@@ -49,8 +49,8 @@ pub fn array_literal<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -
     format!("{{{}}}", items.join(","))
 }
 
-/// A statement prepared the way a batch transaction runs it ([`PLANNER_SETTINGS`]: one
-/// generic plan, made at its first execution and kept), on a connection of its own inside an
+/// A statement prepared the way the engine and the batch transactions run it ([`INDEX_PLANS`]:
+/// one generic plan, made at its first execution and kept), on a connection of its own inside an
 /// open transaction, so a test can grow the tables after the plan was made and look at the
 /// plan the batches would go on using.
 pub struct PreparedProbe {
@@ -62,17 +62,20 @@ impl PreparedProbe {
     pub async fn prepare(pool: &Db, sql: &str, types: &[&str], first: &[String]) -> Self {
         let mut conn = pool.pool().acquire().await.unwrap();
         sqlx::raw_sql("BEGIN").execute(&mut *conn).await.unwrap();
-        sqlx::raw_sql(PLANNER_SETTINGS)
+        sqlx::raw_sql(sqlx::AssertSqlSafe(set_local(INDEX_PLANS)))
             .execute(&mut *conn)
             .await
             .unwrap();
-        let prepare = format!("PREPARE probe ({}) AS {sql}", types.join(", "));
+        let prepare = match types {
+            [] => format!("PREPARE probe AS {sql}"),
+            _ => format!("PREPARE probe ({}) AS {sql}", types.join(", ")),
+        };
         sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
             .execute(&mut *conn)
             .await
             .unwrap();
         let mut probe = PreparedProbe { conn };
-        let execute = format!("EXECUTE probe ({})", Self::literals(first));
+        let execute = format!("EXECUTE probe{}", Self::literals(first));
         sqlx::raw_sql(sqlx::AssertSqlSafe(execute))
             .execute(&mut *probe.conn)
             .await
@@ -83,7 +86,7 @@ impl PreparedProbe {
     /// The plan `EXECUTE` now uses with `params`.
     pub async fn plan(&mut self, params: &[String]) -> serde_json::Value {
         let explain = format!(
-            "EXPLAIN (FORMAT JSON) EXECUTE probe ({})",
+            "EXPLAIN (FORMAT JSON) EXECUTE probe{}",
             Self::literals(params)
         );
         sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
@@ -92,11 +95,19 @@ impl PreparedProbe {
             .unwrap()
     }
 
+    /// ` ('a', 'b', NULL)`: the parameters as literals (`NULL` stays a null), or nothing for a
+    /// statement without parameters.
     fn literals(params: &[String]) -> String {
-        params
+        if params.is_empty() {
+            return String::new();
+        }
+        let literals: Vec<String> = params
             .iter()
-            .map(|p| format!("'{p}'"))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .map(|p| match p.as_str() {
+                "NULL" => "NULL".to_owned(),
+                _ => format!("'{p}'"),
+            })
+            .collect();
+        format!(" ({})", literals.join(", "))
     }
 }

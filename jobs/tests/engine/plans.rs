@@ -1,6 +1,8 @@
-//! A batch transaction plans its statements once per connection; the claim and the outcomes
-//! stay index lookups when the plan was made on an empty table that has grown since.
+//! A batch transaction and the claim function plan their statements once per connection; the
+//! claims and the outcomes stay index lookups when the plan was made on an empty table that
+//! has grown since.
 
+use poda_jobs::db::INDEX_PLANS;
 use poda_jobs::engine::enqueue_many_pooled;
 use poda_jobs::testing::plans::{array_literal, seq_scanned, PreparedProbe};
 use poda_jobs::testing::TestDb;
@@ -70,4 +72,66 @@ async fn batch_claims_and_outcomes_planned_on_an_empty_table_use_its_indexes_onc
             "{name} scans every job: {plan}"
         );
     }
+}
+
+/// The statement of the claim function `poda_claim_batch`: its body, which names its
+/// parameters $1 … $5, between `RETURN QUERY` and the closing `END`.
+fn claim_function_statement(body: &str) -> String {
+    let (_, statement) = body
+        .split_once("RETURN QUERY")
+        .expect("the claim function returns a query");
+    let (statement, _) = statement
+        .rsplit_once("END")
+        .expect("the claim function ends");
+    statement.trim().trim_end_matches(';').to_owned()
+}
+
+/// The claim function runs its statement under `INDEX_PLANS`, so each session plans it once,
+/// at its first call: here while `jobs` is empty. Once the table holds 100,000 jobs, the plan
+/// still claims through the claim index.
+#[tokio::test]
+async fn the_claim_function_planned_on_an_empty_table_claims_through_its_index_once_it_grew() {
+    let db = TestDb::new().await;
+    sqlx::query("ANALYZE jobs").execute(&db.pool).await.unwrap();
+    let (body, settings): (String, Vec<String>) =
+        sqlx::query_as("SELECT prosrc, proconfig FROM pg_proc WHERE proname = 'poda_claim_batch'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let expected: Vec<String> = INDEX_PLANS
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    assert_eq!(settings, expected, "the claim function's settings");
+
+    let claim = |limit: usize| {
+        vec![
+            QUEUE.to_owned(),
+            limit.to_string(),
+            "00000000-0000-0000-0000-000000000001".to_owned(),
+            "30000".to_owned(),
+            "NULL".to_owned(),
+        ]
+    };
+    let mut probe = PreparedProbe::prepare(
+        &db.pool,
+        &claim_function_statement(&body),
+        &["text", "bigint", "uuid", "bigint", "timestamptz"],
+        &claim(1),
+    )
+    .await;
+    for chunk in 0..20 {
+        let jobs: Vec<_> = (0..5_000).map(|n| job(chunk * 5_000 + n)).collect();
+        enqueue_many_pooled(&db.pool, &jobs).await.unwrap();
+    }
+
+    let plan = probe.plan(&claim(1_000)).await;
+    assert!(
+        !seq_scanned(&plan).contains(&"jobs".to_owned()),
+        "the claim scans every job: {plan}"
+    );
+    assert!(
+        plan.to_string().contains("jobs_claim_idx"),
+        "the claim does not read the claim index: {plan}"
+    );
 }

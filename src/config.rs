@@ -114,53 +114,63 @@ impl DatabaseSettings {
     /// A fully durable pool with Poda's [`SESSION`] settings: enqueue, business writes,
     /// operator commands.
     pub async fn connect(&self) -> Result<Db, ConfigError> {
-        self.connect_with(&[SESSION], false).await
+        self.connect_with(&[SESSION], false, false).await
     }
 
     /// A pool whose transactions commit without waiting for the WAL flush: for the engine's
     /// claims, completions and leases, which are safe to lose in a server crash (the job runs
     /// again; handlers are idempotent). Enqueue and business writes use [`Self::connect`].
+    /// Each new connection is warmed before its first claim (`engine::warm`).
     pub async fn connect_async_commit(&self) -> Result<Db, ConfigError> {
-        self.connect_with(ENGINE_SESSION, true).await
+        self.connect_with(ENGINE_SESSION, true, true).await
     }
 
     /// A pool for job handlers, whose sessions cannot hang: a statement, a lock wait and an
     /// idle transaction are bounded, and the server probes the connection so that a client
     /// that vanished does not hold its locks (see [`HANDLER`]).
     pub async fn connect_handlers(&self) -> Result<Db, ConfigError> {
-        self.connect_with(HANDLER_SESSION, true).await
+        self.connect_with(HANDLER_SESSION, true, false).await
     }
 
     /// Directly, `settings` (and the TCP `keepalives`, if asked) travel as startup options.
     /// Behind a transaction pooler `settings` are `SET LOCAL` in every transaction (a pooler
     /// shares sessions between clients), keepalives are the pooler's own to set
     /// (`tcp_keepalive`), and the startup packet carries only what PgBouncer accepts.
+    /// `warm`: each new direct connection runs the engine's statements once on no job (behind
+    /// a pooler a session is not the client's to warm).
     async fn connect_with(
         &self,
         settings: &[SessionSettings],
         keepalives: bool,
+        warm: bool,
     ) -> Result<Db, ConfigError> {
         let options = self.connect_options()?;
         let (options, local) = match self.pooler {
             Pooler::None => (direct_options(options, settings, keepalives), &[][..]),
             Pooler::Transaction => (pooled_options(options, Pooler::Transaction), settings),
         };
-        let pool = PgPoolOptions::new()
+        let mut pool_options = PgPoolOptions::new()
             .max_connections(self.max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(|source| {
-                let target = self.target();
-                // PgBouncer refuses the startup parameters a direct connection sends.
-                if self.pooler == Pooler::None
-                    && source.to_string().contains("unsupported startup parameter")
-                {
-                    ConfigError::PoolerNotDeclared { target, source }
-                } else {
-                    ConfigError::Connect { target, source }
-                }
-            })?;
+            .acquire_timeout(Duration::from_secs(10));
+        if warm && self.pooler == Pooler::None {
+            pool_options = pool_options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    poda_jobs::engine::warm::warm_up(conn).await;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool_options.connect_with(options).await.map_err(|source| {
+            let target = self.target();
+            // PgBouncer refuses the startup parameters a direct connection sends.
+            if self.pooler == Pooler::None
+                && source.to_string().contains("unsupported startup parameter")
+            {
+                ConfigError::PoolerNotDeclared { target, source }
+            } else {
+                ConfigError::Connect { target, source }
+            }
+        })?;
         Ok(Db::new(pool, self.pooler, local))
     }
 }

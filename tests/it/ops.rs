@@ -223,3 +223,32 @@ async fn handler_sessions_are_bounded() {
         ("1min".into(), "30s".into(), "1min".into(), "30".into())
     );
 }
+
+/// An engine connection comes warmed: the claim and the completion are prepared on it, and
+/// warming claimed and wrote nothing.
+#[tokio::test]
+async fn engine_connections_come_with_the_claim_and_the_completion_prepared() {
+    let db = TestDb::new().await;
+    let job = poda_jobs::engine::NewJob::new("probe", "probe", serde_json::json!({ "n": 1 }));
+    enqueue_one_pooled(&db.pool, &job).await.unwrap();
+    let settings =
+        poda::config::DatabaseSettings::new(poda::config::Secret::new(db.url.clone()), 1);
+    let pool = settings.connect_async_commit().await.unwrap();
+    let prepared: Vec<String> = sqlx::query_scalar(
+        "SELECT statement FROM pg_prepared_statements WHERE statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for name in ["-- claim_batch:", "-- complete_many:"] {
+        assert!(
+            prepared.iter().any(|s| s.trim_start().starts_with(name)),
+            "{name} is not prepared on a new engine connection: {prepared:?}"
+        );
+    }
+    let states: Vec<String> = sqlx::query_scalar("SELECT state::text FROM jobs")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(states, ["available"]);
+}

@@ -16,7 +16,8 @@
 //!    (what became of a run), `slots`, `registry`, `claim_cursor`, `notify`, `metrics`,
 //!    `loops` (the process's watched tasks);
 //! 2. statements: `enqueue`, `claim`, `complete` (the batched completer), `lease`, `queue`,
-//!    `admin`, `migrate`, `maintenance`, `schedule` (periodic jobs);
+//!    `admin`, `migrate`, `maintenance`, `schedule` (periodic jobs), `warm` (a new
+//!    connection's first claim and completion, on no job);
 //! 3. `runtime`: the [`Engine`] of a process and its background tasks;
 //! 4. the two ways to run a queue on it: `backend` (+ `ack`, its middleware) for apalis
 //!    workers, and `batch_worker` for batch queues.
@@ -47,6 +48,7 @@ pub mod retry;
 pub mod runtime;
 pub mod schedule;
 pub mod slots;
+pub mod warm;
 
 pub use backend::{BackendSettings, PgBackend, DEFAULT_RUN_TIMEOUT};
 pub use batch_worker::{BatchHandler, BatchSettings};

@@ -114,7 +114,7 @@ impl DatabaseSettings {
     /// A fully durable pool with Poda's [`SESSION`] settings: enqueue, business writes,
     /// operator commands.
     pub async fn connect(&self) -> Result<Db, ConfigError> {
-        self.connect_with(&[SESSION], false, false).await
+        self.connect_with(PoolRole::Durable).await
     }
 
     /// A pool whose transactions commit without waiting for the WAL flush: for the engine's
@@ -122,37 +122,36 @@ impl DatabaseSettings {
     /// again; handlers are idempotent). Enqueue and business writes use [`Self::connect`].
     /// Each new connection is warmed before its first claim (`engine::warm`).
     pub async fn connect_async_commit(&self) -> Result<Db, ConfigError> {
-        self.connect_with(ENGINE_SESSION, true, true).await
+        self.connect_with(PoolRole::Engine).await
     }
 
     /// A pool for job handlers, whose sessions cannot hang: a statement, a lock wait and an
     /// idle transaction are bounded, and the server probes the connection so that a client
     /// that vanished does not hold its locks (see [`HANDLER`]).
     pub async fn connect_handlers(&self) -> Result<Db, ConfigError> {
-        self.connect_with(HANDLER_SESSION, true, false).await
+        self.connect_with(PoolRole::Handlers).await
     }
 
-    /// Directly, `settings` (and the TCP `keepalives`, if asked) travel as startup options.
-    /// Behind a transaction pooler `settings` are `SET LOCAL` in every transaction (a pooler
-    /// shares sessions between clients), keepalives are the pooler's own to set
-    /// (`tcp_keepalive`), and the startup packet carries only what PgBouncer accepts.
-    /// `warm`: each new direct connection runs the engine's statements once on no job (behind
-    /// a pooler a session is not the client's to warm).
-    async fn connect_with(
-        &self,
-        settings: &[SessionSettings],
-        keepalives: bool,
-        warm: bool,
-    ) -> Result<Db, ConfigError> {
+    /// Directly, the role's settings (and the TCP keepalives, if it has them) travel as startup
+    /// options. Behind a transaction pooler the settings are `SET LOCAL` in every transaction
+    /// (a pooler shares sessions between clients), keepalives are the pooler's own to set
+    /// (`tcp_keepalive`), and the startup packet carries only what PgBouncer accepts. Each new
+    /// direct engine connection runs the engine's statements once on no job (behind a pooler a
+    /// session is not the client's to warm).
+    async fn connect_with(&self, role: PoolRole) -> Result<Db, ConfigError> {
         let options = self.connect_options()?;
+        let settings = role.settings();
         let (options, local) = match self.pooler {
-            Pooler::None => (direct_options(options, settings, keepalives), &[][..]),
+            Pooler::None => (
+                direct_options(options, settings, role.keepalives()),
+                &[][..],
+            ),
             Pooler::Transaction => (pooled_options(options, Pooler::Transaction), settings),
         };
         let mut pool_options = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(Duration::from_secs(10));
-        if warm && self.pooler == Pooler::None {
+        if role == PoolRole::Engine && self.pooler == Pooler::None {
             pool_options = pool_options.after_connect(|conn, _| {
                 Box::pin(async move {
                     poda_jobs::engine::warm::warm_up(conn).await;
@@ -203,6 +202,33 @@ const ENGINE_SESSION: &[SessionSettings] = &[SESSION, ASYNC_COMMIT];
 
 /// The handler pools' settings: [`SESSION`] and [`HANDLER`].
 const HANDLER_SESSION: &[SessionSettings] = &[SESSION, HANDLER];
+
+/// What a pool is for, which decides how its sessions are set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolRole {
+    /// Enqueue, business writes, operator commands: [`SESSION`].
+    Durable,
+    /// The engine's claims, completions and leases: [`ENGINE_SESSION`], keepalives, warmed.
+    Engine,
+    /// Job handlers: [`HANDLER_SESSION`], keepalives.
+    Handlers,
+}
+
+impl PoolRole {
+    fn settings(self) -> &'static [SessionSettings] {
+        match self {
+            PoolRole::Durable => &[SESSION],
+            PoolRole::Engine => ENGINE_SESSION,
+            PoolRole::Handlers => HANDLER_SESSION,
+        }
+    }
+
+    /// Server-side TCP keepalives, for the sessions that hold locks and transactions on behalf
+    /// of a process that may vanish.
+    fn keepalives(self) -> bool {
+        self != PoolRole::Durable
+    }
+}
 
 /// TCP keepalives from the server: a session whose client vanished without closing its
 /// connection (a half-open connection) ends within about a minute, with its locks.

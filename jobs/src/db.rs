@@ -79,7 +79,7 @@ pub const INDEX_PLANS: SessionSettings = &[
 
 /// `SET LOCAL name = 'value'; …` for `settings`: to run them for one transaction.
 pub fn set_local(settings: SessionSettings) -> String {
-    set_locals(&[settings]).trim_start_matches("; ").to_owned()
+    set_local_statements(&[settings]).join("; ")
 }
 
 /// A pool, and how statements run on it. Cheap to clone.
@@ -193,7 +193,13 @@ impl Db {
             None => Db::direct(pool.connect_lazy_with(options.options(extra.iter().copied()))),
             Some(begin) => Db {
                 pool: pool.connect_lazy_with(options),
-                pooled_begin: Some(format!("{begin}{}", set_locals(&[extra])).into()),
+                pooled_begin: Some(
+                    std::iter::once(begin.to_string())
+                        .chain(set_local_statements(&[extra]))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                        .into(),
+                ),
             },
         }
     }
@@ -279,17 +285,21 @@ pub fn pooled_options(options: PgConnectOptions, mode: Pooler) -> PgConnectOptio
 
 /// `BEGIN; DEALLOCATE ALL; SET LOCAL name = value; …`
 fn pooled_begin(settings: &[SessionSettings]) -> String {
-    format!("BEGIN; DEALLOCATE ALL{}", set_locals(settings))
+    ["BEGIN".to_owned(), "DEALLOCATE ALL".to_owned()]
+        .into_iter()
+        .chain(set_local_statements(settings))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
-/// `; SET LOCAL name = 'value'` for each setting.
-fn set_locals(settings: &[SessionSettings]) -> String {
+/// `SET LOCAL name = 'value'` for each setting.
+fn set_local_statements(settings: &[SessionSettings]) -> Vec<String> {
     settings
         .iter()
         .flat_map(|s| s.iter())
         .map(|(name, value)| {
             debug_assert!(is_plain(name) && is_plain(value), "{name} = {value}");
-            format!("; SET LOCAL {name} = '{value}'")
+            format!("SET LOCAL {name} = '{value}'")
         })
         .collect()
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::db::Db;
 use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use super::error::EngineError;
@@ -63,20 +64,37 @@ pub async fn claim_batch(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let limit = limit as i64;
-    let lease_ms = lease.as_millis() as i64;
-    let rows = sqlx::query_file_as!(
+    let rows = claim_rows(pool, queue, limit as i64, owner, lease, now).await?;
+    Ok(in_claim_order(rows, owner))
+}
+
+/// The claim statement (`claim_batch.sql`, the function `poda_claim_batch`) on `executor`.
+async fn claim_rows<'c>(
+    executor: impl PgExecutor<'c>,
+    queue: &str,
+    limit: i64,
+    owner: Uuid,
+    lease: Duration,
+    now: Option<DateTime<Utc>>,
+) -> sqlx::Result<Vec<ClaimedRow>> {
+    sqlx::query_file_as!(
         ClaimedRow,
         "src/engine/claim_batch.sql",
         queue,
         limit,
         owner,
-        lease_ms,
+        lease.as_millis() as i64,
         now,
     )
-    .fetch_all(pool)
-    .await?;
-    Ok(in_claim_order(rows, owner))
+    .fetch_all(executor)
+    .await
+}
+
+/// Prepares the claim on `conn`, and has its session compile and plan the claim function, by
+/// claiming nothing ([`super::warm`]).
+pub(super) async fn claim_nothing(conn: &mut PgConnection) -> sqlx::Result<()> {
+    claim_rows(conn, "", 0, Uuid::nil(), Duration::ZERO, None).await?;
+    Ok(())
 }
 
 /// [`claim_batch`] for a queue whose jobs of one concurrency key run at most `per_key` at

@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use crate::db::Db;
+use sqlx::{PgConnection, PgExecutor};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -77,7 +78,25 @@ async fn write_outcomes(
         return Ok(Vec::new());
     }
     let columns = OutcomeColumns::new(completions.iter().map(|c| (c.id.0, c.token, &c.action)));
-    let query = sqlx::query_file!(
+    if completions.iter().any(|c| c.action.must_be_durable()) {
+        // Not a macro: a transaction's settings are statements of their own.
+        let mut tx = pool
+            .begin_with_settings("SET LOCAL synchronous_commit = on")
+            .await?;
+        let changed = apply_outcomes(&mut *tx, &columns).await?;
+        pool.commit(tx).await?;
+        Ok(changed)
+    } else {
+        Ok(apply_outcomes(pool, &columns).await?)
+    }
+}
+
+/// The completion statement (`complete_many.sql`) for `columns`, on `executor`.
+async fn apply_outcomes<'c>(
+    executor: impl PgExecutor<'c>,
+    columns: &OutcomeColumns<'_>,
+) -> sqlx::Result<Vec<Written>> {
+    let rows = sqlx::query_file!(
         "src/engine/complete_many.sql",
         &columns.ids,
         &columns.tokens,
@@ -85,19 +104,10 @@ async fn write_outcomes(
         &columns.delays as &[Option<i64>],
         &columns.errors as &[Option<&str>],
         &columns.refunds,
-    );
-    let changed = if completions.iter().any(|c| c.action.must_be_durable()) {
-        // Not a macro: a transaction's settings are statements of their own.
-        let mut tx = pool
-            .begin_with_settings("SET LOCAL synchronous_commit = on")
-            .await?;
-        let changed = query.fetch_all(&mut *tx).await?;
-        pool.commit(tx).await?;
-        changed
-    } else {
-        query.fetch_all(pool).await?
-    };
-    Ok(changed
+    )
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
         .into_iter()
         .map(|row| Written {
             id: JobId(row.id),
@@ -105,6 +115,13 @@ async fn write_outcomes(
             runnable_again: row.runnable_again,
         })
         .collect())
+}
+
+/// Prepares the completion on `conn` and loads what it reads into the session's caches, by
+/// running it for no job ([`super::warm`]).
+pub(super) async fn complete_nothing(conn: &mut PgConnection) -> sqlx::Result<()> {
+    apply_outcomes(conn, &OutcomeColumns::new(std::iter::empty())).await?;
+    Ok(())
 }
 
 enum Message {

@@ -66,16 +66,13 @@ impl PreparedProbe {
             .execute(&mut *conn)
             .await
             .unwrap();
-        let prepare = match types {
-            [] => format!("PREPARE probe AS {sql}"),
-            _ => format!("PREPARE probe ({}) AS {sql}", types.join(", ")),
-        };
+        let prepare = format!("PREPARE probe ({}) AS {sql}", types.join(", "));
         sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
             .execute(&mut *conn)
             .await
             .unwrap();
         let mut probe = PreparedProbe { conn };
-        let execute = format!("EXECUTE probe{}", Self::literals(first));
+        let execute = format!("EXECUTE probe ({})", Self::literals(first));
         sqlx::raw_sql(sqlx::AssertSqlSafe(execute))
             .execute(&mut *probe.conn)
             .await
@@ -86,7 +83,7 @@ impl PreparedProbe {
     /// The plan `EXECUTE` now uses with `params`.
     pub async fn plan(&mut self, params: &[String]) -> serde_json::Value {
         let explain = format!(
-            "EXPLAIN (FORMAT JSON) EXECUTE probe{}",
+            "EXPLAIN (FORMAT JSON) EXECUTE probe ({})",
             Self::literals(params)
         );
         sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
@@ -95,19 +92,15 @@ impl PreparedProbe {
             .unwrap()
     }
 
-    /// ` ('a', 'b', NULL)`: the parameters as literals (`NULL` stays a null), or nothing for a
-    /// statement without parameters.
+    /// `'a', 'b', NULL`: the parameters as literals (`NULL` stays a null).
     fn literals(params: &[String]) -> String {
-        if params.is_empty() {
-            return String::new();
-        }
-        let literals: Vec<String> = params
+        params
             .iter()
             .map(|p| match p.as_str() {
                 "NULL" => "NULL".to_owned(),
                 _ => format!("'{p}'"),
             })
-            .collect();
-        format!(" ({})", literals.join(", "))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }

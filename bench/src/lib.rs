@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod receiver;
 pub mod report;
 pub mod scratch;
+pub mod soak;
 pub mod tickets;
 pub mod transfers;
 pub mod w1;

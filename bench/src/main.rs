@@ -9,6 +9,7 @@ use poda::sandbox::{self, faults::FaultConfig, SandboxConfig};
 use poda_bench::demo::{self, DemoOptions};
 use poda_bench::fanout::{run_fanout, FanoutOptions};
 use poda_bench::ingest::{run_ingest, IngestOptions};
+use poda_bench::soak;
 use poda_bench::tickets::{run_tickets, TicketsOptions};
 use poda_bench::transfers::{run_transfers, TransfersOptions};
 use poda_bench::{self as bench, report::Summary, BenchArgs, DEFAULT_BENCH_SERVER_URL};
@@ -51,6 +52,10 @@ enum Scenario {
     /// Commission transfers: N transfers against the in-process Monime sandbox (latency and
     /// transient faults), with the real retry policy; wall time and an exactly-once check.
     Transfers(TransfersArgs),
+    /// Soak: a steady offered load of probe jobs, first with vacuum free, then (with
+    /// --hold-snapshot) with a REPEATABLE READ transaction held open in the same database;
+    /// one RESULT per phase and the held phase's throughput over the free one's.
+    Soak(SoakArgs),
     /// Run the Monime sandbox standalone (for the demo or manual tests) until Ctrl-C.
     Sandbox(SandboxArgs),
     /// Contribution-cycle fan-out: one cycle per member count; contributions/s and wall time.
@@ -88,6 +93,49 @@ struct TicketsArgs {
     /// front of the server (`pgbouncer` must be installed); they LISTEN on a direct session.
     #[arg(long)]
     pgbouncer: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+struct SoakArgs {
+    /// Jobs offered per second, one enqueue statement every 100 ms.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u32,
+    /// Seconds of the free phase (at least 60 before a held snapshot).
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Then hold a REPEATABLE READ snapshot open for this many seconds (0: no held phase).
+    #[arg(long, default_value_t = 0)]
+    hold_snapshot: u64,
+    /// What is offered: probe jobs drained by one worker process.
+    #[arg(long, value_enum, default_value_t = SoakScenario::Probe)]
+    scenario: SoakScenario,
+    /// Run on a private PostgreSQL cluster with the server's default settings (autovacuum
+    /// on), as production runs, instead of --database-url.
+    #[arg(long)]
+    private_db: bool,
+    #[command(flatten)]
+    workers: SoakWorkerArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SoakScenario {
+    Probe,
+}
+
+#[derive(Debug, Clone, Args)]
+struct SoakWorkerArgs {
+    /// Handler slots of the worker process.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Jobs the worker may claim beyond its free slots.
+    #[arg(long, default_value_t = 984)]
+    prefetch: usize,
+    /// Postgres server URL; a bench_poda_* database is created there and dropped afterwards.
+    #[arg(long, env = "POSTGRES_ADMIN_URL", default_value = DEFAULT_BENCH_SERVER_URL, hide_env_values = true)]
+    database_url: String,
+    /// The `worker` binary to start (default: the one next to this executable).
+    #[arg(long)]
+    worker_bin: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -242,6 +290,7 @@ async fn main() -> ExitCode {
                     Scenario::Fanout(args) => fanout(args, &mut summary).await,
                     Scenario::Tickets(args) => tickets(args, &mut summary).await,
                     Scenario::Transfers(args) => transfers(args, &mut summary).await,
+                    Scenario::Soak(args) => soak(args, &mut summary).await,
                     Scenario::Demo(_) | Scenario::PrivateDb(_) | Scenario::Sandbox(_) => {
                         unreachable!("handled above")
                     }
@@ -396,6 +445,65 @@ async fn transfers(args: &TransfersArgs, summary: &mut Summary) -> anyhow::Resul
             }
         }
         summary.add_check(result["ok"].as_bool().unwrap_or(false));
+    }
+    Ok(())
+}
+
+async fn soak(args: &SoakArgs, summary: &mut Summary) -> anyhow::Result<()> {
+    if args.rate == 0 || args.seconds == 0 || args.workers.concurrency == 0 {
+        anyhow::bail!("--rate, --seconds and --concurrency must be at least 1");
+    }
+    if args.hold_snapshot > 0 && args.seconds < soak::MIN_WARM_UP.as_secs() {
+        anyhow::bail!(
+            "--seconds must be at least {} before a held snapshot: the queue warms up first",
+            soak::MIN_WARM_UP.as_secs()
+        );
+    }
+    let options = soak::SoakOptions {
+        rate: args.rate,
+        free: std::time::Duration::from_secs(args.seconds),
+        held: std::time::Duration::from_secs(args.hold_snapshot),
+    };
+    // Held by this function, so that the private cluster outlives the run.
+    let private = match args.private_db {
+        true => Some(poda_jobs::testing::PrivateCluster::start_with("max_connections = 100").await),
+        false => None,
+    };
+    let bench_args = BenchArgs {
+        runs: 1,
+        procs: vec![1],
+        n: None,
+        database_url: match &private {
+            Some(cluster) => cluster.admin_url(),
+            None => args.workers.database_url.clone(),
+        },
+        concurrency: args.workers.concurrency,
+        batch_size: 1_000,
+        prefetch: args.workers.prefetch,
+        finished: 0,
+        rate: args.rate,
+        worker_bin: args.workers.worker_bin.clone(),
+        pgbouncer: false,
+    };
+    bench_args.validate()?;
+    let results = match args.scenario {
+        SoakScenario::Probe => {
+            bench::with_db(&bench_args, "soak", 1, async |db| {
+                soak::run_probe(&bench_args, db, &options).await
+            })
+            .await?
+        }
+    };
+    for result in results {
+        if let Some(phase) = result["phase"].as_str() {
+            let config = format!("soak probe {phase} rate={}", args.rate);
+            for figure in ["per_s", "lag_p99_ms", "lag_p99_ms_worst_10s", "backlog_end"] {
+                if let Some(value) = result[figure].as_f64() {
+                    summary.add(&config, figure, value);
+                }
+            }
+            summary.add_check(result["duplicates"].as_u64() == Some(0));
+        }
     }
     Ok(())
 }

@@ -29,7 +29,8 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use super::ack::AckLayer;
-use super::claim::{claim_batch, claim_batch_per_key};
+use super::claim::{claim_batch_from, claim_batch_per_key};
+use super::claim_window::{run_straggler_sweep, ClaimWindow};
 use super::complete::Completion;
 use super::enqueue::enqueue_many_pooled;
 use super::error::EngineError;
@@ -86,6 +87,10 @@ pub struct PgBackend<Args> {
     /// Jobs pushed through apalis' sink, written by the next flush.
     outbox: Vec<NewJob>,
     flushing: Option<BoxFuture<'static, Result<(), EngineError>>>,
+    /// Where this backend's claims start (not used by a queue with a per-key limit).
+    window: Arc<ClaimWindow>,
+    /// Moves the queue's stragglers in front of the window; stopped with the backend.
+    sweep: Option<JoinHandle<()>>,
     _args: PhantomData<fn() -> Args>,
 }
 
@@ -94,6 +99,14 @@ impl<Args> PgBackend<Args> {
     pub fn new(engine: &Engine, settings: BackendSettings) -> Self {
         let engine = engine.clone();
         let signal = engine.signals().get(&settings.queue);
+        let window = Arc::new(ClaimWindow::default());
+        // A keyed claim reads its queue from the start: it counts running jobs per key.
+        let sweep = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if settings.per_key_limit == 0 => Some(runtime.spawn(
+                run_straggler_sweep(engine.clone(), settings.queue.clone(), window.clone()),
+            )),
+            _ => None,
+        };
         PgBackend {
             engine,
             settings: BackendSettings {
@@ -112,6 +125,8 @@ impl<Args> PgBackend<Args> {
             closing: None,
             outbox: Vec::new(),
             flushing: None,
+            window,
+            sweep,
             _args: PhantomData,
         }
     }
@@ -120,17 +135,18 @@ impl<Args> PgBackend<Args> {
         let engine = self.engine.clone();
         let queue = self.settings.queue.clone();
         let per_key = self.settings.per_key_limit;
+        let window = self.window.clone();
         self.seen_generation = self.signal.generation();
         self.claim_size = limit;
         self.claiming = Some(self.engine.track_claim(async move {
             let jobs = if per_key == 0 {
-                claim_batch(
+                claim_batch_from(
                     engine.pool(),
                     &queue,
                     limit,
                     engine.owner(),
                     engine.config().lease,
-                    None,
+                    &window,
                 )
                 .await?
             } else {
@@ -206,6 +222,9 @@ async fn give_back(
 /// what it claimed and never handed out.
 impl<Args> Drop for PgBackend<Args> {
     fn drop(&mut self) {
+        if let Some(sweep) = self.sweep.take() {
+            sweep.abort();
+        }
         if self.buffer.is_empty() && self.claiming.is_none() {
             return;
         }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use super::claim_window::{ClaimWindow, Starts};
 use super::error::EngineError;
 use super::job::{ClaimedJob, JobId};
 use super::retry::RetryPolicy;
@@ -64,7 +65,27 @@ pub async fn claim_batch(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let rows = claim_rows(pool, queue, limit as i64, owner, lease, now).await?;
+    let rows = claim_rows(pool, queue, limit as i64, owner, lease, now, &[None; 4]).await?;
+    Ok(in_claim_order(rows, owner))
+}
+
+/// [`claim_batch`] from where this process's claims of `queue` have reached (`window`), not
+/// from the start of the queue, on the database's clock; moves the window's fronts to what it
+/// claimed.
+pub async fn claim_batch_from(
+    pool: &Db,
+    queue: &str,
+    limit: usize,
+    owner: Uuid,
+    lease: Duration,
+    window: &ClaimWindow,
+) -> Result<Vec<ClaimedJob>, EngineError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let starts = window.starts();
+    let rows = claim_rows(pool, queue, limit as i64, owner, lease, None, &starts).await?;
+    window.record(rows.iter().map(|r| (r.priority, r.run_at)));
     Ok(in_claim_order(rows, owner))
 }
 
@@ -76,6 +97,7 @@ async fn claim_rows<'c>(
     owner: Uuid,
     lease: Duration,
     now: Option<DateTime<Utc>>,
+    starts: &Starts,
 ) -> sqlx::Result<Vec<ClaimedRow>> {
     sqlx::query_file_as!(
         ClaimedRow,
@@ -85,6 +107,7 @@ async fn claim_rows<'c>(
         owner,
         lease.as_millis() as i64,
         now,
+        starts as &[Option<DateTime<Utc>>],
     )
     .fetch_all(executor)
     .await
@@ -93,7 +116,7 @@ async fn claim_rows<'c>(
 /// Prepares the claim on `conn`, and has its session compile and plan the claim function, by
 /// claiming nothing ([`super::warm`]).
 pub(super) async fn claim_nothing(conn: &mut PgConnection) -> sqlx::Result<()> {
-    claim_rows(conn, "", 0, Uuid::nil(), Duration::ZERO, None).await?;
+    claim_rows(conn, "", 0, Uuid::nil(), Duration::ZERO, None, &[None; 4]).await?;
     Ok(())
 }
 

@@ -30,6 +30,7 @@ pub mod backend;
 pub mod batch_worker;
 pub mod claim;
 pub mod claim_cursor;
+pub mod claim_window;
 pub mod complete;
 pub mod enqueue;
 pub mod error;

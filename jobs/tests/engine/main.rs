@@ -7,6 +7,7 @@ mod audit;
 mod backend;
 mod batch_worker;
 mod claim;
+mod claim_window;
 mod cluster;
 mod complete;
 mod enqueue;

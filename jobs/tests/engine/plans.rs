@@ -75,7 +75,7 @@ async fn batch_claims_and_outcomes_planned_on_an_empty_table_use_its_indexes_onc
 }
 
 /// The statement of the claim function `poda_claim_batch`: its body, which names its
-/// parameters $1 … $5, between `RETURN QUERY` and the closing `END`.
+/// parameters $1 … $6, between `RETURN QUERY` and the closing `END`.
 fn claim_function_statement(body: &str) -> String {
     let (_, statement) = body
         .split_once("RETURN QUERY")
@@ -111,12 +111,13 @@ async fn the_claim_function_planned_on_an_empty_table_claims_through_its_index_o
             "00000000-0000-0000-0000-000000000001".to_owned(),
             "30000".to_owned(),
             "NULL".to_owned(),
+            "{NULL,2026-01-01T00:00:00Z,NULL,NULL}".to_owned(),
         ]
     };
     let mut probe = PreparedProbe::prepare(
         &db.pool,
         &claim_function_statement(&body),
-        &["text", "bigint", "uuid", "bigint", "timestamptz"],
+        &["text", "bigint", "uuid", "bigint", "timestamptz", "timestamptz[]"],
         &claim(1),
     )
     .await;
@@ -134,4 +135,28 @@ async fn the_claim_function_planned_on_an_empty_table_claims_through_its_index_o
         plan.to_string().contains("jobs_claim_idx"),
         "the claim does not read the claim index: {plan}"
     );
+    // The window's start bounds the index range: a claim never reads the entries before it.
+    let bounded = index_conditions(&plan)
+        .iter()
+        .any(|c| c.contains("run_at >=") && c.contains("$6"));
+    assert!(bounded, "the window's start is not an index bound: {plan}");
+}
+
+/// Every `Index Cond` of a plan.
+fn index_conditions(plan: &serde_json::Value) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![plan];
+    while let Some(node) = stack.pop() {
+        match node {
+            serde_json::Value::Object(fields) => {
+                if let Some(serde_json::Value::String(c)) = fields.get("Index Cond") {
+                    found.push(c.clone());
+                }
+                stack.extend(fields.values());
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    found
 }

@@ -77,6 +77,15 @@ pub const INDEX_PLANS: SessionSettings = &[
     ("enable_seqscan", "off"),
 ];
 
+/// Statements that join arrays of any length against tables that grow: planned at every call,
+/// for the table and the array as they are then. Set inside a batch transaction (after
+/// [`INDEX_PLANS`]) before its outcomes are written: a generic plan of that join, made while
+/// `jobs` was small, reads the whole table for every batch once it has grown.
+pub const ARRAY_PLANS: SessionSettings = &[
+    ("plan_cache_mode", "force_custom_plan"),
+    ("enable_seqscan", "on"),
+];
+
 /// `SET LOCAL name = 'value'; …` for `settings`: to run them for one transaction.
 pub fn set_local(settings: SessionSettings) -> String {
     set_local_statements(&[settings]).join("; ")

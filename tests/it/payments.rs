@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use poda::sandbox::{Sandbox, SandboxConfig};
-use poda_jobs::testing::plans::{plan_of, seq_scanned};
+use poda_jobs::testing::plans::{full_scans, plan_of};
 use poda_jobs::testing::tickets::seed_one_company;
 use poda_jobs::testing::{wait_until, TestDb};
 use poda_jobs::{ticket, transfer};
@@ -251,7 +251,7 @@ async fn payment_status_probes_indexes_only_among_many_jobs_events_tickets_and_t
             &[payment.to_owned(), ticket::QUEUE.to_owned()],
         )
         .await;
-        assert_eq!(seq_scanned(&plan), Vec::<String>::new(), "{plan}");
+        assert_eq!(full_scans(&plan), Vec::<String>::new(), "{plan}");
         let status = poda::payment_status::fetch(&db.pool, payment)
             .await
             .unwrap()

@@ -28,7 +28,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::db::{set_local, Db, INDEX_PLANS};
+use crate::db::{set_local, Db, ARRAY_PLANS, INDEX_PLANS};
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
@@ -386,12 +386,16 @@ async fn record_failure(
     }
 }
 
-/// Writes `actions` (one per row) with `finish_locked`.
+/// Writes `actions` (one per row) with `finish_locked`, planned for this batch and the table
+/// as it is ([`ARRAY_PLANS`]): the statement joins the outcomes' arrays against `jobs`.
 async fn finish(
     conn: &mut PgConnection,
     rows: &[LockedRow],
     actions: &[Action],
 ) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(set_local(ARRAY_PLANS)))
+        .execute(&mut *conn)
+        .await?;
     let columns = OutcomeColumns::new(
         rows.iter()
             .zip(actions)

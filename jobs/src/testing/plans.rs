@@ -5,7 +5,7 @@ use crate::db::Db;
 use sqlx::pool::PoolConnection;
 use sqlx::Postgres;
 
-use crate::db::{set_local, INDEX_PLANS};
+use crate::db::{set_local, SessionSettings, INDEX_PLANS};
 
 /// The plan of `sql` with `$1`, `$2`, … replaced by the array literals `params` (each cast
 /// by the statement itself, as in `$1::bigint[]`): what a custom plan (the worker's
@@ -21,8 +21,10 @@ pub async fn plan_of(pool: &Db, sql: &str, params: &[String]) -> serde_json::Val
         .unwrap()
 }
 
-/// The tables `plan` reads with a sequential scan.
-pub fn seq_scanned(plan: &serde_json::Value) -> Vec<String> {
+/// The tables `plan` reads whole: with a sequential scan, or with an index scan that has no
+/// index condition (it reads the whole index, as the outer side of a join on a plan made
+/// while the table was empty does).
+pub fn full_scans(plan: &serde_json::Value) -> Vec<String> {
     let mut found = Vec::new();
     walk(plan, &mut found);
     found
@@ -31,7 +33,12 @@ pub fn seq_scanned(plan: &serde_json::Value) -> Vec<String> {
 fn walk(node: &serde_json::Value, found: &mut Vec<String>) {
     match node {
         serde_json::Value::Object(map) => {
-            if map.get("Node Type").and_then(|t| t.as_str()) == Some("Seq Scan") {
+            let whole = match map.get("Node Type").and_then(|t| t.as_str()) {
+                Some("Seq Scan") => true,
+                Some("Index Scan" | "Index Only Scan") => !map.contains_key("Index Cond"),
+                _ => false,
+            };
+            if whole {
                 if let Some(table) = map.get("Relation Name").and_then(|t| t.as_str()) {
                     found.push(table.to_owned());
                 }
@@ -60,12 +67,26 @@ pub struct PreparedProbe {
 impl PreparedProbe {
     /// Prepares `sql` with parameters of `types` and executes it once with `first`.
     pub async fn prepare(pool: &Db, sql: &str, types: &[&str], first: &[String]) -> Self {
+        Self::prepare_under(pool, &[INDEX_PLANS], sql, types, first).await
+    }
+
+    /// [`PreparedProbe::prepare`] in a transaction that sets `settings` in turn, as a batch
+    /// transaction does before one of its statements.
+    pub async fn prepare_under(
+        pool: &Db,
+        settings: &[SessionSettings],
+        sql: &str,
+        types: &[&str],
+        first: &[String],
+    ) -> Self {
         let mut conn = pool.pool().acquire().await.unwrap();
         sqlx::raw_sql("BEGIN").execute(&mut *conn).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(set_local(INDEX_PLANS)))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
+        for settings in settings {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(set_local(settings)))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
         let prepare = format!("PREPARE probe ({}) AS {sql}", types.join(", "));
         sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
             .execute(&mut *conn)

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 
 use super::ack::AckLayer;
 use super::claim::{claim_batch_from, claim_batch_per_key};
-use super::claim_window::{run_straggler_sweep, ClaimWindow};
+use super::claim_window::{sweep_stragglers, ClaimWindow, SWEEP_SHARE};
 use super::complete::Completion;
 use super::enqueue::enqueue_many_pooled;
 use super::error::EngineError;
@@ -101,12 +101,13 @@ impl<Args> PgBackend<Args> {
         let signal = engine.signals().get(&settings.queue);
         let window = Arc::new(ClaimWindow::default());
         // A keyed claim reads its queue from the start: it counts running jobs per key.
-        let sweep = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if settings.per_key_limit == 0 => Some(runtime.spawn(
-                run_straggler_sweep(engine.clone(), settings.queue.clone(), window.clone()),
-            )),
-            _ => None,
-        };
+        let sweep =
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) if settings.per_key_limit == 0 => Some(runtime.spawn(
+                    run_straggler_sweep(engine.clone(), settings.queue.clone(), window.clone()),
+                )),
+                _ => None,
+            };
         PgBackend {
             engine,
             settings: BackendSettings {
@@ -180,6 +181,34 @@ impl<Args> PgBackend<Args> {
             super::metrics::record_claimed(&queue, jobs.len());
             Ok(jobs)
         }));
+    }
+}
+
+/// Sweeps `queue`'s stragglers (jobs made runnable behind `window`) until the engine stops:
+/// every poll interval, or less often when a sweep is slow (a held snapshot). Moved jobs wake
+/// this process's claims of the queue.
+async fn run_straggler_sweep(engine: Engine, queue: String, window: Arc<ClaimWindow>) {
+    let mut pause = engine.config().poll_interval;
+    loop {
+        tokio::time::sleep(pause).await;
+        if engine.is_stopping() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match sweep_stragglers(engine.pool(), &queue, &window).await {
+            Ok(0) => {}
+            Ok(moved) => {
+                tracing::debug!(job.queue = %queue, moved, "moved stragglers in front of the claims");
+                engine.signals().wake(&queue);
+            }
+            Err(error) => {
+                tracing::warn!(job.queue = %queue, error = %error, "the straggler sweep failed");
+            }
+        }
+        pause = engine
+            .config()
+            .poll_interval
+            .max(started.elapsed() * SWEEP_SHARE);
     }
 }
 

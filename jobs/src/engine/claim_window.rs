@@ -15,12 +15,11 @@
 //! now, in front of every claim.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::error::EngineError;
-use super::runtime::Engine;
 use crate::db::Db;
 
 /// How far behind its front a claim reads.
@@ -32,7 +31,7 @@ const SWEEP_BATCH: i64 = 1_000;
 /// The sweep waits at least this many times its last run's duration before the next: its
 /// read crosses every entry behind the window, which a held snapshot keeps, so its share of
 /// one connection stays under 1/SWEEP_SHARE however many there are.
-const SWEEP_SHARE: u32 = 20;
+pub const SWEEP_SHARE: u32 = 20;
 
 /// Per priority, the earliest run_at a claim reads; `None` reads that priority from its start.
 pub type Starts = [Option<DateTime<Utc>>; PRIORITIES];
@@ -103,33 +102,6 @@ pub async fn sweep_stragglers(
     Ok(moved)
 }
 
-/// Sweeps `queue`'s stragglers until the engine stops: every poll interval, or less often when
-/// a sweep is slow (a held snapshot). Moved jobs wake this process's claims of the queue.
-pub async fn run_straggler_sweep(engine: Engine, queue: String, window: std::sync::Arc<ClaimWindow>) {
-    let mut pause = engine.config().poll_interval;
-    loop {
-        tokio::time::sleep(pause).await;
-        if engine.is_stopping() {
-            return;
-        }
-        let started = Instant::now();
-        match sweep_stragglers(engine.pool(), &queue, &window).await {
-            Ok(0) => {}
-            Ok(moved) => {
-                tracing::debug!(job.queue = %queue, moved, "moved stragglers in front of the claims");
-                engine.signals().wake(&queue);
-            }
-            Err(error) => {
-                tracing::warn!(job.queue = %queue, error = %error, "the straggler sweep failed");
-            }
-        }
-        pause = engine
-            .config()
-            .poll_interval
-            .max(started.elapsed() * SWEEP_SHARE);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,7 +120,12 @@ mod tests {
         let lookback = LOOKBACK.as_secs() as i64;
         assert_eq!(
             window.starts(),
-            [None, Some(at(105 - lookback)), None, Some(at(50 - lookback))]
+            [
+                None,
+                Some(at(105 - lookback)),
+                None,
+                Some(at(50 - lookback))
+            ]
         );
     }
 

@@ -40,7 +40,11 @@ async fn claims_read_from_a_lookback_behind_the_latest_job_claimed() {
     let db = TestDb::new().await;
     let window = ClaimWindow::default();
     let first = enqueue_at(&db, 1, Utc::now()).await;
-    assert_eq!(claim_ns(&db, &window).await, vec![1], "an empty window reads from the start");
+    assert_eq!(
+        claim_ns(&db, &window).await,
+        vec![1],
+        "an empty window reads from the start"
+    );
     let front = run_at_of(&db, first).await;
 
     let lookback = chrono::Duration::from_std(LOOKBACK).unwrap();
@@ -58,7 +62,10 @@ async fn claims_read_from_a_lookback_behind_the_latest_job_claimed() {
     assert_eq!(claim_ns(&db, &window).await, Vec::<i64>::new());
 
     assert_eq!(sweep_stragglers(&db.pool, QUEUE, &window).await.unwrap(), 1);
-    assert!(run_at_of(&db, straggler).await > front, "the straggler is moved in front");
+    assert!(
+        run_at_of(&db, straggler).await > front,
+        "the straggler is moved in front"
+    );
     assert_eq!(claim_ns(&db, &window).await, vec![3]);
     assert_eq!(
         sweep_stragglers(&db.pool, QUEUE, &window).await.unwrap(),
@@ -76,8 +83,10 @@ async fn the_sweep_leaves_running_future_and_other_queues_jobs_alone() {
     let hour = chrono::Duration::hours(1);
     let other = enqueue_many_pooled(
         &db.pool,
-        &[poda_jobs::engine::NewJob::new("another_queue", "test", serde_json::json!({}))
-            .with_run_at(Utc::now() - hour)],
+        &[
+            poda_jobs::engine::NewJob::new("another_queue", "test", serde_json::json!({}))
+                .with_run_at(Utc::now() - hour),
+        ],
     )
     .await
     .unwrap()[0]

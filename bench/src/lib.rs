@@ -93,6 +93,9 @@ pub struct BenchArgs {
     /// front of the server (`pgbouncer` must be installed); they LISTEN on a direct session.
     #[arg(long)]
     pub pgbouncer: bool,
+    /// More flags for the probe workers (`bench soak --retention`).
+    #[arg(skip)]
+    pub worker_flags: Vec<String>,
 }
 
 impl BenchArgs {
@@ -400,6 +403,7 @@ impl Workers {
             .map(Into::into)
             .collect();
             flags.push(tally.into());
+            flags.extend(args.worker_flags.iter().map(Into::into));
             flags
         });
         let mut workers = Workers::launch(

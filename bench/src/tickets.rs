@@ -212,7 +212,7 @@ async fn measure(
 
 /// Companies (two of them selling in USD), routes, and payment codes whose limits the run
 /// never reaches.
-async fn seed(pool: &Db) -> anyhow::Result<()> {
+pub(crate) async fn seed(pool: &Db) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO companies (id, name, monime_account_id, commission_bps, currency) \
          SELECT 'co-' || c, 'Company ' || c, 'fa-co-' || c, 100 + 50 * c, \
@@ -243,7 +243,7 @@ async fn seed(pool: &Db) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn payment(i: usize) -> TicketJob {
+pub(crate) fn payment(i: usize) -> TicketJob {
     let company = i % COMPANIES;
     let currency = if company >= COMPANIES - 2 {
         Currency::Usd

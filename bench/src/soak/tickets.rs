@@ -1,0 +1,326 @@
+//! The tickets soak: signed `payment.completed` webhooks at `rate` per second into the
+//! enqueuer, ticket and commission-transfer workers, and the Monime sandbox (20 ms a call, no
+//! faults), all in this process. The load is open: payment `i` is due at `i / rate` s and
+//! its webhook's latency counts from then, so a slow answer never slows the offered rate.
+//!
+//! Per phase, by when each payment was due or received: the webhook's latency, and from the
+//! webhook's commit (`webhook_events.received_at`) to its ticket (`tickets.created_at`) and
+//! to its transfer completed at Monime (`commission_transfers.completed_at`). A payment whose
+//! ticket or transfer never came counts as infinitely late.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use poda::config::{async_commit_options, handler_options, DatabaseSettings, Secret};
+use poda::enqueuer::{Enqueuer, EnqueuerSettings};
+use poda::http::webhooks::signature::sign;
+use poda::sandbox::{Sandbox, SandboxConfig};
+use poda::tally::now_us;
+use poda::worker::{run_workers, TransferOptions, WorkerOptions};
+use poda_jobs::db::Db;
+use poda_jobs::engine::EngineConfig;
+use poda_jobs::transfer::monime::{ApiToken, MonimeConfig, DEFAULT_VERSION};
+use poda_jobs::{ticket, transfer};
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{ratio_result, run_phases, server_settings, with_fields, PhaseRecord, SoakOptions};
+use crate::{percentile, print_result, round2, BenchDb};
+
+const SECRET: &str = "whsec_soak";
+const MONIME_TOKEN: &str = "soak-sandbox-token";
+const PLATFORM_ACCOUNT: &str = "fa-platform-soak";
+/// Webhooks on their way at once; past it a due webhook waits, and its latency shows it.
+const IN_FLIGHT: usize = 1_024;
+/// Handler slots of the transfers queue. A transfer holds its slot for about 0.3 s (the
+/// create, the worker's inline status read 250 ms later, the writes): 2,000 transfers/s need
+/// some 600.
+const TRANSFER_SLOTS: usize = 1_024;
+/// How long the workers get after the load stops to finish what it left.
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// One webhook as the sender saw it: when it was due (µs since the Unix epoch), how long its
+/// answer took, and whether it was accepted.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    due_us: i64,
+    latency_ms: f64,
+    accepted: bool,
+}
+
+/// Runs the tickets soak on `db` and prints one `RESULT` per phase and one for the ratio.
+pub async fn run_tickets(db: &BenchDb, options: &SoakOptions) -> anyhow::Result<Vec<Value>> {
+    let settings = server_settings(db).await?;
+    crate::tickets::seed(&db.pool).await?;
+    db.analyze().await?;
+    let connect: PgConnectOptions = db.url.parse()?;
+
+    let sandbox = Sandbox::spawn(SandboxConfig {
+        latency: Duration::from_millis(20),
+        completion_delay: Duration::from_millis(40),
+        token: Some(MONIME_TOKEN.into()),
+        ..SandboxConfig::default()
+    })
+    .await?;
+
+    let enqueuer_pool = pool(handler_options(connect.clone()), 16).await?;
+    let mut enqueuer_settings = EnqueuerSettings::new(
+        "127.0.0.1:0".parse::<SocketAddr>()?,
+        // Unused: the enqueuer runs on `enqueuer_pool`.
+        DatabaseSettings::new(Secret::default(), 16),
+        vec![Secret::new(SECRET)],
+    );
+    // One client sends everything: the per-client limit would measure itself.
+    enqueuer_settings.rate_limit.per_second = 0;
+    let enqueuer = Enqueuer::build_with_pool(enqueuer_settings, enqueuer_pool).await?;
+    let url = format!("http://127.0.0.1:{}/webhooks/monime", enqueuer.port());
+    let stop_enqueuer = CancellationToken::new();
+    let enqueuer = tokio::spawn(enqueuer.run_until_stopped(stop_enqueuer.clone()));
+
+    let mut worker_options = WorkerOptions {
+        engine: EngineConfig::default(),
+        transfers: Some(TransferOptions::new(
+            MonimeConfig {
+                base_url: sandbox.base_url.clone(),
+                token: ApiToken::new(MONIME_TOKEN),
+                space_id: "spc-soak".into(),
+                version: DEFAULT_VERSION.into(),
+                timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(5),
+            },
+            PLATFORM_ACCOUNT.into(),
+        )),
+        ..WorkerOptions::for_queues(&[ticket::QUEUE, transfer::QUEUE], TRANSFER_SLOTS)
+    };
+    worker_options.shutdown_grace = Duration::from_secs(10);
+    let stop_workers = CancellationToken::new();
+    let workers = tokio::spawn(run_workers(
+        pool(handler_options(connect.clone()), 32).await?,
+        pool(async_commit_options(connect), 32).await?,
+        worker_options,
+        stop_workers.clone(),
+    ));
+
+    let stop_sending = CancellationToken::new();
+    let sender = tokio::spawn(send_webhooks(url, options.rate, stop_sending.clone()));
+    let phases = run_phases(db, options).await;
+    stop_sending.cancel();
+    let sent = sender.await.context("the webhook sender panicked")??;
+    let phases = phases?;
+    let settled = settle(&db.pool, &sent).await;
+    stop_workers.cancel();
+    workers.await.context("the worker task")??;
+    stop_enqueuer.cancel();
+    enqueuer.await.context("the enqueuer task")??;
+    let executions = sandbox.counts.executions();
+    sandbox.shutdown().await;
+    settled?;
+
+    let delays = delays(&db.pool).await?;
+    let transfers_once = executions.values().all(|n| *n == 1);
+    let mut results: Vec<Value> = phases
+        .iter()
+        .map(|record| phase_result(record, &sent, &delays, options, &settings))
+        .collect();
+    results.extend(ratio_result("tickets", &results, &settings));
+    for result in &mut results {
+        result["transfers_executed_once"] = json!(transfers_once);
+    }
+    for result in &results {
+        print_result(result);
+    }
+    Ok(results)
+}
+
+async fn pool(options: PgConnectOptions, connections: u32) -> anyhow::Result<Db> {
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .connect_with(options)
+        .await
+        .map(Db::from)
+        .context("connecting to the soak database")
+}
+
+/// Sends payment `i`'s webhook at `i / rate` s until stopped; returns every webhook sent.
+async fn send_webhooks(
+    url: String,
+    rate: u32,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<Sent>> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(IN_FLIGHT)
+        .timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()?;
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let started = Instant::now();
+    let epoch_us = now_us();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    let mut next: usize = 0;
+    while !stop.is_cancelled() {
+        ticker.tick().await;
+        let due_now = (started.elapsed().as_secs_f64() * f64::from(rate)) as usize;
+        while next < due_now {
+            let i = next;
+            next += 1;
+            let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+            let due_us = epoch_us + (i as f64 * 1e6 / f64::from(rate)) as i64;
+            let slot = slots.clone().acquire_owned().await?;
+            let (client, url, sent) = (client.clone(), url.clone(), sent.clone());
+            tokio::spawn(async move {
+                let body = webhook_body(i);
+                let signature = sign(SECRET, chrono::Utc::now().timestamp(), &body);
+                let answer = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("Monime-Signature", signature)
+                    .body(body)
+                    .send()
+                    .await;
+                let accepted = matches!(&answer, Ok(r) if r.status().as_u16() == 202);
+                let latency_ms = due.elapsed().as_secs_f64() * 1e3;
+                sent.lock().expect("sent lock").push(Sent {
+                    due_us,
+                    latency_ms,
+                    accepted,
+                });
+                drop(slot);
+            });
+        }
+    }
+    // Every webhook under way is answered before the figures are read.
+    let _all = slots.acquire_many(IN_FLIGHT as u32).await?;
+    let sent = std::mem::take(&mut *sent.lock().expect("sent lock"));
+    Ok(sent)
+}
+
+/// Payment `i` as Monime's `payment.completed` webhook, for the seeded companies and routes.
+fn webhook_body(i: usize) -> Vec<u8> {
+    let p = crate::tickets::payment(i);
+    serde_json::to_vec(&json!({
+        "apiVersion": "caph.2025-08-23",
+        "event": {"id": p.event_id, "name": "payment.completed",
+                  "timestamp": chrono::Utc::now().to_rfc3339()},
+        "object": {"id": p.payment_id, "type": "payment"},
+        "data": {"id": p.payment_id, "status": "completed",
+                 "amount": {"currency": p.amount.currency.as_str(), "value": p.amount.value_minor},
+                 "financialTransactionReference": p.financial_transaction_reference,
+                 "metadata": {"company_id": p.company_id, "route_id": p.route_id,
+                              "passenger_phone": p.passenger_phone,
+                              "payment_code": p.payment_code}}
+    }))
+    .expect("a JSON body")
+}
+
+/// Waits until every accepted payment has its ticket and its transfer completed, or
+/// [`SETTLE`] has passed.
+async fn settle(pool: &Db, sent: &[Sent]) -> anyhow::Result<()> {
+    let accepted = sent.iter().filter(|s| s.accepted).count() as i64;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (tickets, completed): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM tickets), \
+                    (SELECT count(*) FROM commission_transfers WHERE status = 'completed')",
+        )
+        .fetch_one(pool)
+        .await?;
+        if tickets >= accepted && completed >= accepted {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "soak: {tickets} tickets and {completed} transfers completed of {accepted} \
+                 payments {} s after the load stopped",
+                SETTLE.as_secs()
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Per payment received: when (µs since the Unix epoch), and the ms from then to its ticket
+/// and to its transfer completed (`None`: never).
+type Delays = Vec<(i64, Option<f64>, Option<f64>)>;
+
+async fn delays(pool: &Db) -> anyhow::Result<Delays> {
+    let mut rows: Delays = sqlx::query_as(
+        "SELECT (extract(epoch FROM e.received_at) * 1e6)::bigint, \
+                (extract(epoch FROM t.created_at - e.received_at) * 1e3)::float8, \
+                (extract(epoch FROM ct.completed_at - e.received_at) * 1e3)::float8 \
+         FROM webhook_events e \
+         LEFT JOIN tickets t ON t.payment_id = e.payment_id \
+         LEFT JOIN commission_transfers ct ON ct.ticket_id = t.id AND ct.status = 'completed'",
+    )
+    .fetch_all(pool)
+    .await
+    .context("reading the payments' tickets and transfers")?;
+    rows.sort_unstable_by_key(|r| r.0);
+    Ok(rows)
+}
+
+/// Percentile `p` of `values`, with `None` as infinitely late; JSON null when it falls on one
+/// that never came.
+fn percentile_or_null(values: impl Iterator<Item = Option<f64>>, p: f64) -> Value {
+    let mut all: Vec<f64> = values.map(|v| v.unwrap_or(f64::INFINITY)).collect();
+    all.sort_by(f64::total_cmp);
+    let value = percentile(&all, p);
+    if value.is_finite() {
+        json!(round2(value))
+    } else {
+        Value::Null
+    }
+}
+
+fn phase_result(
+    record: &PhaseRecord,
+    sent: &[Sent],
+    delays: &Delays,
+    options: &SoakOptions,
+    settings: &Value,
+) -> Value {
+    let phase = &record.phase;
+    let due: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| (phase.from_us..phase.to_us).contains(&s.due_us))
+        .collect();
+    let mut webhook_ms: Vec<f64> = due.iter().map(|s| s.latency_ms).collect();
+    webhook_ms.sort_by(f64::total_cmp);
+    let lo = delays.partition_point(|r| r.0 < phase.from_us);
+    let hi = delays.partition_point(|r| r.0 < phase.to_us);
+    let received = &delays[lo..hi.max(lo)];
+    let tickets = received.iter().filter(|r| r.1.is_some()).count();
+    // Payments received by the phase's end whose ticket had not been issued by then.
+    let backlog_end = delays[..hi]
+        .iter()
+        .filter(|r| r.1.is_none_or(|ms| r.0 + (ms * 1e3) as i64 > phase.to_us))
+        .count();
+    let transfers = received.iter().filter(|r| r.2.is_some()).count();
+    let result = json!({
+        "scenario": "soak", "workload": "tickets", "phase": phase.name,
+        "seconds": round2(phase.seconds()),
+        "offered_per_s": (due.len() as f64 / phase.seconds()).round() as u64,
+        "per_s": (transfers as f64 / phase.seconds()).round() as u64,
+        "rate": options.rate,
+        "webhooks_refused": due.iter().filter(|s| !s.accepted).count(),
+        "webhook_p50_ms": round2(percentile(&webhook_ms, 50.0)),
+        "webhook_p99_ms": round2(percentile(&webhook_ms, 99.0)),
+        "payments": received.len(),
+        "tickets": tickets,
+        "transfers_completed": transfers,
+        "ticket_p50_ms": percentile_or_null(received.iter().map(|r| r.1), 50.0),
+        "ticket_p99_ms": percentile_or_null(received.iter().map(|r| r.1), 99.0),
+        // The tickets queue's wait, runnable to issued: the payment's ticket.
+        "lag_p99_ms": percentile_or_null(received.iter().map(|r| r.1), 99.0),
+        "backlog_end": backlog_end,
+        "transfer_p50_ms": percentile_or_null(received.iter().map(|r| r.2), 50.0),
+        "transfer_p99_ms": percentile_or_null(received.iter().map(|r| r.2), 99.0),
+        "server": settings,
+    });
+    with_fields(result, record.tables_json())
+}

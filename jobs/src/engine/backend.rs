@@ -187,7 +187,7 @@ impl<Args> PgBackend<Args> {
 /// Sweeps `queue`'s stragglers (jobs made runnable behind `window`) until the engine stops:
 /// every poll interval, or less often when a sweep is slow (a held snapshot). Moved jobs wake
 /// this process's claims of the queue.
-async fn run_straggler_sweep(engine: Engine, queue: String, window: Arc<ClaimWindow>) {
+pub(super) async fn run_straggler_sweep(engine: Engine, queue: String, window: Arc<ClaimWindow>) {
     let mut pause = engine.config().poll_interval;
     loop {
         tokio::time::sleep(pause).await;

@@ -144,6 +144,22 @@ pub fn start<H: BatchHandler>(
     let handler = Arc::new(handler);
     let cursor = Arc::new(ClaimCursor::new(engine.config().poll_interval));
     let prefix = format!("batch:{}:", settings.queue);
+    // Jobs made runnable behind the runners' window are moved in front of it. The sweep
+    // returns once the engine stops; the loop ends with the runners.
+    let sweep = super::backend::run_straggler_sweep(
+        engine.clone(),
+        settings.queue.clone(),
+        cursor.window().clone(),
+    );
+    let stopped = stop.clone();
+    engine
+        .loops()
+        .spawn(format!("{prefix}sweep"), &stop, async move {
+            tokio::select! {
+                () = sweep => stopped.cancelled().await,
+                () = stopped.cancelled() => {}
+            }
+        });
     for i in 0..settings.runners.max(1) {
         engine.loops().spawn(
             format!("{prefix}{i}"),
@@ -211,16 +227,15 @@ async fn run_batch<H: BatchHandler>(
     let queue = settings.queue.as_str();
     // Not a macro: SET LOCAL takes no parameter, so the lease is formatted into the text.
     let mut tx = pool.begin_with_settings(&batch_settings(lease)).await?;
-    let after = cursor.position();
+    let after = cursor.after();
     let limit = settings.batch_size as i64;
     let rows = sqlx::query_file_as!(
         LockedRow,
         "src/engine/claim_locked.sql",
         queue,
         limit,
-        after.map(|(priority, _, _)| priority),
-        after.map(|(_, run_at, _)| run_at),
-        after.map(|(_, _, id)| id),
+        &after.map(|a| a.map(|(run_at, _)| run_at)) as &[Option<chrono::DateTime<chrono::Utc>>],
+        &after.map(|a| a.map(|(_, id)| id)) as &[Option<i64>],
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -1,11 +1,10 @@
 -- claim_locked: lock up to $2 runnable jobs of queue $1 for the rest of the caller's
 -- transaction, which runs them and writes their outcomes (finish_locked) before it commits;
 -- the most urgent first, FIFO (run_at, id) within a priority.
--- $1 queue, $2 limit, $3 priority, $4 run_at and $5 id to start after (the process's claim
--- cursor; NULL: from the start of the queue).
--- The cursor applies to its own priority only: more urgent priorities are read from their
--- start, so an urgent job is never left behind the cursor, and less urgent ones too (the
--- cursor's position means nothing in them). See docs/claim-cursor.md, docs/priorities.md.
+-- $1 queue, $2 limit, $3 run_at[] and $4 id[]: per priority (element p + 1 for priority p),
+-- the (run_at, id) to start after: the process's claim cursor in its priority, its claim
+-- window elsewhere; a NULL element reads that priority from its start.
+-- See docs/claim-cursor.md, docs/claim-window.md, docs/priorities.md.
 -- The rows stay `available`: the lock is the claim, so no running row version, no lease and
 -- no index entries are written for it, and a process that dies mid-batch loses nothing (its
 -- transaction rolls back and the rows are free at once). Other claimers skip locked rows.
@@ -25,8 +24,8 @@ CROSS JOIN LATERAL (
       AND queue = $1
       AND priority = p.priority::smallint
       AND run_at <= now()
-      AND (run_at, id) > (CASE WHEN p.priority = $3::smallint THEN coalesce($4::timestamptz, '-infinity') ELSE '-infinity' END,
-                          CASE WHEN p.priority = $3::smallint THEN coalesce($5::bigint, 0) ELSE 0 END)
+      AND (run_at, id) > (coalesce(($3::timestamptz[])[p.priority + 1], '-infinity'),
+                          coalesce(($4::bigint[])[p.priority + 1], 0))
       AND NOT EXISTS (SELECT 1 FROM job_queues q WHERE q.name = $1 AND q.paused_at IS NOT NULL)
     ORDER BY run_at, id
     LIMIT $2

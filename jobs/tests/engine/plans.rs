@@ -9,14 +9,14 @@ use poda_jobs::testing::TestDb;
 
 use crate::support::{job, QUEUE};
 
-/// claim_locked's parameters: `limit` jobs after (priority 1, `run_at`, id 0).
+/// claim_locked's parameters: `limit` jobs after (`run_at`, id 0) in priority 1, every other
+/// priority from its start.
 fn claim_after(limit: usize, run_at: &str) -> Vec<String> {
     vec![
         QUEUE.to_owned(),
         limit.to_string(),
-        "1".to_owned(),
-        run_at.to_owned(),
-        "0".to_owned(),
+        format!("{{NULL,{run_at},NULL,NULL}}"),
+        "{NULL,0,NULL,NULL}".to_owned(),
     ]
 }
 
@@ -37,7 +37,7 @@ async fn batch_claims_and_outcomes_planned_on_an_empty_table_use_its_indexes_onc
     let mut claim = PreparedProbe::prepare(
         &db.pool,
         include_str!("../../src/engine/claim_locked.sql"),
-        &["text", "bigint", "smallint", "timestamptz", "bigint"],
+        &["text", "bigint", "timestamptz[]", "bigint[]"],
         &claim_after(10, "-infinity"),
     )
     .await;

@@ -324,6 +324,10 @@ async fn run_batch<H: BatchHandler>(
         .collect();
 
     let finished = async {
+        // The outcomes' join is planned for this batch, not by INDEX_PLANS (ARRAY_PLANS).
+        sqlx::raw_sql(sqlx::AssertSqlSafe(set_local(ARRAY_PLANS)))
+            .execute(&mut *tx)
+            .await?;
         finish(&mut tx, &rows, &actions).await?;
         pool.commit(tx).await
     }
@@ -401,16 +405,14 @@ async fn record_failure(
     }
 }
 
-/// Writes `actions` (one per row) with `finish_locked`, planned for this batch and the table
-/// as it is ([`ARRAY_PLANS`]): the statement joins the outcomes' arrays against `jobs`.
+/// Writes `actions` (one per row) with `finish_locked`. It joins the outcomes' arrays against
+/// `jobs`, so it must be custom-planned: inside a batch transaction the caller sets
+/// [`ARRAY_PLANS`] first; the pools plan every statement anyway.
 async fn finish(
     conn: &mut PgConnection,
     rows: &[LockedRow],
     actions: &[Action],
 ) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(set_local(ARRAY_PLANS)))
-        .execute(&mut *conn)
-        .await?;
     let columns = OutcomeColumns::new(
         rows.iter()
             .zip(actions)

@@ -51,7 +51,8 @@ impl Action {
             Action::Retry { delay, error } => ("available", ms(delay), Some(error.as_str()), false),
             Action::Fail { error } => ("failed", None, Some(error.as_str()), false),
             Action::Snooze { delay } => ("available", ms(delay), None, true),
-            Action::Release => ("available", None, None, true),
+            // From now: in front of every claim window, so other processes claim it at once.
+            Action::Release => ("available", Some(0), None, true),
             Action::Cancelled => ("cancelled", None, None, false),
         }
     }

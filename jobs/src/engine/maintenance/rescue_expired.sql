@@ -1,6 +1,7 @@
 -- rescue_expired: jobs whose lease ran out (their worker died or hung) become runnable again
 -- at once, or fail for good when that was their last attempt. The attempt that was running
--- stays spent, and the reason is kept as its error.
+-- stays spent, and the reason is kept as its error. A rescued job runs from now: in front of
+-- every process's claim window (docs/claim-window.md), so no claim has to look back for it.
 -- $1 now (NULL = now()), $2 limit, $3 grace after a server start (ms): for that long after
 -- the server (re)started no lease counts as expired, since no worker could renew one while
 -- it was down (a live worker's next renewal restores its leases).
@@ -17,7 +18,7 @@ WITH expired AS (
 )
 UPDATE jobs j
 SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'available' END::job_state,
-    run_at = least(j.run_at, coalesce($1, now())),
+    run_at = now(),
     lease_owner = NULL,
     lease_expires_at = NULL,
     last_error = 'lease expired: the worker running attempt ' || j.attempt || ' stopped renewing it',

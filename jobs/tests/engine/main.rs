@@ -16,6 +16,7 @@ mod faults;
 mod gauges;
 mod leader;
 mod listen;
+mod locality;
 mod migrate;
 mod per_key;
 mod plans;

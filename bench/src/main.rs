@@ -472,7 +472,9 @@ async fn soak(args: &SoakArgs, summary: &mut Summary) -> anyhow::Result<()> {
     };
     // Held by this function, so that the private cluster outlives the run.
     let private = match args.private_db {
-        true => Some(poda_jobs::testing::PrivateCluster::start_with("max_connections = 100").await),
+        true => {
+            Some(poda_jobs::testing::PrivateCluster::start_with(soak::PRODUCTION_SETTINGS).await)
+        }
         false => None,
     };
     let bench_args = BenchArgs {

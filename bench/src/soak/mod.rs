@@ -16,6 +16,14 @@ use crate::BenchDb;
 
 /// A snapshot is only held after the load has run this long with vacuum free.
 pub const MIN_WARM_UP: Duration = Duration::from_secs(60);
+/// `--private-db`: the settings of a test cluster that a soak must not run under (no fsync,
+/// no full-page writes, little memory) put back to PostgreSQL's defaults, so that the cluster
+/// runs as `initdb` leaves a production server: autovacuum on, durable commits.
+pub const PRODUCTION_SETTINGS: &str = "fsync = on
+synchronous_commit = on
+full_page_writes = on
+shared_buffers = 128MB
+max_connections = 100";
 /// Lag and backlog are also reported per window of this length, worst window first.
 const WINDOW_US: i64 = 10_000_000;
 
@@ -134,8 +142,8 @@ async fn run_phases(db: &BenchDb, options: &SoakOptions) -> anyhow::Result<Vec<P
 async fn server_settings(db: &BenchDb) -> anyhow::Result<Value> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT name, setting FROM pg_settings \
-         WHERE name IN ('autovacuum', 'autovacuum_naptime', 'shared_buffers', \
-                        'synchronous_commit', 'server_version') \
+         WHERE name IN ('autovacuum', 'autovacuum_naptime', 'shared_buffers', 'fsync', \
+                        'full_page_writes', 'synchronous_commit', 'server_version') \
          ORDER BY name",
     )
     .fetch_all(&db.pool)

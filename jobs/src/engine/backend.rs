@@ -27,6 +27,8 @@ use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::ack::AckLayer;
 use super::claim::{claim_batch_from, claim_batch_per_key};
@@ -89,8 +91,9 @@ pub struct PgBackend<Args> {
     flushing: Option<BoxFuture<'static, Result<(), EngineError>>>,
     /// Where this backend's claims start (not used by a queue with a per-key limit).
     window: Arc<ClaimWindow>,
-    /// Moves the queue's stragglers in front of the window; stopped with the backend.
-    sweep: Option<JoinHandle<()>>,
+    /// The watched loop that moves the queue's stragglers in front of the window; aborted
+    /// with the backend.
+    sweep: Option<String>,
     _args: PhantomData<fn() -> Args>,
 }
 
@@ -101,13 +104,18 @@ impl<Args> PgBackend<Args> {
         let signal = engine.signals().get(&settings.queue);
         let window = Arc::new(ClaimWindow::default());
         // A keyed claim reads its queue from the start: it counts running jobs per key.
-        let sweep =
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) if settings.per_key_limit == 0 => Some(runtime.spawn(
-                    run_straggler_sweep(engine.clone(), settings.queue.clone(), window.clone()),
-                )),
-                _ => None,
-            };
+        let sweep = (settings.per_key_limit == 0 && tokio::runtime::Handle::try_current().is_ok())
+            .then(|| {
+                let name = format!("claims:{}:sweep:{}", settings.queue, Uuid::new_v4());
+                spawn_straggler_sweep(
+                    &engine,
+                    name.clone(),
+                    &settings.queue,
+                    &window,
+                    engine.stopping_token(),
+                );
+                name
+            });
         PgBackend {
             engine,
             settings: BackendSettings {
@@ -184,32 +192,48 @@ impl<Args> PgBackend<Args> {
     }
 }
 
-/// Sweeps `queue`'s stragglers (jobs made runnable behind `window`) until the engine stops:
-/// every poll interval, or less often when a sweep is slow (a held snapshot). Moved jobs wake
-/// this process's claims of the queue.
-pub(super) async fn run_straggler_sweep(engine: Engine, queue: String, window: Arc<ClaimWindow>) {
-    let mut pause = engine.config().poll_interval;
-    loop {
-        tokio::time::sleep(pause).await;
-        if engine.is_stopping() {
-            return;
-        }
-        let started = std::time::Instant::now();
-        match sweep_stragglers(engine.pool(), &queue, &window).await {
-            Ok(0) => {}
-            Ok(moved) => {
-                tracing::debug!(job.queue = %queue, moved, "moved stragglers in front of the claims");
-                engine.signals().wake(&queue);
+/// Spawns the watched loop `name` that sweeps `queue`'s stragglers (jobs made runnable
+/// behind `window`) until `stop`: every poll interval, or less often when a sweep is slow (a
+/// held snapshot). Moved jobs wake this process's claims of the queue. Watched, because a
+/// sweep that died would leave those jobs behind every claim for good.
+pub(super) fn spawn_straggler_sweep(
+    engine: &Engine,
+    name: String,
+    queue: &str,
+    window: &Arc<ClaimWindow>,
+    stop: CancellationToken,
+) {
+    let loops = engine.loops().clone();
+    let (engine, queue, window, until) = (
+        engine.clone(),
+        queue.to_owned(),
+        window.clone(),
+        stop.clone(),
+    );
+    loops.spawn(name, &stop, async move {
+        let mut pause = engine.config().poll_interval;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = until.cancelled() => return,
             }
-            Err(error) => {
-                tracing::warn!(job.queue = %queue, error = %error, "the straggler sweep failed");
+            let started = std::time::Instant::now();
+            match sweep_stragglers(engine.pool(), &queue, &window).await {
+                Ok(0) => {}
+                Ok(moved) => {
+                    tracing::debug!(job.queue = %queue, moved, "moved stragglers in front of the claims");
+                    engine.signals().wake(&queue);
+                }
+                Err(error) => {
+                    tracing::warn!(job.queue = %queue, error = %error, "the straggler sweep failed");
+                }
             }
+            pause = engine
+                .config()
+                .poll_interval
+                .max(started.elapsed() * SWEEP_SHARE);
         }
-        pause = engine
-            .config()
-            .poll_interval
-            .max(started.elapsed() * SWEEP_SHARE);
-    }
+    });
 }
 
 /// Releases claimed jobs that will never start here, without spending their attempt.
@@ -252,7 +276,7 @@ async fn give_back(
 impl<Args> Drop for PgBackend<Args> {
     fn drop(&mut self) {
         if let Some(sweep) = self.sweep.take() {
-            sweep.abort();
+            self.engine.loops().abort(&sweep);
         }
         if self.buffer.is_empty() && self.claiming.is_none() {
             return;

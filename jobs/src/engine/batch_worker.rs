@@ -144,22 +144,14 @@ pub fn start<H: BatchHandler>(
     let handler = Arc::new(handler);
     let cursor = Arc::new(ClaimCursor::new(engine.config().poll_interval));
     let prefix = format!("batch:{}:", settings.queue);
-    // Jobs made runnable behind the runners' window are moved in front of it. The sweep
-    // returns once the engine stops; the loop ends with the runners.
-    let sweep = super::backend::run_straggler_sweep(
-        engine.clone(),
-        settings.queue.clone(),
-        cursor.window().clone(),
+    // Jobs made runnable behind the runners' window are moved in front of it.
+    super::backend::spawn_straggler_sweep(
+        engine,
+        format!("{prefix}sweep"),
+        &settings.queue,
+        cursor.window(),
+        stop.clone(),
     );
-    let stopped = stop.clone();
-    engine
-        .loops()
-        .spawn(format!("{prefix}sweep"), &stop, async move {
-            tokio::select! {
-                () = sweep => stopped.cancelled().await,
-                () = stopped.cancelled() => {}
-            }
-        });
     for i in 0..settings.runners.max(1) {
         engine.loops().spawn(
             format!("{prefix}{i}"),

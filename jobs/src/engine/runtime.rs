@@ -310,6 +310,11 @@ impl Engine {
         self.inner.stopping.is_cancelled()
     }
 
+    /// Cancelled when the process stops claiming.
+    pub(crate) fn stopping_token(&self) -> CancellationToken {
+        self.inner.stopping.clone()
+    }
+
     /// Returns once enqueue notifications reach this process (at once when it does not
     /// listen): from then on an enqueue or a resume wakes its idle workers.
     pub async fn wait_listening(&self) {

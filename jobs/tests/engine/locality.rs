@@ -7,7 +7,7 @@ use poda_jobs::engine::{enqueue_many_pooled, Action, JobId, NewJob};
 use poda_jobs::testing::TestDb;
 use uuid::Uuid;
 
-use crate::support::{job, LEASE, QUEUE};
+use crate::support::{job, KIND, LEASE, QUEUE};
 
 /// The heap page each of `ids` lives on now.
 async fn pages_of(pool: &Db, ids: &[JobId]) -> HashMap<JobId, i64> {
@@ -31,11 +31,12 @@ async fn new_jobs_and_their_later_versions_stay_off_the_pages_of_finished_histor
     sqlx::query(
         "INSERT INTO jobs (queue, kind, payload, state, attempt, max_attempts, backoff_base_ms, \
                            backoff_max_ms, attempted_at, finished_at) \
-         SELECT $1, 'test', jsonb_build_object('n', -g), 'completed', 1, 25, 1000, 3600000, \
+         SELECT $1, $2, jsonb_build_object('n', -g), 'completed', 1, 25, 1000, 3600000, \
                 now(), now() \
          FROM generate_series(1, 20000) g",
     )
     .bind(QUEUE)
+    .bind(KIND)
     .execute(&db.pool)
     .await
     .unwrap();

@@ -18,7 +18,7 @@ WITH expired AS (
 )
 UPDATE jobs j
 SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'available' END::job_state,
-    run_at = now(),
+    run_at = coalesce($1, now()),
     lease_owner = NULL,
     lease_expires_at = NULL,
     last_error = 'lease expired: the worker running attempt ' || j.attempt || ' stopped renewing it',

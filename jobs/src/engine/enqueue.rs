@@ -25,6 +25,14 @@ pub async fn enqueue_many(
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
+    if jobs.iter().all(|job| job.unique_key.is_none()) {
+        // No job can be a duplicate: every one is created.
+        let ids = insert_new(conn, jobs).await?;
+        return Ok(ids
+            .into_iter()
+            .map(|id| Enqueued { id, created: true })
+            .collect());
+    }
     let c = Columns::from_jobs(jobs)?;
     let rows = sqlx::query_file!(
         "src/engine/enqueue_many.sql",
@@ -93,10 +101,15 @@ pub async fn enqueue_many(
 /// Inserts `jobs` with one statement, for jobs whose unique keys cannot exist yet (keyed by
 /// a row the caller has just inserted in the same transaction); returns how many. A key that
 /// does exist fails with a unique violation instead of returning the existing job. Cheaper
-/// than [`enqueue_many`], which has to find out which keys exist.
+/// than [`enqueue_many`] with keys, which has to find out which keys exist.
 pub async fn insert_new_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<u64, EngineError> {
+    Ok(insert_new(conn, jobs).await?.len() as u64)
+}
+
+/// Inserts `jobs` without looking for existing unique keys; returns their ids in input order.
+async fn insert_new(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<JobId>, EngineError> {
     if jobs.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let c = Columns::from_jobs(jobs)?;
     let row = sqlx::query_file!(
@@ -116,7 +129,14 @@ pub async fn insert_new_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result
     )
     .fetch_one(&mut *conn)
     .await?;
-    Ok(row.inserted as u64)
+    if row.ids.len() != jobs.len() {
+        return Err(EngineError::InvalidJob(format!(
+            "{} jobs were given and {} inserted",
+            jobs.len(),
+            row.ids.len()
+        )));
+    }
+    Ok(row.ids.into_iter().map(JobId).collect())
 }
 
 /// Enqueues one job; see [`enqueue_many`].

@@ -60,6 +60,35 @@ async fn enqueue_many_returns_ids_in_input_order() {
 }
 
 #[tokio::test]
+async fn concurrent_enqueues_each_get_their_ids_in_input_order() {
+    // Sessions enqueueing at once draw interleaved ids from the one sequence; each call must
+    // still hand every job its own id, in the order given.
+    let db = TestDb::new().await;
+    let calls = (0..4i64).map(|call| {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            let jobs: Vec<_> = (0..2_000).map(|i| job(call * 10_000 + i)).collect();
+            let enqueued = enqueue_many_pooled(&pool, &jobs).await.unwrap();
+            (call, enqueued)
+        })
+    });
+    for call in calls {
+        let (call, enqueued) = call.await.unwrap();
+        let ids: Vec<i64> = enqueued.iter().map(|e| e.id.0).collect();
+        let ns: Vec<i64> = sqlx::query_scalar(
+            "SELECT (j.payload->>'n')::bigint FROM unnest($1::bigint[]) WITH ORDINALITY AS i(id, ord) \
+             JOIN jobs j ON j.id = i.id ORDER BY i.ord",
+        )
+        .bind(&ids)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let expected: Vec<i64> = (0..2_000).map(|i| call * 10_000 + i).collect();
+        assert_eq!(ns, expected, "call {call}");
+    }
+}
+
+#[tokio::test]
 async fn enqueue_of_an_existing_unique_key_returns_the_existing_id_and_writes_nothing() {
     let db = TestDb::new().await;
     let first = enqueue_one_pooled(&db.pool, &job(1).with_unique_key("pay-1"))

@@ -9,6 +9,7 @@
 
 pub mod demo;
 pub mod drained;
+pub mod enqueuer_process;
 pub mod fanout;
 pub mod ingest;
 pub mod receiver;
@@ -332,19 +333,25 @@ async fn admin_connection(server: &str) -> anyhow::Result<PgConnection> {
 /// The `worker` binary to start: `explicit` if given, else the one beside the running
 /// executable (target/<profile>/), or one directory up when running as an example.
 pub fn worker_binary(explicit: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
-    if let Some(bin) = explicit {
-        return Ok(bin.to_path_buf());
+    match explicit {
+        Some(bin) => Ok(bin.to_path_buf()),
+        None => binary_beside_bench("worker"),
     }
+}
+
+/// The project's binary `name` beside the running executable (target/<profile>/), or one
+/// directory up when running as an example.
+pub fn binary_beside_bench(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the running executable")?;
-    let name = format!("worker{}", std::env::consts::EXE_SUFFIX);
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
     for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join(&name);
+        let candidate = dir.join(&file);
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
     bail!(
-        "no `worker` binary next to {} (build it with `cargo build --release --bins`, or pass --worker-bin)",
+        "no `{name}` binary next to {} (build it with `cargo build --release --bins`)",
         exe.display()
     )
 }

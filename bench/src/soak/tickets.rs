@@ -1,6 +1,7 @@
-//! The tickets soak: signed `payment.completed` webhooks at `rate` per second into the
-//! enqueuer, ticket and commission-transfer workers, and the Monime sandbox (20 ms a call, no
-//! faults), all in this process. The load is open: payment `i` is due at `i / rate` s and
+//! The tickets soak: signed `payment.completed` webhooks at `rate` per second into an
+//! `enqueuer` process, a `worker` process for the tickets and commission-transfer queues, and
+//! the Monime sandbox (20 ms a call, no faults) in this process with the sender. The load is
+//! open: payment `i` is due at `i / rate` s and
 //! its webhook's latency counts from then, so a slow answer never slows the offered rate.
 //!
 //! Per phase, by when each payment was due or received: the webhook's latency, and from the
@@ -8,28 +9,24 @@
 //! to its transfer completed at Monime (`commission_transfers.completed_at`). A payment whose
 //! ticket or transfer never came counts as infinitely late.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use poda::config::{async_commit_options, handler_options, DatabaseSettings, Secret};
-use poda::enqueuer::{Enqueuer, EnqueuerSettings};
 use poda::http::webhooks::signature::sign;
 use poda::sandbox::{Sandbox, SandboxConfig};
 use poda::tally::now_us;
-use poda::worker::{run_workers, TransferOptions, WorkerOptions};
 use poda_jobs::db::Db;
-use poda_jobs::engine::EngineConfig;
-use poda_jobs::transfer::monime::{ApiToken, MonimeConfig, DEFAULT_VERSION};
 use poda_jobs::{ticket, transfer};
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{ratio_result, run_phases, server_settings, with_fields, PhaseRecord, SoakOptions};
-use crate::{percentile, print_result, round2, BenchDb};
+use crate::enqueuer_process::EnqueuerProcess;
+use crate::{
+    binary_beside_bench, percentile, print_result, round2, worker_binary, BenchDb, Workers,
+};
 
 const SECRET: &str = "whsec_soak";
 const MONIME_TOKEN: &str = "soak-sandbox-token";
@@ -57,7 +54,6 @@ pub async fn run_tickets(db: &BenchDb, options: &SoakOptions) -> anyhow::Result<
     let settings = server_settings(db).await?;
     crate::tickets::seed(&db.pool).await?;
     db.analyze().await?;
-    let connect: PgConnectOptions = db.url.parse()?;
 
     let sandbox = Sandbox::spawn(SandboxConfig {
         latency: Duration::from_millis(20),
@@ -67,43 +63,47 @@ pub async fn run_tickets(db: &BenchDb, options: &SoakOptions) -> anyhow::Result<
     })
     .await?;
 
-    let enqueuer_pool = pool(handler_options(connect.clone()), 16).await?;
-    let mut enqueuer_settings = EnqueuerSettings::new(
-        "127.0.0.1:0".parse::<SocketAddr>()?,
-        // Unused: the enqueuer runs on `enqueuer_pool`.
-        DatabaseSettings::new(Secret::default(), 16),
-        vec![Secret::new(SECRET)],
-    );
-    // One client sends everything: the per-client limit would measure itself.
-    enqueuer_settings.rate_limit.per_second = 0;
-    let enqueuer = Enqueuer::build_with_pool(enqueuer_settings, enqueuer_pool).await?;
-    let url = format!("http://127.0.0.1:{}/webhooks/monime", enqueuer.port());
-    let stop_enqueuer = CancellationToken::new();
-    let enqueuer = tokio::spawn(enqueuer.run_until_stopped(stop_enqueuer.clone()));
-
-    let mut worker_options = WorkerOptions {
-        engine: EngineConfig::default(),
-        transfers: Some(TransferOptions::new(
-            MonimeConfig {
-                base_url: sandbox.base_url.clone(),
-                token: ApiToken::new(MONIME_TOKEN),
-                space_id: "spc-soak".into(),
-                version: DEFAULT_VERSION.into(),
-                timeout: Duration::from_secs(5),
-                connect_timeout: Duration::from_secs(5),
-            },
-            PLATFORM_ACCOUNT.into(),
-        )),
-        ..WorkerOptions::for_queues(&[ticket::QUEUE, transfer::QUEUE], TRANSFER_SLOTS)
-    };
-    worker_options.shutdown_grace = Duration::from_secs(10);
-    let stop_workers = CancellationToken::new();
-    let workers = tokio::spawn(run_workers(
-        pool(handler_options(connect.clone()), 32).await?,
-        pool(async_commit_options(connect), 32).await?,
-        worker_options,
-        stop_workers.clone(),
-    ));
+    // The enqueuer and the workers run as the production binaries, each a process of its
+    // own: in one runtime with the sender and the sandbox, a webhook's answer would wait
+    // behind a thousand ready transfer tasks, which no deployment does.
+    let enqueuer = EnqueuerProcess::start(
+        &binary_beside_bench("enqueuer")?,
+        &db.url,
+        &[
+            ("MONIME_WEBHOOK_SECRETS", SECRET),
+            // One client sends everything: the per-client limit would measure itself.
+            ("ENQUEUER_RATE_LIMIT", "0"),
+        ],
+    )
+    .await?;
+    let url = format!("{}/webhooks/monime", enqueuer.base_url);
+    let transfer_slots = format!("{}={TRANSFER_SLOTS}", transfer::QUEUE);
+    let worker_flags: Vec<std::ffi::OsString> = [
+        "--queues",
+        &format!("{},{}", ticket::QUEUE, transfer::QUEUE),
+        "--queue-concurrency",
+        &transfer_slots,
+        "--handler-connections",
+        "32",
+        "--engine-connections",
+        "32",
+        "--shutdown-grace",
+        "10s",
+        "--monime-api-url",
+        &sandbox.base_url,
+        "--monime-api-token",
+        MONIME_TOKEN,
+        "--monime-space-id",
+        "spc-soak",
+        "--monime-platform-account-id",
+        PLATFORM_ACCOUNT,
+        "--monime-timeout",
+        "5s",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let workers = Workers::launch(&worker_binary(None)?, &db.url, None, vec![worker_flags]).await?;
 
     let stop_sending = CancellationToken::new();
     let sender = tokio::spawn(send_webhooks(url, options.rate, stop_sending.clone()));
@@ -112,10 +112,8 @@ pub async fn run_tickets(db: &BenchDb, options: &SoakOptions) -> anyhow::Result<
     let sent = sender.await.context("the webhook sender panicked")??;
     let phases = phases?;
     let settled = settle(&db.pool, &sent).await;
-    stop_workers.cancel();
-    workers.await.context("the worker task")??;
-    stop_enqueuer.cancel();
-    enqueuer.await.context("the enqueuer task")??;
+    workers.stop().await.context("stopping the workers")?;
+    enqueuer.stop().await.context("stopping the enqueuer")?;
     let executions = sandbox.counts.executions();
     sandbox.shutdown().await;
     settled?;
@@ -134,15 +132,6 @@ pub async fn run_tickets(db: &BenchDb, options: &SoakOptions) -> anyhow::Result<
         print_result(result);
     }
     Ok(results)
-}
-
-async fn pool(options: PgConnectOptions, connections: u32) -> anyhow::Result<Db> {
-    PgPoolOptions::new()
-        .max_connections(connections)
-        .connect_with(options)
-        .await
-        .map(Db::from)
-        .context("connecting to the soak database")
 }
 
 /// Sends payment `i`'s webhook at `i / rate` s until stopped; returns every webhook sent.

@@ -120,8 +120,7 @@ pub struct SandboxHandle {
 impl Sandbox {
     /// Starts the sandbox on a random loopback port.
     pub async fn spawn(config: SandboxConfig) -> anyhow::Result<Sandbox> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
+        let listener = listen(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)))
             .context("binding the sandbox to a loopback port")?;
         let addr = listener.local_addr()?;
         let state = Arc::new(SandboxState::new(config));
@@ -164,14 +163,28 @@ impl Drop for Sandbox {
     }
 }
 
+/// Connections waiting to be accepted. Monime sits behind load balancers that take a burst of
+/// new connections (a worker whose calls slow down opens hundreds at once); with the default
+/// backlog of 1,024 the sandbox would drop SYNs instead, and each dropped client would wait
+/// out a second of TCP retransmission that Monime never imposes.
+const ACCEPT_BACKLOG: u32 = 4_096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// Runs the sandbox on `addr` (a loopback address) until SIGINT or SIGTERM.
 pub async fn serve(addr: SocketAddr, config: SandboxConfig) -> anyhow::Result<()> {
     if !addr.ip().is_loopback() {
         bail!("the sandbox listens on loopback addresses only, not {addr}");
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the sandbox to {addr}"))?;
+    let listener = listen(addr).with_context(|| format!("binding the sandbox to {addr}"))?;
     let state = Arc::new(SandboxState::new(config));
     let app = transfers::router().with_state(state);
     let stop = crate::shutdown::on_signal();

@@ -1,13 +1,16 @@
 //! An `enqueuer` process of the build under test, for scenarios that measure it as it runs in
 //! production: a process of its own, beside the workers', not a task sharing their runtime.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use poda_jobs::testing::free_port;
 use tokio::process::{Child, Command};
+
+use crate::{child_log_filter, exit_of, sigterm};
 
 /// How long the enqueuer may take to answer `/readyz`.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -20,21 +23,19 @@ pub struct EnqueuerProcess {
 
 impl EnqueuerProcess {
     /// Starts `bin` on `database_url` with `settings` (its environment variables, e.g.
-    /// `MONIME_WEBHOOK_SECRETS`) on a free local port, and waits until `/readyz` answers 200.
+    /// `MONIME_WEBHOOK_SECRETS`) on a free loopback port, and waits until `/readyz` answers
+    /// 200.
     pub async fn start(
         bin: &Path,
         database_url: &str,
         settings: &[(&str, &str)],
     ) -> anyhow::Result<EnqueuerProcess> {
-        let addr = free_local_port()?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let mut command = Command::new(bin);
         command
             .env("DATABASE_URL", database_url)
             .env("ENQUEUER_ADDR", addr.to_string())
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_WORKER_LOG").unwrap_or("warn".into()),
-            )
+            .env("RUST_LOG", child_log_filter())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -74,24 +75,7 @@ impl EnqueuerProcess {
 
     /// SIGTERMs the enqueuer and waits for it to exit.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .context("the enqueuer did not exit within 60 s of SIGTERM")??;
-        if !status.success() {
-            bail!("the enqueuer exited with {status}");
-        }
-        Ok(())
+        sigterm(&self.child);
+        exit_of(&mut self.child, "the enqueuer").await
     }
-}
-
-/// A local port free at the time of asking (the enqueuer binds it a moment later).
-fn free_local_port() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
-    Ok(listener.local_addr()?)
 }

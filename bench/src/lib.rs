@@ -356,6 +356,33 @@ pub fn binary_beside_bench(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// `RUST_LOG` of the processes a scenario starts: `BENCH_WORKER_LOG`, else warnings only.
+pub fn child_log_filter() -> String {
+    std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+/// Asks `child` to stop as an operator would (SIGTERM: finish, release, exit 0).
+pub fn sigterm(child: &Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// Waits up to a minute for `child` (`what`, for the error) to exit after [`sigterm`];
+/// anything but exit 0 is an error.
+pub async fn exit_of(child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .with_context(|| format!("{what} did not exit within 60 s of SIGTERM"))??;
+    if !status.success() {
+        bail!("{what} exited with {status}");
+    }
+    Ok(())
+}
+
 /// `url` with its database replaced by `name` (query parameters kept).
 pub fn url_with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.find('?') {
@@ -453,10 +480,7 @@ impl Workers {
             let mut child = command
                 .args(flags)
                 .arg("--announce-ready")
-                .env(
-                    "RUST_LOG",
-                    std::env::var("BENCH_WORKER_LOG").unwrap_or("warn".into()),
-                )
+                .env("RUST_LOG", child_log_filter())
                 .env_remove("WORKER_QUEUES")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -498,21 +522,12 @@ impl Workers {
 
     /// SIGTERMs every worker, waits for them to exit and reads their tallies.
     pub async fn stop(mut self) -> anyhow::Result<Vec<TallyEntry>> {
+        // Every worker hears SIGTERM before the first is waited for: they drain side by side.
         for child in &self.children {
-            if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
+            sigterm(child);
         }
         for child in &mut self.children {
-            let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-                .await
-                .context("a worker did not exit within 60 s of SIGTERM")??;
-            if !status.success() {
-                bail!("a worker exited with {status}");
-            }
+            exit_of(child, "a worker").await?;
         }
         let mut entries = Vec::new();
         for tally in &self.tallies {

@@ -493,7 +493,7 @@ fn switch_user_args(user: &str) -> Vec<String> {
 /// A loopback port nobody listened on a moment ago (the caller retries if it is taken),
 /// below Linux's ephemeral range (32768 and up by default): a port the kernel hands out to
 /// outgoing connections could be taken by one while a stopped server waits to start again.
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     const LOW: u16 = 20_000;
     const HIGH: u16 = 32_000;
     for _ in 0..1_000 {

@@ -12,7 +12,7 @@ pub mod tickets;
 mod wait;
 
 #[cfg(unix)]
-pub use cluster::PrivateCluster;
+pub use cluster::{free_port, PrivateCluster};
 pub use db::{
     admin_url, can_log_in, choose_server, ChosenServer, TestDb, LOCAL_SERVER,
     SHARED_CLUSTER_SETTINGS,

@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// The tickets queue: ticket transactions at once per process.
     #[arg(long, env = "WORKER_TICKET_BATCHES_IN_FLIGHT", default_value_t = poda_jobs::ticket::DEFAULT_BATCHES_IN_FLIGHT)]
     pub ticket_batches_in_flight: usize,
+    /// The tickets queue: while payments keep coming, each transaction's claim starts at least
+    /// this long after its runner's previous one, so batches gather what arrived meanwhile
+    /// (0: claim as soon as a job is enqueued).
+    #[arg(long, env = "WORKER_TICKET_CLAIM_INTERVAL", default_value = "25ms", value_parser = parse_duration)]
+    pub ticket_claim_interval: std::time::Duration,
     /// Job outcomes waiting to be written before handlers wait. Slots free up when an outcome
     /// is queued, so this bounds the jobs a process holds beyond its slots.
     #[arg(long, env = "WORKER_COMPLETION_BACKLOG", default_value_t = poda_jobs::engine::complete::DEFAULT_COMPLETION_BACKLOG)]

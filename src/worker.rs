@@ -279,6 +279,7 @@ impl WorkerOptions {
         let ticket_batches = BatchSettings {
             batch_size: args.ticket_batch_size,
             runners: args.ticket_batches_in_flight,
+            claim_interval: args.ticket_claim_interval,
             ..ticket::batch_settings()
         };
         // The tickets queue holds at most its batches in flight.

@@ -70,6 +70,11 @@ pub struct BatchSettings {
     /// How long one batch's handler may take; past it the transaction is dropped (rolled
     /// back) and every job of the batch fails as a retryable attempt.
     pub run_timeout: Duration,
+    /// A runner whose claim was part-full starts its next claim no sooner than this after
+    /// the last one began, so that under a steady stream each transaction gathers the jobs
+    /// that arrived meanwhile instead of one or two. A claim after a longer idle wait starts
+    /// at once; a full claim is followed by the next at once.
+    pub claim_interval: Duration,
 }
 
 impl BatchSettings {
@@ -187,12 +192,17 @@ async fn run<H: BatchHandler>(
     let lease = engine.config().lease;
     while !stop.is_cancelled() {
         let seen = signal.generation();
+        let began = tokio::time::Instant::now();
         match run_batch(&cursor, &pool, &settings, lease, handler.as_ref()).await {
             Ok(n) if n >= settings.batch_size => continue,
             Ok(_) => {
-                // A part-full claim took every runnable job: wait for more.
+                // A part-full claim took every runnable job: wait for more, then let more
+                // gather until the interval since this claim has passed.
                 tokio::select! {
-                    _ = signal.wait_since(seen, poll) => {}
+                    _ = async {
+                        signal.wait_since(seen, poll).await;
+                        tokio::time::sleep_until(began + settings.claim_interval).await;
+                    } => {}
                     _ = stop.cancelled() => {}
                 }
             }

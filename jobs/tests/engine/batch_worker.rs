@@ -58,6 +58,20 @@ async fn start(
     batch_worker::BatchRunners,
     poda_jobs::engine::EngineHandle,
 ) {
+    start_with(pool, batch_size, runners, Duration::ZERO).await
+}
+
+/// `start`, with runners that space their part-full claims `claim_interval` apart.
+async fn start_with(
+    pool: &Db,
+    batch_size: usize,
+    runners: usize,
+    claim_interval: Duration,
+) -> (
+    CancellationToken,
+    batch_worker::BatchRunners,
+    poda_jobs::engine::EngineHandle,
+) {
     sqlx::query("CREATE TABLE IF NOT EXISTS seen (n bigint PRIMARY KEY)")
         .execute(pool)
         .await
@@ -72,6 +86,7 @@ async fn start(
             batch_size,
             runners,
             run_timeout: std::time::Duration::from_secs(60),
+            claim_interval,
         },
         Recorder,
         stop.clone(),
@@ -180,6 +195,54 @@ async fn a_batch_commits_its_work_together_with_each_jobs_own_outcome() {
     .await
     .unwrap();
     assert_eq!(transactions, 1);
+}
+
+#[tokio::test]
+async fn under_a_stream_of_jobs_a_runner_gathers_them_into_one_batch_per_claim_interval() {
+    let db = TestDb::new().await;
+    let (stop, running, engine) = start_with(&db.pool, 100, 1, Duration::from_secs(2)).await;
+    let seen = |n: i64| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM seen")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                >= n
+        }
+    };
+    // After an idle wait the first job is claimed at once, by a runner that had nothing.
+    enqueue_many_pooled(&db.pool, &[job(1)]).await.unwrap();
+    wait_until(
+        "job 1 to run",
+        Duration::from_secs(10),
+        || seen(1),
+        |done| *done,
+    )
+    .await;
+    // Three jobs, each its own statement and wake-up, within the interval since that claim.
+    for n in 2..=4 {
+        enqueue_many_pooled(&db.pool, &[job(n)]).await.unwrap();
+    }
+    wait_until(
+        "jobs 2-4 to run",
+        Duration::from_secs(10),
+        || seen(4),
+        |done| *done,
+    )
+    .await;
+    stop.cancel();
+    running.join().await;
+    engine.shutdown().await;
+
+    let batches: Vec<(Vec<i64>,)> = sqlx::query_as(
+        "SELECT array_agg(n ORDER BY n) FROM seen GROUP BY xmin::text ORDER BY min(n)",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let batches: Vec<Vec<i64>> = batches.into_iter().map(|(b,)| b).collect();
+    assert_eq!(batches, vec![vec![1], vec![2, 3, 4]]);
 }
 
 #[tokio::test]

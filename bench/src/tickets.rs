@@ -177,7 +177,7 @@ async fn measure(
         .await
         .context("checking the tickets")?;
     let code_uses_exact: bool = sqlx::query_scalar(
-        "SELECT NOT EXISTS (SELECT 1 FROM payment_codes c WHERE c.used_count <> \
+        "SELECT NOT EXISTS (SELECT 1 FROM payment_code_usage c WHERE c.used_count <> \
              (SELECT count(*) FROM tickets t WHERE t.payment_code = c.code))",
     )
     .fetch_one(&pool)

@@ -47,10 +47,10 @@ async fn seed(pool: &Db) {
     }
 }
 
-/// Codes whose used_count differs from the number of tickets issued with them (must be 0).
+/// Codes whose usage differs from the number of tickets issued with them (must be 0).
 async fn miscounted_codes(pool: &Db) -> i64 {
     sqlx::query_scalar(
-        "SELECT count(*) FROM payment_codes c \
+        "SELECT count(*) FROM payment_code_usage c \
          WHERE c.used_count <> (SELECT count(*) FROM tickets t WHERE t.payment_code = c.code)",
     )
     .fetch_one(pool)
@@ -103,7 +103,7 @@ async fn tickets_duplicate_payments_raced_by_two_worker_processes_yield_one_tick
         }
     );
     assert_eq!(miscounted_codes(&db.pool).await, 0);
-    let code_uses: i64 = sqlx::query_scalar("SELECT sum(used_count) FROM payment_codes")
+    let code_uses: i64 = sqlx::query_scalar("SELECT sum(used_count) FROM payment_code_usage")
         .fetch_one(&db.pool)
         .await
         .unwrap();

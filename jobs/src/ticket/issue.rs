@@ -6,18 +6,20 @@
 //! (the batch worker: BEGIN, claim_locked)
 //! SAVEPOINT
 //!   lock_payment_codes   the batch's codes, FOR UPDATE in code order
-//!   look_up_batch        companies, routes and existing tickets, set-based
-//!   (Rust)               reject what cannot become a ticket; count uses against each code's limit
+//!   look_up_batch        companies, routes, existing tickets and each code's last use number,
+//!                        set-based
+//!   (Rust)               reject what cannot become a ticket; number each code's new uses up
+//!                        to its limit
 //!   insert_tickets       one multi-row INSERT … ON CONFLICT (payment_id) DO NOTHING, and
 //!                        the inserted tickets' `ticket.issued` audit and outbox events, in
 //!                        one statement
-//!   count_code_uses      the inserted tickets' codes; exhausted at the limit
+//!   exhaust_codes        the codes whose last use this batch issued (rare; skipped otherwise)
 //!   insert_new_jobs      one commission_transfers job per inserted ticket (its key is new)
 //! RELEASE SAVEPOINT
 //! (the batch worker: finish_locked, COMMIT)
 //! ```
 //!
-//! A ticket never exists without its transfer job, its counted code use and its finished
+//! A ticket never exists without its transfer job, its numbered code use and its finished
 //! ticket job: they commit together or not at all. Jobs that the set-based validation rejects
 //! are left out of the writes. The writes run under a savepoint, so a failure rolls back only
 //! them and the claiming transaction can still record every job's outcome. If they fail with
@@ -154,7 +156,6 @@ struct CodeRow {
     company_id: String,
     route_id: Option<String>,
     usage_limit: i32,
-    used_count: i32,
     status: String,
     expired: bool,
 }
@@ -165,6 +166,9 @@ struct Found {
     commission_bps: Option<i32>,
     route_company_id: Option<String>,
     ticket_id: Option<i64>,
+    /// The highest use number among the tickets of the payment's code (NULL: no code, or
+    /// no use yet), read after the code was locked.
+    code_used: Option<i32>,
 }
 
 /// What becomes of one payment of the batch.
@@ -172,9 +176,10 @@ enum Decision {
     /// The payment already has its ticket.
     Existing(i64),
     Rejected(TicketError),
-    /// Write the ticket with this commission.
+    /// Write the ticket with this commission, and as this use of its code.
     Write {
         commission_minor: i64,
+        code_use: Option<i32>,
     },
 }
 
@@ -204,11 +209,18 @@ async fn issue_batch(
     let found = look_up_batch(&mut tx, &unique).await?;
     let decisions = decide_many(&unique, &found, &codes);
 
-    let to_write: Vec<(usize, i64)> = decisions
+    let to_write: Vec<ToWrite> = decisions
         .iter()
         .enumerate()
         .filter_map(|(i, d)| match d {
-            Decision::Write { commission_minor } => Some((i, *commission_minor)),
+            Decision::Write {
+                commission_minor,
+                code_use,
+            } => Some(ToWrite {
+                at: i,
+                commission_minor: *commission_minor,
+                code_use: *code_use,
+            }),
             _ => None,
         })
         .collect();
@@ -218,7 +230,7 @@ async fn issue_batch(
     // was skipped by ON CONFLICT; its ticket is committed and visible to a new statement.
     let skipped: Vec<&str> = to_write
         .iter()
-        .map(|(i, _)| unique[*i].payment_id.as_str())
+        .map(|w| unique[w.at].payment_id.as_str())
         .filter(|p| !written.contains_key(*p))
         .collect();
     let issued_elsewhere = if skipped.is_empty() {
@@ -227,7 +239,7 @@ async fn issue_batch(
         find_tickets(&mut tx, &skipped).await?
     };
 
-    count_code_uses(&mut tx, &unique, &to_write, &written).await?;
+    exhaust_codes(&mut tx, &unique, &to_write, &written, &codes).await?;
     // Each new ticket's transfer, keyed by its company (the ticket's), in ticket order.
     let mut new_tickets: Vec<(i64, &str)> = written
         .iter()
@@ -292,16 +304,25 @@ async fn issue_batch(
         .collect())
 }
 
-/// Checks each payment against what the database holds, in input order; counts uses against
-/// each code's remaining usage, so the batch never issues more than a code has left.
+/// A payment of the batch to write as a ticket: its position, commission and code use.
+struct ToWrite {
+    at: usize,
+    commission_minor: i64,
+    code_use: Option<i32>,
+}
+
+/// Checks each payment against what the database holds, in input order; numbers each code's
+/// new uses after its last one, so the batch never issues more than a code has left.
 fn decide_many(
     tickets: &[&TicketJob],
     found: &[Found],
     codes: &HashMap<String, CodeRow>,
 ) -> Vec<Decision> {
-    let mut left: HashMap<&str, i32> = codes
+    // Every ticket of a code read the same last use: the code was locked before the read.
+    let mut last_use: HashMap<&str, i32> = tickets
         .iter()
-        .map(|(code, row)| (code.as_str(), row.usage_limit - row.used_count))
+        .zip(found)
+        .filter_map(|(t, f)| Some((t.payment_code.as_deref()?, f.code_used.unwrap_or(0))))
         .collect();
     tickets
         .iter()
@@ -313,18 +334,26 @@ fn decide_many(
             match check_one(ticket, found, codes) {
                 Err(error) => Decision::Rejected(error),
                 Ok(commission_minor) => {
-                    if let Some(code) = ticket.payment_code.as_deref() {
-                        let remaining = left.get_mut(code).expect("a checked code was locked");
-                        if *remaining <= 0 {
-                            return Decision::Rejected(TicketError::PaymentCodeExhausted {
-                                payment_id: ticket.payment_id.clone(),
-                                code: code.to_owned(),
-                                usage_limit: codes[code].usage_limit,
-                            });
-                        }
-                        *remaining -= 1;
+                    let Some(code) = ticket.payment_code.as_deref() else {
+                        return Decision::Write {
+                            commission_minor,
+                            code_use: None,
+                        };
+                    };
+                    let usage_limit = codes[code].usage_limit;
+                    let last = last_use.get_mut(code).expect("a ticket's code was read");
+                    if *last >= usage_limit {
+                        return Decision::Rejected(TicketError::PaymentCodeExhausted {
+                            payment_id: ticket.payment_id.clone(),
+                            code: code.to_owned(),
+                            usage_limit,
+                        });
                     }
-                    Decision::Write { commission_minor }
+                    *last += 1;
+                    Decision::Write {
+                        commission_minor,
+                        code_use: Some(*last),
+                    }
                 }
             }
         })
@@ -451,7 +480,6 @@ async fn lock_payment_codes(
                     company_id: row.company_id,
                     route_id: row.route_id,
                     usage_limit: row.usage_limit,
-                    used_count: row.used_count,
                     status: row.status,
                     expired: row.expired,
                 },
@@ -467,11 +495,13 @@ async fn look_up_batch(
     let payment_ids: Vec<&str> = tickets.iter().map(|t| t.payment_id.as_str()).collect();
     let company_ids: Vec<&str> = tickets.iter().map(|t| t.company_id.as_str()).collect();
     let route_ids: Vec<&str> = tickets.iter().map(|t| t.route_id.as_str()).collect();
+    let codes: Vec<Option<&str>> = tickets.iter().map(|t| t.payment_code.as_deref()).collect();
     let rows = sqlx::query_file!(
         "src/ticket/look_up_batch.sql",
         &payment_ids as &[&str],
         &company_ids as &[&str],
         &route_ids as &[&str],
+        &codes as &[Option<&str>],
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -489,16 +519,16 @@ async fn look_up_batch(
             commission_bps: row.commission_bps,
             route_company_id: row.route_company_id,
             ticket_id: row.ticket_id,
+            code_used: row.code_used,
         })
         .collect())
 }
 
-/// Inserts the tickets at `to_write` (position, commission); returns payment id → new
-/// ticket id for those inserted.
+/// Inserts the tickets of `to_write`; returns payment id → new ticket id for those inserted.
 async fn insert_tickets(
     conn: &mut PgConnection,
     tickets: &[&TicketJob],
-    to_write: &[(usize, i64)],
+    to_write: &[ToWrite],
 ) -> Result<HashMap<String, i64>, sqlx::Error> {
     if to_write.is_empty() {
         return Ok(HashMap::new());
@@ -514,8 +544,9 @@ async fn insert_tickets(
     let mut commissions = Vec::with_capacity(n);
     let mut currencies = Vec::with_capacity(n);
     let mut references = Vec::with_capacity(n);
-    for &(i, commission) in to_write {
-        let t = tickets[i];
+    let mut code_uses = Vec::with_capacity(n);
+    for w in to_write {
+        let t = tickets[w.at];
         payment_ids.push(t.payment_id.as_str());
         event_ids.push(t.event_id.as_str());
         company_ids.push(t.company_id.as_str());
@@ -523,9 +554,10 @@ async fn insert_tickets(
         codes.push(t.payment_code.as_deref());
         phones.push(t.passenger_phone.as_str());
         amounts.push(t.amount.value_minor);
-        commissions.push(commission);
+        commissions.push(w.commission_minor);
         currencies.push(t.amount.currency.as_str());
         references.push(t.financial_transaction_reference.as_deref());
+        code_uses.push(w.code_use);
     }
     let rows = sqlx::query_file!(
         "src/ticket/insert_tickets.sql",
@@ -543,6 +575,7 @@ async fn insert_tickets(
         action::TICKET_ISSUED,
         subject::TICKET,
         event_type::TICKET_ISSUED,
+        &code_uses as &[Option<i32>],
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -569,29 +602,29 @@ async fn find_tickets(
         .collect())
 }
 
-/// Adds the inserted tickets to their codes' usage.
-async fn count_code_uses(
+/// Marks exhausted the codes whose last use this batch issued. Most batches take no code's
+/// last use and send nothing: the code rows are written once in their lifetime, not per use.
+async fn exhaust_codes(
     conn: &mut PgConnection,
     tickets: &[&TicketJob],
-    to_write: &[(usize, i64)],
+    to_write: &[ToWrite],
     written: &HashMap<String, i64>,
+    codes: &HashMap<String, CodeRow>,
 ) -> Result<(), sqlx::Error> {
-    let mut uses: HashMap<&str, i32> = HashMap::new();
-    for &(i, _) in to_write {
-        let t = tickets[i];
-        if let Some(code) = t.payment_code.as_deref() {
-            if written.contains_key(&t.payment_id) {
-                *uses.entry(code).or_default() += 1;
-            }
-        }
-    }
-    if uses.is_empty() {
+    let mut exhausted: Vec<&str> = to_write
+        .iter()
+        .filter(|w| written.contains_key(&tickets[w.at].payment_id))
+        .filter_map(|w| {
+            let code = tickets[w.at].payment_code.as_deref()?;
+            (w.code_use? >= codes[code].usage_limit).then_some(code)
+        })
+        .collect();
+    if exhausted.is_empty() {
         return Ok(());
     }
-    let mut uses: Vec<(&str, i32)> = uses.into_iter().collect();
-    uses.sort_unstable();
-    let (codes, counts): (Vec<&str>, Vec<i32>) = uses.into_iter().unzip();
-    sqlx::query_file!("src/ticket/count_code_uses.sql", &codes as &[&str], &counts)
+    exhausted.sort_unstable();
+    exhausted.dedup();
+    sqlx::query_file!("src/ticket/exhaust_codes.sql", &exhausted as &[&str])
         .execute(&mut *conn)
         .await?;
     Ok(())

@@ -174,3 +174,134 @@ async fn the_row_layout_migration_keeps_every_job_and_the_identity() {
     assert_eq!(first, ["id", "run_at", "updated_at", "created_at", "state"]);
     drop_database(&db, &name, pool).await;
 }
+
+const CODE_USES: i64 = 20261206000028;
+
+/// A database migrated up to the payment-code uses migration, with company `co-1`, codes
+/// `A` (limit 5) and `B` (limit 3) and `C` (limit 2, never used), and tickets: three with
+/// `A`, two with `B` (interleaved), one without a code; used_count as the worker kept it.
+async fn before_code_uses(db: &TestDb) -> (String, Db) {
+    let (name, pool) = empty_database(db).await;
+    let before: Vec<Migration> = MIGRATOR
+        .iter()
+        .filter(|m| m.version < CODE_USES)
+        .cloned()
+        .collect();
+    assert!(
+        before.len() < MIGRATOR.iter().count(),
+        "the migration is embedded"
+    );
+    apply(&pool, &Migrator::with_migrations(before))
+        .await
+        .unwrap();
+    poda_jobs::testing::tickets::seed_one_company(&pool).await;
+    for (code, limit) in [("A", 5), ("B", 3), ("C", 2)] {
+        poda_jobs::testing::tickets::seed_payment_code(&pool, code, "co-1", limit).await;
+    }
+    sqlx::query(
+        "INSERT INTO tickets (payment_id, event_id, company_id, route_id, payment_code, \
+                              passenger_phone, amount_minor, commission_minor, currency) \
+         SELECT 'pay-' || g, 'evt-' || g, 'co-1', 'rt-1', c, '+232', 1000, 25, 'SLE' \
+         FROM unnest(ARRAY['A', 'B', 'A', NULL, 'B', 'A']) WITH ORDINALITY AS u(c, g)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE payment_codes c SET used_count = \
+             (SELECT count(*) FROM tickets t WHERE t.payment_code = c.code)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    (name, pool)
+}
+
+#[tokio::test]
+async fn the_code_uses_migration_numbers_each_codes_tickets_in_issue_order() {
+    let db = TestDb::new().await;
+    let (name, pool) = before_code_uses(&db).await;
+    let tickets =
+        "SELECT string_agg(concat_ws('|', id, payment_id, payment_code), ',' ORDER BY id) \
+                   FROM tickets";
+    let tickets_before: String = sqlx::query_scalar(tickets).fetch_one(&pool).await.unwrap();
+
+    apply(&pool, &MIGRATOR).await.unwrap();
+
+    let tickets_after: String = sqlx::query_scalar(tickets).fetch_one(&pool).await.unwrap();
+    assert_eq!(
+        tickets_after, tickets_before,
+        "no ticket lost, added or changed"
+    );
+    let uses: Vec<(String, Option<String>, Option<i32>)> =
+        sqlx::query_as("SELECT payment_id, payment_code, code_use FROM tickets ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let expected = [
+        ("pay-1", Some("A"), Some(1)),
+        ("pay-2", Some("B"), Some(1)),
+        ("pay-3", Some("A"), Some(2)),
+        ("pay-4", None, None),
+        ("pay-5", Some("B"), Some(2)),
+        ("pay-6", Some("A"), Some(3)),
+    ];
+    let expected: Vec<(String, Option<String>, Option<i32>)> = expected
+        .iter()
+        .map(|(p, c, u)| (p.to_string(), c.map(str::to_owned), *u))
+        .collect();
+    assert_eq!(uses, expected);
+    let usage: Vec<(String, i32, i32)> =
+        sqlx::query_as("SELECT code, used_count, remaining FROM payment_code_usage ORDER BY code")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        usage,
+        [("A".into(), 3, 2), ("B".into(), 2, 1), ("C".into(), 0, 2)]
+    );
+    // A use number is taken once per code, and a use beyond the limit is refused.
+    for (code_use, sqlstate) in [(2, "23505"), (4, "23514")] {
+        let error = sqlx::query(
+            "INSERT INTO tickets (payment_id, event_id, company_id, route_id, payment_code, \
+                                  code_use, passenger_phone, amount_minor, commission_minor, \
+                                  currency) \
+             VALUES ('pay-new', 'evt-new', 'co-1', 'rt-1', 'B', $1, '+232', 1000, 25, 'SLE')",
+        )
+        .bind(code_use)
+        .execute(&pool)
+        .await
+        .unwrap_err();
+        let code = error.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some(sqlstate), "use {code_use}: {error}");
+    }
+    drop_database(&db, &name, pool).await;
+}
+
+#[tokio::test]
+async fn the_code_uses_migration_stops_at_a_count_that_does_not_match_its_tickets() {
+    let db = TestDb::new().await;
+    let (name, pool) = before_code_uses(&db).await;
+    sqlx::query("UPDATE payment_codes SET used_count = 2 WHERE code = 'C'")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let error = apply(&pool, &MIGRATOR).await.unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("payment code C has used_count 2 but 0 tickets"),
+        "{message}"
+    );
+    // Nothing changed: the counter is still there and no ticket was numbered.
+    let (used, numbered): (i32, bool) = sqlx::query_as(
+        "SELECT (SELECT used_count FROM payment_codes WHERE code = 'C'), \
+                EXISTS (SELECT 1 FROM information_schema.columns \
+                        WHERE table_name = 'tickets' AND column_name = 'code_use')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((used, numbered), (2, false));
+    drop_database(&db, &name, pool).await;
+}

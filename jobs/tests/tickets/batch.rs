@@ -36,13 +36,11 @@ async fn batch_of_100_tickets_is_written_in_one_transaction_with_its_transfer_jo
             transfers_without_ticket: 0,
         }
     );
-    // One transaction wrote every ticket, every transfer job and the code's usage: they all
-    // carry the same xmin.
+    // One transaction wrote every ticket and every transfer job: they all carry the same xmin.
     let transactions: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT x FROM ( \
              SELECT xmin::text AS x FROM tickets \
-             UNION ALL SELECT xmin::text FROM jobs WHERE queue = 'commission_transfers' \
-             UNION ALL SELECT xmin::text FROM payment_codes WHERE code = 'TRIP-1') w",
+             UNION ALL SELECT xmin::text FROM jobs WHERE queue = 'commission_transfers') w",
     )
     .fetch_all(&db.pool)
     .await
@@ -52,8 +50,17 @@ async fn batch_of_100_tickets_is_written_in_one_transaction_with_its_transfer_jo
         1,
         "written by transactions {transactions:?}"
     );
+    // The code was locked, not rewritten: its row is still the version seeding wrote.
+    let code_rewritten: bool = sqlx::query_scalar(
+        "SELECT xmin::text = (SELECT xmin::text FROM tickets LIMIT 1) \
+         FROM payment_codes WHERE code = 'TRIP-1'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(!code_rewritten);
     let used: i32 =
-        sqlx::query_scalar("SELECT used_count FROM payment_codes WHERE code = 'TRIP-1'")
+        sqlx::query_scalar("SELECT used_count FROM payment_code_usage WHERE code = 'TRIP-1'")
             .fetch_one(&db.pool)
             .await
             .unwrap();

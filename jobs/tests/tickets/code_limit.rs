@@ -29,7 +29,7 @@ async fn payment_code_is_used_exactly_up_to_its_limit_under_concurrency() {
     assert_eq!((counts.tickets, counts.transfer_jobs), (50, 50));
     assert_eq!(counts.tickets_without_transfer, 0);
     let (used, status): (i32, String) = sqlx::query_as(
-        "SELECT used_count, status::text FROM payment_codes WHERE code = 'LIMIT-50'",
+        "SELECT used_count, status::text FROM payment_code_usage WHERE code = 'LIMIT-50'",
     )
     .fetch_one(&db.pool)
     .await

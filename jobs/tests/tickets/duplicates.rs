@@ -62,10 +62,11 @@ async fn duplicate_payments_within_and_across_batches_and_workers_yield_one_tick
         transfers_without_ticket: 0,
     };
     assert_eq!(ticket_counts(&db.pool).await, once);
-    let used: i32 = sqlx::query_scalar("SELECT used_count FROM payment_codes WHERE code = 'DUP'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let used: i32 =
+        sqlx::query_scalar("SELECT used_count FROM payment_code_usage WHERE code = 'DUP'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(used, 25, "a payment uses its code once");
 
     // Every job runs again (as after a crash between COMMIT and completion): nothing new.
@@ -80,9 +81,10 @@ async fn duplicate_payments_within_and_across_batches_and_workers_yield_one_tick
     assert_eq!(wait_finished(&db.pool, 200).await, (200, 0));
     again.stop().await;
     assert_eq!(ticket_counts(&db.pool).await, once);
-    let used: i32 = sqlx::query_scalar("SELECT used_count FROM payment_codes WHERE code = 'DUP'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let used: i32 =
+        sqlx::query_scalar("SELECT used_count FROM payment_code_usage WHERE code = 'DUP'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(used, 25);
 }

@@ -13,12 +13,13 @@ async fn insert_ticket(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO tickets (payment_id, event_id, company_id, route_id, payment_code, \
-                              passenger_phone, amount_minor, commission_minor, currency) \
-         VALUES ($1, 'evt', 'co-1', $2, $3, '+23276123456', 10000, 250, 'SLE')",
+                              code_use, passenger_phone, amount_minor, commission_minor, currency) \
+         VALUES ($1, 'evt', 'co-1', $2, $3, $4, '+23276123456', 10000, 250, 'SLE')",
     )
     .bind(payment_id)
     .bind(route_id)
     .bind(code)
+    .bind(code.map(|_| 1))
     .execute(pool)
     .await
     .map(|_| ())

@@ -28,12 +28,10 @@ async fn payments_that_cannot_become_tickets_fail_for_good_and_leave_the_batch_i
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::query(
-        "UPDATE payment_codes SET used_count = 1, status = 'exhausted' WHERE code = 'USED-UP'",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    sqlx::query("UPDATE payment_codes SET status = 'exhausted' WHERE code = 'USED-UP'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
     let with_code = |payment: &str, code: &str| {
         let mut t = ticket_job(payment, "co-1", "rt-1", 10_000);
@@ -116,11 +114,12 @@ async fn payments_that_cannot_become_tickets_fail_for_good_and_leave_the_batch_i
     let counts = ticket_counts(&db.pool).await;
     assert_eq!((counts.tickets, counts.transfer_jobs), (10, 10));
     assert_eq!(counts.tickets_without_transfer, 0);
-    let uses: Vec<(String, i32, String)> =
-        sqlx::query_as("SELECT code, used_count, status::text FROM payment_codes ORDER BY code")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let uses: Vec<(String, i32, String)> = sqlx::query_as(
+        "SELECT code, used_count, status::text FROM payment_code_usage ORDER BY code",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
     let uses: Vec<(&str, i32, &str)> = uses
         .iter()
         .map(|(c, n, s)| (c.as_str(), *n, s.as_str()))
@@ -132,7 +131,7 @@ async fn payments_that_cannot_become_tickets_fail_for_good_and_leave_the_batch_i
             ("OK", 10, "exhausted"),
             ("OLD", 0, "active"),
             ("OTHER-CO", 0, "active"),
-            ("USED-UP", 1, "exhausted"),
+            ("USED-UP", 0, "exhausted"),
         ]
     );
 }

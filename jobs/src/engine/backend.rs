@@ -32,7 +32,9 @@ use uuid::Uuid;
 
 use super::ack::AckLayer;
 use super::claim::{claim_batch_from, claim_batch_per_key};
-use super::claim_window::{sweep_stragglers, ClaimWindow, SWEEP_SHARE};
+use super::claim_window::{
+    sweep_stragglers, ClaimWindow, FULL_SWEEP_SHARE, SWEEP_HORIZON, SWEEP_SHARE,
+};
 use super::complete::Completion;
 use super::enqueue::enqueue_many_pooled;
 use super::error::EngineError;
@@ -212,13 +214,16 @@ pub(super) fn spawn_straggler_sweep(
     );
     loops.spawn(name, &stop, async move {
         let mut pause = engine.config().poll_interval;
+        let mut next_full = std::time::Instant::now();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 () = until.cancelled() => return,
             }
             let started = std::time::Instant::now();
-            match sweep_stragglers(engine.pool(), &queue, &window).await {
+            let full = started >= next_full;
+            let horizon = (!full).then_some(SWEEP_HORIZON);
+            match sweep_stragglers(engine.pool(), &queue, &window, horizon).await {
                 Ok(0) => {}
                 Ok(moved) => {
                     tracing::debug!(job.queue = %queue, moved, "moved stragglers in front of the claims");
@@ -227,6 +232,9 @@ pub(super) fn spawn_straggler_sweep(
                 Err(error) => {
                     tracing::warn!(job.queue = %queue, error = %error, "the straggler sweep failed");
                 }
+            }
+            if full {
+                next_full = started + started.elapsed() * FULL_SWEEP_SHARE;
             }
             pause = engine
                 .config()

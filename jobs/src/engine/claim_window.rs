@@ -28,10 +28,16 @@ pub const LOOKBACK: Duration = Duration::from_secs(1);
 const PRIORITIES: usize = 4;
 /// Stragglers moved per statement.
 const SWEEP_BATCH: i64 = 1_000;
-/// The sweep waits at least this many times its last run's duration before the next: its
-/// read crosses every entry behind the window, which a held snapshot keeps, so its share of
-/// one connection stays under 1/SWEEP_SHARE however many there are.
+/// The sweep waits at least this many times its last run's duration before the next, so its
+/// share of one connection stays under 1/SWEEP_SHARE however slow it gets.
 pub const SWEEP_SHARE: u32 = 20;
+/// A full sweep reads every entry behind the window, which a held snapshot keeps (every job
+/// claimed since it was taken); the next full sweep waits at least this many times its
+/// duration, and the sweeps between read only [`SWEEP_HORIZON`] behind the window.
+pub const FULL_SWEEP_SHARE: u32 = 100;
+/// How far behind the window a sweep between full ones reads: a job enqueued by a transaction
+/// that was open up to this long, or rolled back that recently, is found within a poll.
+pub const SWEEP_HORIZON: Duration = Duration::from_secs(10);
 
 /// Per priority, the earliest run_at a claim reads; `None` reads that priority from its start.
 pub type Starts = [Option<DateTime<Utc>>; PRIORITIES];
@@ -72,16 +78,20 @@ impl ClaimWindow {
     }
 }
 
-/// Moves every runnable job of `queue` behind the window's starts to run now, in front of
-/// them; returns how many it moved.
+/// Moves every runnable job of `queue` behind the window's starts, and at most `horizon`
+/// behind them (`None`: back to the queue's start), to run now, in front of them; returns
+/// how many it moved.
 pub async fn sweep_stragglers(
     pool: &Db,
     queue: &str,
     window: &ClaimWindow,
+    horizon: Option<Duration>,
 ) -> Result<u64, EngineError> {
+    let horizon = horizon.map(|h| chrono::Duration::from_std(h).expect("the horizon fits"));
     let mut moved = 0;
     for (priority, start) in window.starts().into_iter().enumerate() {
         let Some(start) = start else { continue };
+        let from = horizon.map(|h| start - h);
         loop {
             let n = sqlx::query_file!(
                 "src/engine/requeue_stragglers.sql",
@@ -89,6 +99,7 @@ pub async fn sweep_stragglers(
                 priority as i16,
                 start,
                 SWEEP_BATCH,
+                from,
             )
             .execute(pool)
             .await?

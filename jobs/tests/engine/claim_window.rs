@@ -61,17 +61,60 @@ async fn claims_read_from_a_lookback_behind_the_latest_job_claimed() {
     );
     assert_eq!(claim_ns(&db, &window).await, Vec::<i64>::new());
 
-    assert_eq!(sweep_stragglers(&db.pool, QUEUE, &window).await.unwrap(), 1);
+    assert_eq!(
+        sweep_stragglers(&db.pool, QUEUE, &window, None)
+            .await
+            .unwrap(),
+        1
+    );
     assert!(
         run_at_of(&db, straggler).await > front,
         "the straggler is moved in front"
     );
     assert_eq!(claim_ns(&db, &window).await, vec![3]);
     assert_eq!(
-        sweep_stragglers(&db.pool, QUEUE, &window).await.unwrap(),
+        sweep_stragglers(&db.pool, QUEUE, &window, None)
+            .await
+            .unwrap(),
         0,
         "nothing is left behind"
     );
+}
+
+#[tokio::test]
+async fn a_sweep_with_a_horizon_moves_only_the_stragglers_within_it() {
+    let db = TestDb::new().await;
+    let window = ClaimWindow::default();
+    let first = enqueue_at(&db, 1, Utc::now()).await;
+    claim_ns(&db, &window).await;
+    let start = run_at_of(&db, first).await - chrono::Duration::from_std(LOOKBACK).unwrap();
+    let recent = enqueue_at(&db, 2, start - chrono::Duration::seconds(5)).await;
+    let old = enqueue_at(&db, 3, start - chrono::Duration::hours(1)).await;
+    let old_run_at = run_at_of(&db, old).await;
+
+    let horizon = Some(std::time::Duration::from_secs(10));
+    assert_eq!(
+        sweep_stragglers(&db.pool, QUEUE, &window, horizon)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        run_at_of(&db, recent).await > start,
+        "the recent straggler is moved in front"
+    );
+    assert_eq!(
+        run_at_of(&db, old).await,
+        old_run_at,
+        "the old one is left to a full sweep"
+    );
+    assert_eq!(
+        sweep_stragglers(&db.pool, QUEUE, &window, None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(run_at_of(&db, old).await > start);
 }
 
 #[tokio::test]
@@ -100,7 +143,12 @@ async fn the_sweep_leaves_running_future_and_other_queues_jobs_alone() {
         .unwrap();
 
     // Priority 0 has no front yet: its claims read it from the start, so nothing is behind.
-    assert_eq!(sweep_stragglers(&db.pool, QUEUE, &window).await.unwrap(), 0);
+    assert_eq!(
+        sweep_stragglers(&db.pool, QUEUE, &window, None)
+            .await
+            .unwrap(),
+        0
+    );
     let before = [run_at_of(&db, other).await, run_at_of(&db, later).await];
     assert_eq!(claim_ns(&db, &window).await, vec![3]);
     assert_eq!(

@@ -60,3 +60,44 @@ async fn rescue_fails_a_job_whose_last_attempt_was_lost() {
     assert_eq!(report.failed.get(QUEUE), Some(&1));
     assert_eq!(state_of(&db.pool, id).await, (JobState::Failed, 1));
 }
+
+#[tokio::test]
+async fn a_windowed_pass_reads_only_recent_expiries_and_a_full_pass_reads_them_all() {
+    let db = TestDb::new().await;
+    let old = enqueue_one_pooled(&db.pool, &job(1)).await.unwrap().id;
+    let recent = enqueue_one_pooled(&db.pool, &job(2)).await.unwrap().id;
+    claim_batch(
+        &db.pool,
+        QUEUE,
+        2,
+        Uuid::new_v4(),
+        Duration::from_secs(10),
+        None,
+    )
+    .await
+    .unwrap();
+    // One lease ran out an hour ago (written already expired), the other a second ago.
+    sqlx::query(
+        "UPDATE jobs SET lease_expires_at = now() - CASE id WHEN $1 THEN interval '1 hour' \
+                                                         ELSE interval '1 second' END \
+         WHERE id IN ($1, $2)",
+    )
+    .bind(old)
+    .bind(recent)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let rescuer = rescuer(&db.pool);
+
+    let window = rescuer
+        .pass(None, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(window.requeued.get(QUEUE), Some(&1));
+    assert_eq!(state_of(&db.pool, recent).await, (JobState::Available, 1));
+    assert_eq!(state_of(&db.pool, old).await, (JobState::Running, 1));
+
+    let full = rescuer.pass(None, None).await.unwrap();
+    assert_eq!(full.requeued.get(QUEUE), Some(&1));
+    assert_eq!(state_of(&db.pool, old).await, (JobState::Available, 1));
+}

@@ -9,6 +9,15 @@
 //! that grace after the server started. Live workers renew their leases within a heartbeat of
 //! reconnecting, well inside the grace; dead ones cannot, and their jobs are rescued once the
 //! grace has passed.
+//!
+//! Most passes read only the leases that ran out since the last complete pass (less an
+//! overlap): every completed run leaves an entry in `jobs_running_idx` behind it, and while a
+//! snapshot is held open elsewhere in the database none of them can be removed, so a pass
+//! from the oldest lease would cross every run since the snapshot (at 2,000 runs/s, 150 ms
+//! after three minutes, and growing). A full pass, from the oldest lease, runs first, after
+//! any failure, and then every [`FULL_PASS_EVERY`] or twenty times its own last duration,
+//! whichever is longer: it catches what a window cannot see, a lease written already expired
+//! or a row that a statement which then rolled back held locked while the window passed.
 
 use crate::engine::loops::Every;
 use std::collections::BTreeMap;
@@ -25,6 +34,14 @@ pub const DEFAULT_RESCUE_INTERVAL: Duration = Duration::from_secs(5);
 const RESCUE_BATCH: i64 = 1_000;
 
 pub const DEFAULT_RESCUE_GRACE: Duration = Duration::from_secs(15);
+
+/// How often a pass reads every expired lease, from the oldest, at least.
+pub const FULL_PASS_EVERY: Duration = Duration::from_secs(60);
+/// A full pass that took `d` is followed by windowed passes for at least `d` × this.
+const FULL_PASS_SHARE: u32 = 20;
+/// A windowed pass starts this long before the start of the last complete pass: a lease
+/// whose claim or renewal committed a little late is still in range.
+const WINDOW_OVERLAP: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 pub struct RescuerConfig {
@@ -67,16 +84,29 @@ impl Rescuer {
         Rescuer { pool, config }
     }
 
-    /// One pass, in batches until no expired lease is left. `now` moves the clock for tests.
+    /// One full pass, in batches until no expired lease is left. `now` moves the clock for
+    /// tests (`None`: the server's clock).
     pub async fn run_once(&self, now: Option<DateTime<Utc>>) -> Result<RescueReport, EngineError> {
+        self.pass(now, None).await
+    }
+
+    /// One pass, in batches, over the leases that expired within `lookback` before `now`
+    /// (all of them when `None`).
+    pub async fn pass(
+        &self,
+        now: Option<DateTime<Utc>>,
+        lookback: Option<Duration>,
+    ) -> Result<RescueReport, EngineError> {
         let mut report = RescueReport::default();
         let grace_ms = self.config.grace.as_millis() as i64;
+        let lookback_ms = lookback.map(|l| l.as_millis() as i64);
         loop {
             let rows = sqlx::query_file!(
                 "src/engine/maintenance/rescue_expired.sql",
                 now,
                 RESCUE_BATCH,
                 grace_ms,
+                lookback_ms,
             )
             .fetch_all(&self.pool)
             .await?;
@@ -98,11 +128,14 @@ impl Rescuer {
         let mut every = Every::new(self.config.interval, &stop);
         // Since when the database has answered every pass promptly; None after a failure.
         let mut reachable_since: Option<Instant> = None;
+        let mut passes = PassSchedule::default();
         while every.tick().await {
             let rescue = reachable_since.is_some_and(|since| since.elapsed() >= self.config.grace);
+            let began = Instant::now();
+            let lookback = passes.lookback(began);
             let pass = async {
                 if rescue {
-                    self.run_once(None).await.map(Some)
+                    self.pass(None, lookback).await.map(Some)
                 } else {
                     self.probe().await.map(|()| None)
                 }
@@ -112,6 +145,9 @@ impl Rescuer {
                 .unwrap_or(Err(EngineError::Timeout("a rescue pass")));
             // A pass bounded by the interval: one that waited longer for a connection may
             // have waited out an outage, and counts as one.
+            if rescue {
+                passes.finished(began, lookback, result.is_ok());
+            }
             match result {
                 Ok(report) => {
                     if reachable_since.is_none() {
@@ -146,5 +182,85 @@ impl Rescuer {
             .fetch_one(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+/// Which leases the next pass reads: all of them (a full pass) or those that expired since
+/// the last complete pass began, less [`WINDOW_OVERLAP`].
+#[derive(Debug, Default)]
+struct PassSchedule {
+    /// When the last pass that completed began.
+    last_complete: Option<Instant>,
+    /// When the next full pass is due (`None`: now).
+    next_full: Option<Instant>,
+}
+
+impl PassSchedule {
+    /// The lookback of a pass beginning at `now`; `None` for a full pass.
+    fn lookback(&self, now: Instant) -> Option<Duration> {
+        let last = self.last_complete?;
+        if self.next_full.is_none_or(|due| due <= now) {
+            return None;
+        }
+        Some(now.saturating_duration_since(last) + WINDOW_OVERLAP)
+    }
+
+    /// Records a pass that began at `began` with `lookback`; a failed one makes the next a
+    /// full pass.
+    fn finished(&mut self, began: Instant, lookback: Option<Duration>, ok: bool) {
+        if !ok {
+            *self = PassSchedule::default();
+            return;
+        }
+        self.last_complete = Some(began);
+        if lookback.is_none() {
+            let took = began.elapsed();
+            self.next_full = Some(Instant::now() + FULL_PASS_EVERY.max(took * FULL_PASS_SHARE));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_pass_is_full_then_windows_cover_since_the_last_complete_pass() {
+        let mut passes = PassSchedule::default();
+        let t0 = Instant::now();
+        assert_eq!(passes.lookback(t0), None);
+        passes.finished(t0, None, true);
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(
+            passes.lookback(t1),
+            Some(Duration::from_secs(5) + WINDOW_OVERLAP)
+        );
+        passes.finished(t1, passes.lookback(t1), true);
+        let t2 = t1 + Duration::from_secs(7);
+        assert_eq!(
+            passes.lookback(t2),
+            Some(Duration::from_secs(7) + WINDOW_OVERLAP)
+        );
+    }
+
+    #[test]
+    fn a_failed_pass_makes_the_next_one_full() {
+        let mut passes = PassSchedule::default();
+        let t0 = Instant::now();
+        passes.finished(t0, None, true);
+        let t1 = t0 + Duration::from_secs(5);
+        passes.finished(t1, passes.lookback(t1), false);
+        assert_eq!(passes.lookback(t1 + Duration::from_secs(5)), None);
+    }
+
+    #[test]
+    fn a_full_pass_comes_round_again_after_its_period() {
+        let mut passes = PassSchedule::default();
+        let t0 = Instant::now();
+        passes.finished(t0, None, true);
+        let due = passes.next_full.expect("scheduled");
+        assert!(due >= t0 + FULL_PASS_EVERY);
+        assert!(passes.lookback(due - Duration::from_secs(1)).is_some());
+        assert_eq!(passes.lookback(due), None);
     }
 }

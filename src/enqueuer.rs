@@ -133,8 +133,7 @@ impl Enqueuer {
     pub async fn build_with_pool(settings: EnqueuerSettings, pool: Db) -> anyhow::Result<Enqueuer> {
         let secrets = WebhookSecrets::new(settings.webhook_secrets.clone())
             .context("MONIME_WEBHOOK_SECRETS")?;
-        let listener = TcpListener::bind(settings.addr)
-            .await
+        let listener = crate::http::listen::listen(settings.addr)
             .with_context(|| format!("binding the enqueuer to {}", settings.addr))?;
         let port = listener
             .local_addr()

@@ -6,6 +6,7 @@ pub mod error;
 pub mod group_commit;
 pub mod health;
 pub mod jobs;
+pub mod listen;
 pub mod metrics;
 pub mod payments;
 pub mod queues;

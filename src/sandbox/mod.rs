@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 pub use faults::{FaultConfig, FaultKind};
 use transfers::Store;
 
+use crate::http::listen::listen;
+
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Added before every answer.
@@ -161,22 +163,6 @@ impl Drop for Sandbox {
             task.abort();
         }
     }
-}
-
-/// Connections waiting to be accepted. Monime sits behind load balancers that take a burst of
-/// new connections (a worker whose calls slow down opens hundreds at once); with the default
-/// backlog of 1,024 the sandbox would drop SYNs instead, and each dropped client would wait
-/// out a second of TCP retransmission that Monime never imposes.
-const ACCEPT_BACKLOG: u32 = 4_096;
-
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// Runs the sandbox on `addr` (a loopback address) until SIGINT or SIGTERM.

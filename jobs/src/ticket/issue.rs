@@ -176,11 +176,8 @@ enum Decision {
     /// The payment already has its ticket.
     Existing(i64),
     Rejected(TicketError),
-    /// Write the ticket with this commission, and as this use of its code.
-    Write {
-        commission_minor: i64,
-        code_use: Option<i32>,
-    },
+    /// Write the ticket.
+    Write(NewTicket),
 }
 
 async fn issue_batch(
@@ -209,18 +206,11 @@ async fn issue_batch(
     let found = look_up_batch(&mut tx, &unique).await?;
     let decisions = decide_many(&unique, &found, &codes);
 
-    let to_write: Vec<ToWrite> = decisions
+    let to_write: Vec<(usize, NewTicket)> = decisions
         .iter()
         .enumerate()
         .filter_map(|(i, d)| match d {
-            Decision::Write {
-                commission_minor,
-                code_use,
-            } => Some(ToWrite {
-                at: i,
-                commission_minor: *commission_minor,
-                code_use: *code_use,
-            }),
+            Decision::Write(new) => Some((i, *new)),
             _ => None,
         })
         .collect();
@@ -230,7 +220,7 @@ async fn issue_batch(
     // was skipped by ON CONFLICT; its ticket is committed and visible to a new statement.
     let skipped: Vec<&str> = to_write
         .iter()
-        .map(|w| unique[w.at].payment_id.as_str())
+        .map(|(i, _)| unique[*i].payment_id.as_str())
         .filter(|p| !written.contains_key(*p))
         .collect();
     let issued_elsewhere = if skipped.is_empty() {
@@ -268,7 +258,7 @@ async fn issue_batch(
                 created: false,
             }),
             Decision::Rejected(error) => Err(error),
-            Decision::Write { .. } => {
+            Decision::Write(_) => {
                 let payment = ticket.payment_id.as_str();
                 if let Some(&ticket_id) = written.get(payment) {
                     Ok(Issued {
@@ -304,10 +294,11 @@ async fn issue_batch(
         .collect())
 }
 
-/// A payment of the batch to write as a ticket: its position, commission and code use.
-struct ToWrite {
-    at: usize,
+/// What a payment's ticket is written with, beyond the payment itself.
+#[derive(Clone, Copy)]
+struct NewTicket {
     commission_minor: i64,
+    /// Its use number of the payment's code (None: no code).
     code_use: Option<i32>,
 }
 
@@ -335,10 +326,10 @@ fn decide_many(
                 Err(error) => Decision::Rejected(error),
                 Ok(commission_minor) => {
                     let Some(code) = ticket.payment_code.as_deref() else {
-                        return Decision::Write {
+                        return Decision::Write(NewTicket {
                             commission_minor,
                             code_use: None,
-                        };
+                        });
                     };
                     let usage_limit = codes[code].usage_limit;
                     let last = last_use.get_mut(code).expect("a ticket's code was read");
@@ -350,10 +341,10 @@ fn decide_many(
                         });
                     }
                     *last += 1;
-                    Decision::Write {
+                    Decision::Write(NewTicket {
                         commission_minor,
                         code_use: Some(*last),
-                    }
+                    })
                 }
             }
         })
@@ -524,11 +515,12 @@ async fn look_up_batch(
         .collect())
 }
 
-/// Inserts the tickets of `to_write`; returns payment id → new ticket id for those inserted.
+/// Inserts the tickets of `to_write` (position in `tickets`, what to write); returns payment id
+/// → new ticket id for those inserted.
 async fn insert_tickets(
     conn: &mut PgConnection,
     tickets: &[&TicketJob],
-    to_write: &[ToWrite],
+    to_write: &[(usize, NewTicket)],
 ) -> Result<HashMap<String, i64>, sqlx::Error> {
     if to_write.is_empty() {
         return Ok(HashMap::new());
@@ -545,8 +537,8 @@ async fn insert_tickets(
     let mut currencies = Vec::with_capacity(n);
     let mut references = Vec::with_capacity(n);
     let mut code_uses = Vec::with_capacity(n);
-    for w in to_write {
-        let t = tickets[w.at];
+    for &(i, new) in to_write {
+        let t = tickets[i];
         payment_ids.push(t.payment_id.as_str());
         event_ids.push(t.event_id.as_str());
         company_ids.push(t.company_id.as_str());
@@ -554,10 +546,10 @@ async fn insert_tickets(
         codes.push(t.payment_code.as_deref());
         phones.push(t.passenger_phone.as_str());
         amounts.push(t.amount.value_minor);
-        commissions.push(w.commission_minor);
+        commissions.push(new.commission_minor);
         currencies.push(t.amount.currency.as_str());
         references.push(t.financial_transaction_reference.as_deref());
-        code_uses.push(w.code_use);
+        code_uses.push(new.code_use);
     }
     let rows = sqlx::query_file!(
         "src/ticket/insert_tickets.sql",
@@ -607,16 +599,16 @@ async fn find_tickets(
 async fn exhaust_codes(
     conn: &mut PgConnection,
     tickets: &[&TicketJob],
-    to_write: &[ToWrite],
+    to_write: &[(usize, NewTicket)],
     written: &HashMap<String, i64>,
     codes: &HashMap<String, CodeRow>,
 ) -> Result<(), sqlx::Error> {
     let mut exhausted: Vec<&str> = to_write
         .iter()
-        .filter(|w| written.contains_key(&tickets[w.at].payment_id))
-        .filter_map(|w| {
-            let code = tickets[w.at].payment_code.as_deref()?;
-            (w.code_use? >= codes[code].usage_limit).then_some(code)
+        .filter(|(i, _)| written.contains_key(&tickets[*i].payment_id))
+        .filter_map(|(i, new)| {
+            let code = tickets[*i].payment_code.as_deref()?;
+            (new.code_use? >= codes[code].usage_limit).then_some(code)
         })
         .collect();
     if exhausted.is_empty() {

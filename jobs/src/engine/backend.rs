@@ -38,6 +38,7 @@ use super::claim_window::{
 use super::complete::Completion;
 use super::enqueue::enqueue_many_pooled;
 use super::error::EngineError;
+use super::full_pass::FullPasses;
 use super::job::{ClaimedJob, JobId, JobMeta, NewJob};
 use super::notify::QueueSignal;
 use super::outcome::Action;
@@ -214,14 +215,14 @@ pub(super) fn spawn_straggler_sweep(
     );
     loops.spawn(name, &stop, async move {
         let mut pause = engine.config().poll_interval;
-        let mut next_full = std::time::Instant::now();
+        let mut full_sweeps = FullPasses::new(Duration::ZERO, FULL_SWEEP_SHARE);
         loop {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 () = until.cancelled() => return,
             }
             let started = std::time::Instant::now();
-            let full = started >= next_full;
+            let full = full_sweeps.due(started);
             let horizon = (!full).then_some(SWEEP_HORIZON);
             match sweep_stragglers(engine.pool(), &queue, &window, horizon).await {
                 Ok(0) => {}
@@ -234,7 +235,7 @@ pub(super) fn spawn_straggler_sweep(
                 }
             }
             if full {
-                next_full = started + started.elapsed() * FULL_SWEEP_SHARE;
+                full_sweeps.ran(started);
             }
             pause = engine
                 .config()

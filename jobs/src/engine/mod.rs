@@ -34,6 +34,7 @@ pub mod claim_window;
 pub mod complete;
 pub mod enqueue;
 pub mod error;
+pub mod full_pass;
 pub mod job;
 pub mod keyed;
 pub mod lease;

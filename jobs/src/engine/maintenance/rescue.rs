@@ -19,6 +19,7 @@
 //! whichever is longer: it catches what a window cannot see, a lease written already expired
 //! or a row that a statement which then rolled back held locked while the window passed.
 
+use crate::engine::full_pass::FullPasses;
 use crate::engine::loops::Every;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -35,7 +36,8 @@ const RESCUE_BATCH: i64 = 1_000;
 
 pub const DEFAULT_RESCUE_GRACE: Duration = Duration::from_secs(15);
 
-/// How often a pass reads every expired lease, from the oldest, at least.
+/// How often a pass reads every expired lease, from the oldest, at least
+/// ([`FullPasses`]).
 pub const FULL_PASS_EVERY: Duration = Duration::from_secs(60);
 /// A full pass that took `d` is followed by windowed passes for at least `d` × this.
 const FULL_PASS_SHARE: u32 = 20;
@@ -187,19 +189,27 @@ impl Rescuer {
 
 /// Which leases the next pass reads: all of them (a full pass) or those that expired since
 /// the last complete pass began, less [`WINDOW_OVERLAP`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PassSchedule {
     /// When the last pass that completed began.
     last_complete: Option<Instant>,
-    /// When the next full pass is due (`None`: now).
-    next_full: Option<Instant>,
+    full: FullPasses,
+}
+
+impl Default for PassSchedule {
+    fn default() -> Self {
+        PassSchedule {
+            last_complete: None,
+            full: FullPasses::new(FULL_PASS_EVERY, FULL_PASS_SHARE),
+        }
+    }
 }
 
 impl PassSchedule {
     /// The lookback of a pass beginning at `now`; `None` for a full pass.
     fn lookback(&self, now: Instant) -> Option<Duration> {
         let last = self.last_complete?;
-        if self.next_full.is_none_or(|due| due <= now) {
+        if self.full.due(now) {
             return None;
         }
         Some(now.saturating_duration_since(last) + WINDOW_OVERLAP)
@@ -209,13 +219,13 @@ impl PassSchedule {
     /// full pass.
     fn finished(&mut self, began: Instant, lookback: Option<Duration>, ok: bool) {
         if !ok {
-            *self = PassSchedule::default();
+            self.last_complete = None;
+            self.full.reset();
             return;
         }
         self.last_complete = Some(began);
         if lookback.is_none() {
-            let took = began.elapsed();
-            self.next_full = Some(Instant::now() + FULL_PASS_EVERY.max(took * FULL_PASS_SHARE));
+            self.full.ran(began);
         }
     }
 }
@@ -258,8 +268,7 @@ mod tests {
         let mut passes = PassSchedule::default();
         let t0 = Instant::now();
         passes.finished(t0, None, true);
-        let due = passes.next_full.expect("scheduled");
-        assert!(due >= t0 + FULL_PASS_EVERY);
+        let due = t0 + FULL_PASS_EVERY;
         assert!(passes.lookback(due - Duration::from_secs(1)).is_some());
         assert_eq!(passes.lookback(due), None);
     }

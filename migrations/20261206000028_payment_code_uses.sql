@@ -43,25 +43,14 @@ ALTER TABLE tickets
     ADD CONSTRAINT tickets_code_use_with_code
         CHECK ((payment_code IS NULL) = (code_use IS NULL) AND code_use > 0);
 
--- The statement-level reference check (…09_tickets_statement_reference_check.sql) also
--- refuses a use beyond the code's limit, as the counter's CHECK did.
-CREATE OR REPLACE FUNCTION tickets_check_references() RETURNS trigger
+-- A use beyond the code's limit is refused as the counter's CHECK refused it, once per
+-- statement like the reference check (…09_tickets_statement_reference_check.sql), whose
+-- transition table it shares.
+CREATE FUNCTION tickets_check_code_uses() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     bad record;
 BEGIN
-    SELECT n.payment_id, n.company_id, n.route_id, n.payment_code INTO bad
-    FROM new_tickets n
-    WHERE NOT EXISTS (SELECT 1 FROM companies c WHERE c.id = n.company_id)
-       OR NOT EXISTS (SELECT 1 FROM routes r WHERE r.id = n.route_id)
-       OR (n.payment_code IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM payment_codes p WHERE p.code = n.payment_code))
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'ticket for payment % refers to a company, route or payment code that does not exist (company %, route %, payment code %)',
-            bad.payment_id, bad.company_id, bad.route_id, coalesce(bad.payment_code, 'none')
-            USING ERRCODE = 'foreign_key_violation';
-    END IF;
     SELECT n.payment_id, n.payment_code, n.code_use, p.usage_limit INTO bad
     FROM new_tickets n
     JOIN payment_codes p ON p.code = n.payment_code
@@ -75,6 +64,16 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+CREATE TRIGGER tickets_code_uses_within_limit
+    AFTER INSERT ON tickets
+    REFERENCING NEW TABLE AS new_tickets
+    FOR EACH STATEMENT EXECUTE FUNCTION tickets_check_code_uses();
+
+CREATE TRIGGER tickets_code_uses_within_limit_on_update
+    AFTER UPDATE ON tickets
+    REFERENCING NEW TABLE AS new_tickets
+    FOR EACH STATEMENT EXECUTE FUNCTION tickets_check_code_uses();
 
 -- Replaces the index on payment_code alone: the same "a code's tickets", and the use numbers.
 CREATE UNIQUE INDEX tickets_code_use_key ON tickets (payment_code, code_use)

@@ -139,7 +139,7 @@ impl Enqueuer {
             .local_addr()
             .context("reading the bound address")?
             .port();
-        let group_commit = GroupCommit::start(pool.clone(), settings.group_commit.clone());
+        let group_commit = GroupCommit::start(&pool, settings.group_commit.clone());
         let state = AppState::new(
             pool,
             group_commit.handle(),

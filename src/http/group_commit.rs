@@ -3,8 +3,9 @@
 //! ```text
 //! handler ──submit(delivery)──▶ batcher (poda_jobs::batch): first delivery, then more until
 //!                                max_batch or max_delay ──▶ flush task (≤ max_in_flight)
-//! flush: BEGIN; INSERT webhook_events … ON CONFLICT DO NOTHING; enqueue_many(tickets);
-//!        UPDATE webhook_events SET job_id; look up duplicates; COMMIT ──▶ oneshot per delivery
+//! flush: one statement (record_webhooks.sql), committed by itself: the new events' ticket
+//!        jobs (poda_enqueue_many), the events with their jobs, the redeliveries' jobs
+//!        ──▶ oneshot per delivery
 //! ```
 //!
 //! Each handler answers only after its own batch committed. A failed batch answers every
@@ -15,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poda_jobs::batch::{self, BatchHandle, BatcherConfig};
-use poda_jobs::db::Db;
-use poda_jobs::engine::{enqueue_many, JobId, NewJob};
+use poda_jobs::db::{Db, INDEX_PLANS};
+use poda_jobs::engine::{JobId, NewJob};
 use poda_jobs::ticket::{self, TicketJob};
 use poda_jobs::EngineError;
 use sqlx::PgConnection;
@@ -103,7 +104,11 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn start(pool: Db, config: GroupCommitConfig) -> GroupCommit {
+    pub fn start(pool: &Db, config: GroupCommitConfig) -> GroupCommit {
+        // The batch's statement finds its rows by key: planned once per connection
+        // (INDEX_PLANS, docs/plan-cache.md), not at every batch as the enqueuer's other
+        // statements are. Planning it took more of the server's time than running it.
+        let pool = pool.sibling(config.max_in_flight as u32, INDEX_PLANS);
         let batcher = BatcherConfig {
             batch: config.max_batch,
             delay: config.max_delay,
@@ -185,11 +190,12 @@ fn is_data_error(error: &EngineError) -> bool {
     error.sqlx().is_some_and(poda_jobs::sqlstate::is_data_error)
 }
 
-/// Writes one batch in one transaction and returns, in input order, what each delivery did.
+/// Writes one batch in one statement, which commits by itself, and returns, in input order,
+/// what each delivery did.
 pub async fn write_batch(pool: &Db, deliveries: &[Delivery]) -> Result<Vec<Recorded>, EngineError> {
-    let mut tx = pool.begin().await?;
-    let recorded = write_in(&mut tx, deliveries).await?;
-    pool.commit(tx).await?;
+    let mut conn = pool.unit().await?;
+    let recorded = write_in(&mut conn, deliveries).await?;
+    conn.done().await?;
     Ok(recorded)
 }
 
@@ -219,108 +225,114 @@ async fn write_each(
     Ok(results)
 }
 
-/// The statements of one batch, on `conn` inside the caller's transaction.
+/// One batch's statement (`record_webhooks.sql`) on `conn`: directly it commits by itself,
+/// inside the caller's transaction it commits with it.
 async fn write_in(
     conn: &mut PgConnection,
     deliveries: &[Delivery],
 ) -> Result<Vec<Recorded>, EngineError> {
-    // Rows go in sorted by key, so two concurrent batches lock keys in the same order.
+    // Each event once, sorted by id, so two concurrent batches lock events in the same order.
     let mut order: Vec<usize> = (0..deliveries.len()).collect();
     order.sort_by(|&a, &b| deliveries[a].event_id.cmp(&deliveries[b].event_id));
+    order.dedup_by(|a, b| deliveries[*a].event_id == deliveries[*b].event_id);
+    let jobs: Vec<Option<NewJob>> = order
+        .iter()
+        .map(|&i| deliveries[i].ticket.as_ref().map(TicketJob::to_job))
+        .collect();
+    let policy = JobPolicy::of(jobs.iter().flatten())?;
     let mut event_ids = Vec::with_capacity(order.len());
     let mut names = Vec::with_capacity(order.len());
     let mut payment_ids = Vec::with_capacity(order.len());
     let mut payloads = Vec::with_capacity(order.len());
-    let mut first_of_event: HashMap<&str, usize> = HashMap::with_capacity(order.len());
-    for &i in &order {
+    let mut job_payloads = Vec::with_capacity(order.len());
+    let mut unique_keys = Vec::with_capacity(order.len());
+    for (&i, job) in order.iter().zip(&jobs) {
         let d = &deliveries[i];
-        if first_of_event.contains_key(d.event_id.as_str()) {
-            continue;
-        }
-        first_of_event.insert(&d.event_id, i);
         event_ids.push(d.event_id.as_str());
         names.push(d.event_name.as_str());
         payment_ids.push(d.payment_id.as_deref());
         payloads.push(d.payload.as_str());
+        job_payloads.push(job.as_ref().map(|job| job.payload.to_string()));
+        unique_keys.push(job.as_ref().and_then(|job| job.unique_key.as_deref()));
     }
 
-    let inserted: Vec<String> = sqlx::query_scalar!(
-        "INSERT INTO webhook_events (event_id, event_name, payment_id, payload) \
-         SELECT e, n, p, b::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
-             AS t(e, n, p, b) \
-         ON CONFLICT (event_id) DO NOTHING \
-         RETURNING event_id",
+    let rows = sqlx::query_file!(
+        "src/http/record_webhooks.sql",
         &event_ids as &[&str],
         &names as &[&str],
         &payment_ids as &[Option<&str>],
         &payloads as &[&str],
+        &job_payloads as &[Option<String>],
+        &unique_keys as &[Option<&str>],
+        policy.queue,
+        policy.kind,
+        policy.max_attempts,
+        policy.priority,
+        policy.backoff_base_ms,
+        policy.backoff_max_ms,
     )
     .fetch_all(&mut *conn)
     .await?;
-    let inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
-
-    // New events that announce a payment enqueue its ticket job (deduplicated by payment id).
-    let mut tickets: Vec<(&str, &TicketJob)> = first_of_event
+    let by_event: HashMap<&str, (bool, Option<i64>)> = rows
         .iter()
-        .filter(|(event_id, _)| inserted.contains(*event_id))
-        .filter_map(|(event_id, &i)| deliveries[i].ticket.as_ref().map(|t| (*event_id, t)))
+        .map(|row| (row.event_id.as_str(), (row.first_delivery, row.job_id)))
         .collect();
-    tickets.sort_by(|a, b| a.1.payment_id.cmp(&b.1.payment_id));
-    let jobs: Vec<NewJob> = tickets
+
+    // A delivery repeated within the batch is a redelivery of its first occurrence.
+    let mut seen: HashSet<&str> = HashSet::with_capacity(deliveries.len());
+    deliveries
         .iter()
-        .map(|(_, t)| {
-            NewJob::from_payload(ticket::QUEUE, ticket::KIND, t)
-                .map(|job| job.with_unique_key(t.unique_key()))
+        .map(|d| {
+            // The statement answers every event it was given.
+            let (first, job_id) = by_event.get(d.event_id.as_str()).copied().ok_or_else(|| {
+                EngineError::InvalidJob(format!("event {} was given and not answered", d.event_id))
+            })?;
+            Ok(Recorded {
+                job_id: job_id.map(JobId),
+                first_delivery: first && seen.insert(d.event_id.as_str()),
+            })
         })
-        .collect::<Result<_, _>>()?;
-    let enqueued = enqueue_many(&mut *conn, &jobs).await?;
-    let mut job_of_event: HashMap<&str, JobId> = tickets
-        .iter()
-        .zip(&enqueued)
-        .map(|((event_id, _), e)| (*event_id, e.id))
-        .collect();
-    if !job_of_event.is_empty() {
-        let (ids, jobs): (Vec<&str>, Vec<i64>) =
-            job_of_event.iter().map(|(e, j)| (*e, j.0)).unzip();
-        sqlx::query!(
-            "UPDATE webhook_events w SET job_id = t.j \
-             FROM unnest($1::text[], $2::bigint[]) AS t(e, j) WHERE w.event_id = t.e",
-            &ids as &[&str],
-            &jobs,
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
+        .collect()
+}
 
-    // Redeliveries: the job id recorded with the first delivery.
-    let earlier: Vec<&str> = first_of_event
-        .keys()
-        .filter(|e| !inserted.contains(*e))
-        .copied()
-        .collect();
-    if !earlier.is_empty() {
-        let found = sqlx::query!(
-            "SELECT event_id, job_id FROM webhook_events WHERE event_id = ANY($1::text[])",
-            &earlier as &[&str],
-        )
-        .fetch_all(&mut *conn)
-        .await?;
-        let found: HashMap<String, Option<i64>> =
-            found.into_iter().map(|r| (r.event_id, r.job_id)).collect();
-        for e in earlier {
-            if let Some(Some(job)) = found.get(e) {
-                job_of_event.insert(e, JobId(*job));
-            }
+/// What the batch's ticket jobs share, passed to the statement once: every one is made by
+/// [`TicketJob::to_job`]. A batch whose jobs differed would be refused, not written wrongly.
+struct JobPolicy {
+    queue: String,
+    kind: String,
+    max_attempts: i32,
+    priority: i16,
+    backoff_base_ms: i32,
+    backoff_max_ms: i32,
+}
+
+impl JobPolicy {
+    fn of<'a>(jobs: impl IntoIterator<Item = &'a NewJob>) -> Result<JobPolicy, EngineError> {
+        let mut jobs = jobs.into_iter().peekable();
+        // A batch without ticket jobs passes the policy of a ticket job, which nothing uses.
+        let none = NewJob::new(ticket::QUEUE, ticket::KIND, serde_json::Value::Null);
+        let first = jobs.peek().copied().unwrap_or(&none);
+        if let Some(job) = jobs.find(|job| {
+            job.queue != first.queue
+                || job.kind != first.kind
+                || job.retry != first.retry
+                || job.priority != first.priority
+                || job.run_at.is_some()
+                || job.concurrency_key.is_some()
+        }) {
+            return Err(EngineError::InvalidJob(format!(
+                "a webhook's job ({}/{}) differs from the batch's first in its policy, run time \
+                 or concurrency key, which one statement cannot record",
+                job.queue, job.kind
+            )));
         }
-    }
-
-    Ok(deliveries
-        .iter()
-        .enumerate()
-        .map(|(i, d)| Recorded {
-            job_id: job_of_event.get(d.event_id.as_str()).copied(),
-            first_delivery: inserted.contains(d.event_id.as_str())
-                && first_of_event.get(d.event_id.as_str()) == Some(&i),
+        Ok(JobPolicy {
+            queue: first.queue.clone(),
+            kind: first.kind.clone(),
+            max_attempts: first.retry.max_attempts,
+            priority: first.priority,
+            backoff_base_ms: first.retry.base.as_millis() as i32,
+            backoff_max_ms: first.retry.max.as_millis() as i32,
         })
-        .collect())
+    }
 }

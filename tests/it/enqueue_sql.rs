@@ -191,6 +191,29 @@ async fn enqueue_many_returns_ids_in_input_order_with_duplicates_resolved() {
 }
 
 #[tokio::test]
+async fn enqueue_many_takes_each_jobs_backoff_or_the_default() {
+    let db = TestDb::new().await;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT poda_enqueue_many(ARRAY['q', 'q'], ARRAY['k', 'k'], ARRAY['{}', '{}']::jsonb[], \
+           backoff_base_ms => ARRAY[250, NULL], backoff_max_ms => ARRAY[60000, NULL])",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let mut backoffs = Vec::new();
+    for id in ids {
+        let backoff: (i32, i32) =
+            sqlx::query_as("SELECT backoff_base_ms, backoff_max_ms FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        backoffs.push(backoff);
+    }
+    assert_eq!(backoffs, vec![(250, 60_000), (1_000, 3_600_000)]);
+}
+
+#[tokio::test]
 async fn bad_arguments_are_refused_with_a_clear_error() {
     let db = TestDb::new().await;
     for (sql, expected) in [
@@ -206,6 +229,21 @@ async fn bad_arguments_are_refused_with_a_clear_error() {
         ),
         (
             "SELECT poda_enqueue_many(ARRAY['q'], ARRAY['k', 'l'], ARRAY['{}']::jsonb[])",
+            "one element per job",
+        ),
+        (
+            "SELECT poda_enqueue_many(ARRAY['q'], ARRAY['k'], ARRAY['{}']::jsonb[], \
+               backoff_base_ms => ARRAY[-1])",
+            "backoff_base_ms -1",
+        ),
+        (
+            "SELECT poda_enqueue_many(ARRAY['q'], ARRAY['k'], ARRAY['{}']::jsonb[], \
+               backoff_base_ms => ARRAY[5000], backoff_max_ms => ARRAY[1000])",
+            "backoff_max_ms 1000 below its backoff_base_ms 5000",
+        ),
+        (
+            "SELECT poda_enqueue_many(ARRAY['q'], ARRAY['k'], ARRAY['{}']::jsonb[], \
+               backoff_max_ms => ARRAY[1, 2])",
             "one element per job",
         ),
     ] {

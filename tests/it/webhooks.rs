@@ -4,10 +4,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use poda_jobs::testing::plans::{array_literal, full_scans, PreparedProbe};
+use poda_jobs::testing::TestDb;
 use serde_json::json;
 
 use crate::support::app::{spawn_enqueuer, spawn_enqueuer_with, Reply, TestApp};
 use crate::support::monime::{self, payment_completed, signature, ROTATED_SECRET, SECRET};
+
+const RECORD_WEBHOOKS: &str = include_str!("../../src/http/record_webhooks.sql");
 
 async fn assert_nothing_written(app: &TestApp) {
     assert_eq!(
@@ -69,6 +73,25 @@ async fn webhook_returns_200_with_the_first_job_id_when_event_is_redelivered() {
         .await;
     assert_eq!(other.job_id(), first.job_id());
     assert_eq!(app.counts().await, (1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_after_its_job_was_pruned_answers_that_job_and_enqueues_nothing() {
+    let app = spawn_enqueuer().await;
+    let event = payment_completed("evt-old", "pay-old");
+    let first = app.post_event(&event).await;
+    assert_eq!(first.status, 202, "{first:?}");
+    // The job ran and retention removed it: its unique key no longer holds the payment.
+    sqlx::query("DELETE FROM jobs WHERE id = $1")
+        .bind(first.job_id())
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+
+    let again = app.post_event(&event).await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.job_id(), first.job_id());
+    assert_eq!(app.counts().await, (0, 1), "no job is enqueued again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,6 +455,15 @@ async fn webhook_creates_one_job_per_payment_under_1000_concurrent_deliveries() 
             .await
             .unwrap();
     assert_eq!(distinct_keys, 500);
+    // Every event row holds its payment's job.
+    let wrong_job: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_events w LEFT JOIN jobs j ON j.id = w.job_id \
+         WHERE j.id IS NULL OR j.unique_key IS DISTINCT FROM w.payment_id",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(wrong_job, 0);
     // Group commit: the 500 jobs were written by far fewer transactions.
     let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM jobs")
         .fetch_one(&app.db.pool)
@@ -543,4 +575,59 @@ async fn a_delivery_the_database_cannot_store_fails_alone_not_its_batch() {
         (10, 10),
         "every good delivery is recorded, no bad one"
     );
+}
+
+/// The group commit's statement, with `n` new events of ticket jobs: its parameters as
+/// literals (JSON `1` stands for each body and job payload).
+fn record_webhooks_params(n: usize) -> Vec<String> {
+    let events: Vec<String> = (0..n).map(|i| format!("evt-new-{i:04}")).collect();
+    let payments: Vec<String> = (0..n).map(|i| format!("pay-new-{i:04}")).collect();
+    vec![
+        array_literal(&events),
+        array_literal(std::iter::repeat_n("payment.completed", n)),
+        array_literal(&payments),
+        array_literal(std::iter::repeat_n(1, n)),
+        array_literal(std::iter::repeat_n(1, n)),
+        array_literal(&payments),
+        "tickets".into(),
+        "ticket".into(),
+        "25".into(),
+        "1".into(),
+        "1000".into(),
+        "3600000".into(),
+    ]
+}
+
+#[tokio::test]
+async fn the_batch_statement_planned_on_empty_tables_still_probes_its_indexes_once_they_grew() {
+    let db = TestDb::new().await;
+    let types = [
+        "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text", "text", "int",
+        "smallint", "int", "int",
+    ];
+    // Planned once, as the group commit's connections plan it (INDEX_PLANS), while every
+    // table is empty and analyzed so: a new deployment's first webhook. The plan is kept
+    // until the tables are analyzed again, however much they grow meanwhile.
+    sqlx::query("ANALYZE").execute(&db.pool).await.unwrap();
+    let mut probe = PreparedProbe::prepare(
+        &db.pool,
+        RECORD_WEBHOOKS,
+        &types,
+        &record_webhooks_params(1),
+    )
+    .await;
+    sqlx::raw_sql(
+        "INSERT INTO webhook_events (event_id, event_name, payment_id, payload, job_id) \
+           SELECT 'evt-' || g, 'payment.completed', 'pay-' || g, '{}', g \
+           FROM generate_series(1, 100000) g; \
+         INSERT INTO jobs (queue, kind, payload, unique_key, run_at, max_attempts, \
+                           backoff_base_ms, backoff_max_ms, priority) \
+           SELECT 'tickets', 'ticket', '{}', 'pay-' || g, now(), 25, 1000, 3600000, 1 \
+           FROM generate_series(1, 100000) g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let plan = probe.plan(&record_webhooks_params(500)).await;
+    assert_eq!(full_scans(&plan), Vec::<String>::new(), "{plan}");
 }

@@ -18,6 +18,11 @@
 //! any failure, and then every [`FULL_PASS_EVERY`] or twenty times its own last duration,
 //! whichever is longer: it catches what a window cannot see, a lease written already expired
 //! or a row that a statement which then rolled back held locked while the window passed.
+//!
+//! Every pass is bounded by the interval. A full pass that outlasts it while the database
+//! still answers a probe is given up, not counted as an outage: the windows go on, and the
+//! next full pass comes as late as after a full pass that long. Under a snapshot held for
+//! hours a full pass can outgrow any bound, and rescue must not stop with it.
 
 use crate::engine::full_pass::FullPasses;
 use crate::engine::loops::Every;
@@ -142,9 +147,21 @@ impl Rescuer {
                     self.probe().await.map(|()| None)
                 }
             };
-            let result = tokio::time::timeout(self.config.interval, pass)
-                .await
-                .unwrap_or(Err(EngineError::Timeout("a rescue pass")));
+            let result = match tokio::time::timeout(self.config.interval, pass).await {
+                Ok(result) => result,
+                // A full pass that outlasted the interval may only be slow: a snapshot held
+                // open elsewhere keeps every finished run's index entry, and the pass crosses
+                // them all. A probe tells a slow pass from a database out of reach.
+                Err(_) if rescue && lookback.is_none() && self.answers_promptly().await => {
+                    tracing::warn!(
+                        interval_ms = self.config.interval.as_millis() as u64,
+                        "a full rescue pass did not finish within the interval; windowed passes go on and the next full pass comes later"
+                    );
+                    passes.overran(began);
+                    continue;
+                }
+                Err(_) => Err(EngineError::Timeout("a rescue pass")),
+            };
             // A pass bounded by the interval: one that waited longer for a connection may
             // have waited out an outage, and counts as one.
             if rescue {
@@ -176,6 +193,14 @@ impl Rescuer {
                 }
             }
         }
+    }
+
+    /// Whether the database answers a probe within the interval.
+    async fn answers_promptly(&self) -> bool {
+        matches!(
+            tokio::time::timeout(self.config.interval, self.probe()).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Whether the database answers.
@@ -213,6 +238,15 @@ impl PassSchedule {
             return None;
         }
         Some(now.saturating_duration_since(last) + WINDOW_OVERLAP)
+    }
+
+    /// Records a full pass that began at `began` and was given up unfinished while the
+    /// database answered: the next full pass waits as long as after one that took this long,
+    /// and windows go on from the last complete pass (from this one's start if none has
+    /// completed), so expiries from now on are rescued whatever a full pass costs.
+    fn overran(&mut self, began: Instant) {
+        self.last_complete.get_or_insert(began);
+        self.full.ran(began);
     }
 
     /// Records a pass that began at `began` with `lookback`; a failed one makes the next a
@@ -261,6 +295,40 @@ mod tests {
         let t1 = t0 + Duration::from_secs(5);
         passes.finished(t1, passes.lookback(t1), false);
         assert_eq!(passes.lookback(t1 + Duration::from_secs(5)), None);
+    }
+
+    #[test]
+    fn after_a_full_pass_overran_windows_go_on_and_the_next_full_pass_waits_its_share() {
+        let mut passes = PassSchedule::default();
+        let t0 = Instant::now() - Duration::from_secs(10);
+        passes.finished(t0, None, true);
+        // A full pass that began at t1 was given up 5 s later.
+        let t1 = t0 + FULL_PASS_EVERY;
+        let overran_at = Instant::now() - Duration::from_secs(5);
+        passes.overran(overran_at);
+        let t2 = t1 + Duration::from_secs(5);
+        assert_eq!(
+            passes.lookback(t2),
+            Some(t2.saturating_duration_since(t0) + WINDOW_OVERLAP),
+            "a window from the last complete pass"
+        );
+        let next_full = overran_at + Duration::from_secs(5) * FULL_PASS_SHARE;
+        assert!(passes
+            .lookback(next_full - Duration::from_secs(1))
+            .is_some());
+        assert_eq!(passes.lookback(next_full + Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn when_the_first_full_pass_overran_windows_start_from_it() {
+        let mut passes = PassSchedule::default();
+        let t0 = Instant::now() - Duration::from_secs(5);
+        passes.overran(t0);
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(
+            passes.lookback(t1),
+            Some(Duration::from_secs(10) + WINDOW_OVERLAP)
+        );
     }
 
     #[test]

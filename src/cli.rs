@@ -396,10 +396,11 @@ pub struct EnqueuerArgs {
     /// Group commit: how long the first webhook of a batch waits for company.
     #[arg(long, env = "ENQUEUER_BATCH_DELAY", default_value = "2ms", value_parser = parse_duration)]
     pub batch_delay: Duration,
-    /// Group commit: batches being written at once.
+    /// Group commit: batches being written at once, each on a connection of the group
+    /// commit's own pool.
     #[arg(long, env = "ENQUEUER_BATCHES_IN_FLIGHT", default_value_t = crate::http::group_commit::DEFAULT_MAX_IN_FLIGHT)]
     pub batches_in_flight: usize,
-    /// Database connections of the enqueuer's pool.
+    /// Database connections of the enqueuer's pool (the group commit has a pool of its own).
     #[arg(long, env = "ENQUEUER_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
     /// Requests taking longer than this are answered 408.

@@ -197,6 +197,14 @@ pub const HANDLER: SessionSettings = &[
     ("idle_in_transaction_session_timeout", "60s"),
 ];
 
+/// What is answered as committed is on disk (§5.1), whatever `synchronous_commit` the server
+/// or the database defaults to: an operator who turns it off server-wide for throughput must
+/// not turn a webhook's 2xx into a promise a crash can break.
+pub const DURABLE_COMMIT: SessionSettings = &[("synchronous_commit", "on")];
+
+/// The durable pools' settings: [`SESSION`] and [`DURABLE_COMMIT`].
+const DURABLE_SESSION: &[SessionSettings] = &[SESSION, DURABLE_COMMIT];
+
 /// The engine pool's settings: [`SESSION`] and [`ASYNC_COMMIT`].
 const ENGINE_SESSION: &[SessionSettings] = &[SESSION, ASYNC_COMMIT];
 
@@ -206,7 +214,7 @@ const HANDLER_SESSION: &[SessionSettings] = &[SESSION, HANDLER];
 /// What a pool is for, which decides how its sessions are set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PoolRole {
-    /// Enqueue, business writes, operator commands: [`SESSION`].
+    /// Enqueue, business writes, operator commands: [`DURABLE_SESSION`].
     Durable,
     /// The engine's claims, completions and leases: [`ENGINE_SESSION`], keepalives, warmed.
     Engine,
@@ -217,7 +225,7 @@ enum PoolRole {
 impl PoolRole {
     fn settings(self) -> &'static [SessionSettings] {
         match self {
-            PoolRole::Durable => &[SESSION],
+            PoolRole::Durable => DURABLE_SESSION,
             PoolRole::Engine => ENGINE_SESSION,
             PoolRole::Handlers => HANDLER_SESSION,
         }

@@ -4,14 +4,17 @@
 
 use std::time::Duration;
 
+use poda::config::{DatabaseSettings, Secret};
 use poda_jobs::db::Db;
 use poda_jobs::engine::{enqueue_many_pooled, JobState};
 use poda_jobs::probe::ProbeJob;
 use poda_jobs::testing::wait_until;
-use poda_jobs::testing::PrivateCluster;
+use poda_jobs::testing::{PrivateCluster, TestDb};
 use poda_jobs::RetryPolicy;
 
+use crate::support::app::{spawn_enqueuer_connecting, test_settings};
 use crate::support::count_state;
+use crate::support::monime::payment_completed;
 use crate::support::process::{run_worker_command, spawn_worker_serving_metrics, worker_command};
 
 /// A migrated database on `cluster`, and a pool on it whose commits (the test's enqueues)
@@ -204,4 +207,57 @@ async fn a_retry_schedule_the_database_took_survives_a_server_crash() {
     );
     worker.sigterm();
     let _ = worker.wait_exit(Duration::from_secs(30)).await;
+}
+
+/// A webhook answered 2xx has been committed durably (§5.1): twenty webhooks answered at
+/// once, then the server crashes, and every event and its ticket job is there when it comes
+/// back. The cluster's WAL writer waits 10 s, so a commit that did not wait for its flush
+/// (an asynchronous commit on the group commit's connections) would be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_answered_before_a_server_crash_are_all_there_after_it() {
+    let mut cluster = PrivateCluster::start_with("wal_writer_delay = 10s").await;
+    let (url, pool) = migrated(&cluster).await;
+    // The enqueuer serves the cluster's database; the fresh shared one only carries the app.
+    let db = TestDb::new().await;
+    let mut settings = test_settings(&db);
+    settings.database = DatabaseSettings::new(Secret::new(url), 4);
+    let app = spawn_enqueuer_connecting(db, settings).await;
+
+    let replies = futures::future::join_all((0..20).map(|i| {
+        let event = payment_completed(&format!("evt-crash-{i}"), &format!("pay-crash-{i}"));
+        let app = &app;
+        async move { app.post_event(&event).await }
+    }))
+    .await;
+    let job_ids: Vec<i64> = replies
+        .iter()
+        .map(|reply| {
+            assert_eq!(reply.status, 202, "{reply:?}");
+            reply.job_id()
+        })
+        .collect();
+
+    cluster.crash().await;
+    cluster.start_again().await;
+    let counts = wait_until(
+        "the database to answer after the crash",
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT (SELECT count(*) FROM webhook_events WHERE job_id = ANY($1)), \
+                        (SELECT count(*) FROM jobs WHERE id = ANY($1))",
+            )
+            .bind(&job_ids)
+            .fetch_one(&pool)
+            .await
+            .ok()
+        },
+        |c| c.is_some(),
+    )
+    .await;
+    assert_eq!(
+        counts,
+        Some((20, 20)),
+        "every answered webhook survived the crash"
+    );
 }

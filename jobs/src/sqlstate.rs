@@ -5,12 +5,21 @@ use std::borrow::Cow;
 /// `unique_violation`.
 pub const UNIQUE_VIOLATION: &str = "23505";
 
+/// `query_canceled`: the statement outlasted its `statement_timeout`, or was cancelled.
+pub const QUERY_CANCELED: &str = "57014";
+
 /// The SQLSTATE of an error the server raised, if it is one.
 pub fn code(error: &sqlx::Error) -> Option<Cow<'_, str>> {
     match error {
         sqlx::Error::Database(db) => db.code(),
         _ => None,
     }
+}
+
+/// True when the server cancelled the statement (its `statement_timeout`, or an operator):
+/// the server answered, so it is no sign of an outage.
+pub fn is_query_canceled(error: &sqlx::Error) -> bool {
+    code(error).as_deref() == Some(QUERY_CANCELED)
 }
 
 /// True for errors caused by the rows written (SQLSTATE classes 22 "data exception" and 23

@@ -101,3 +101,55 @@ async fn a_windowed_pass_reads_only_recent_expiries_and_a_full_pass_reads_them_a
     assert_eq!(full.requeued.get(QUEUE), Some(&1));
     assert_eq!(state_of(&db.pool, old).await, (JobState::Available, 1));
 }
+
+#[tokio::test]
+async fn a_bounded_full_pass_is_stopped_by_the_server_and_leaves_nothing_running() {
+    let db = TestDb::new().await;
+    let id = enqueue_one_pooled(&db.pool, &job(1)).await.unwrap().id;
+    claim_batch(
+        &db.pool,
+        QUEUE,
+        1,
+        Uuid::new_v4(),
+        Duration::from_millis(1),
+        None,
+    )
+    .await
+    .unwrap();
+    let rescuer = rescuer(&db.pool);
+
+    // A pass that cannot finish: `jobs` is locked by another session for as long as it likes.
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let pass = rescuer.pass_within(None, None, Some(Duration::from_millis(300)));
+    let error = tokio::time::timeout(Duration::from_secs(20), pass)
+        .await
+        .expect("the server ends the pass at its bound")
+        .expect_err("the pass cannot finish while jobs is locked");
+    assert!(
+        error
+            .sqlx()
+            .is_some_and(poda_jobs::sqlstate::is_query_canceled),
+        "{error}"
+    );
+    // Nothing of the pass is left waiting on the server.
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(waiting, 0);
+
+    holder.rollback().await.unwrap();
+    let report = rescuer
+        .pass_within(None, None, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(report.requeued.get(QUEUE), Some(&1));
+    assert_eq!(state_of(&db.pool, id).await, (JobState::Available, 1));
+}

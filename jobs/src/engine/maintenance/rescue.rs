@@ -19,10 +19,13 @@
 //! whichever is longer: it catches what a window cannot see, a lease written already expired
 //! or a row that a statement which then rolled back held locked while the window passed.
 //!
-//! Every pass is bounded by the interval. A full pass that outlasts it while the database
-//! still answers a probe is given up, not counted as an outage: the windows go on, and the
-//! next full pass comes as late as after a full pass that long. Under a snapshot held for
-//! hours a full pass can outgrow any bound, and rescue must not stop with it.
+//! Every pass is bounded by the interval. A full pass carries the bound to the server as its
+//! statements' `statement_timeout`, so one that outlasts it stops there too instead of holding
+//! a connection and a backend until the pool's own timeout. A full pass cancelled by the
+//! server, or one that outlasted the bound while the database still answers a probe, is given
+//! up, not counted as an outage: the windows go on, and the next full pass comes as late as
+//! after a full pass that long. Under a snapshot held for hours a full pass can outgrow any
+//! bound, and rescue must not stop with it.
 
 use crate::engine::full_pass::FullPasses;
 use crate::engine::loops::Every;
@@ -35,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::error::EngineError;
 use crate::engine::notify::Signals;
+use crate::sqlstate::is_query_canceled;
 
 pub const DEFAULT_RESCUE_INTERVAL: Duration = Duration::from_secs(5);
 const RESCUE_BATCH: i64 = 1_000;
@@ -104,19 +108,44 @@ impl Rescuer {
         now: Option<DateTime<Utc>>,
         lookback: Option<Duration>,
     ) -> Result<RescueReport, EngineError> {
+        self.pass_within(now, lookback, None).await
+    }
+
+    /// [`Rescuer::pass`], its statements cancelled by the server once `bound` has passed
+    /// since it began (SQLSTATE 57014, see [`is_query_canceled`]); what earlier batches
+    /// rescued stays rescued.
+    pub async fn pass_within(
+        &self,
+        now: Option<DateTime<Utc>>,
+        lookback: Option<Duration>,
+        bound: Option<Duration>,
+    ) -> Result<RescueReport, EngineError> {
+        let began = Instant::now();
         let mut report = RescueReport::default();
         let grace_ms = self.config.grace.as_millis() as i64;
         let lookback_ms = lookback.map(|l| l.as_millis() as i64);
         loop {
-            let rows = sqlx::query_file!(
+            let batch = sqlx::query_file!(
                 "src/engine/maintenance/rescue_expired.sql",
                 now,
                 RESCUE_BATCH,
                 grace_ms,
                 lookback_ms,
-            )
-            .fetch_all(&self.pool)
-            .await?;
+            );
+            let rows = match bound {
+                None => batch.fetch_all(&self.pool).await?,
+                Some(bound) => {
+                    // At least a millisecond: 0 would turn the timeout off.
+                    let left_ms = bound.saturating_sub(began.elapsed()).as_millis().max(1);
+                    let mut tx = self
+                        .pool
+                        .begin_with_settings(&format!("SET LOCAL statement_timeout = {left_ms}"))
+                        .await?;
+                    let rows = batch.fetch_all(&mut *tx).await?;
+                    self.pool.commit(tx).await?;
+                    rows
+                }
+            };
             for row in &rows {
                 let bucket = if row.state == "failed" {
                     &mut report.failed
@@ -140,24 +169,35 @@ impl Rescuer {
             let rescue = reachable_since.is_some_and(|since| since.elapsed() >= self.config.grace);
             let began = Instant::now();
             let lookback = passes.lookback(began);
+            let full = rescue && lookback.is_none();
+            // A full pass may only be slow: a snapshot held open elsewhere keeps every
+            // finished run's index entry, and the pass crosses them all. The server stops it
+            // at the interval; the client waits one interval more, so that a cancellation
+            // can arrive before a silence is taken for an outage.
+            let (server_bound, client_bound) = if full {
+                (Some(self.config.interval), self.config.interval * 2)
+            } else {
+                (None, self.config.interval)
+            };
             let pass = async {
                 if rescue {
-                    self.pass(None, lookback).await.map(Some)
+                    self.pass_within(None, lookback, server_bound)
+                        .await
+                        .map(Some)
                 } else {
                     self.probe().await.map(|()| None)
                 }
             };
-            let result = match tokio::time::timeout(self.config.interval, pass).await {
+            let result = match tokio::time::timeout(client_bound, pass).await {
+                Ok(Err(error)) if full && error.sqlx().is_some_and(is_query_canceled) => {
+                    self.full_pass_given_up(&mut passes, began);
+                    continue;
+                }
                 Ok(result) => result,
-                // A full pass that outlasted the interval may only be slow: a snapshot held
-                // open elsewhere keeps every finished run's index entry, and the pass crosses
-                // them all. A probe tells a slow pass from a database out of reach.
-                Err(_) if rescue && lookback.is_none() && self.answers_promptly().await => {
-                    tracing::warn!(
-                        interval_ms = self.config.interval.as_millis() as u64,
-                        "a full rescue pass did not finish within the interval; windowed passes go on and the next full pass comes later"
-                    );
-                    passes.overran(began);
+                // Silence from a slow pass (one that waited for a connection, say) or from a
+                // database out of reach: a probe tells them apart.
+                Err(_) if full && self.answers_promptly().await => {
+                    self.full_pass_given_up(&mut passes, began);
                     continue;
                 }
                 Err(_) => Err(EngineError::Timeout("a rescue pass")),
@@ -193,6 +233,14 @@ impl Rescuer {
                 }
             }
         }
+    }
+
+    fn full_pass_given_up(&self, passes: &mut PassSchedule, began: Instant) {
+        tracing::warn!(
+            interval_ms = self.config.interval.as_millis() as u64,
+            "a full rescue pass did not finish within the interval; windowed passes go on and the next full pass comes later"
+        );
+        passes.overran(began);
     }
 
     /// Whether the database answers a probe within the interval.

@@ -153,7 +153,9 @@ async fn send_webhooks(
     let mut next: usize = 0;
     while !stop.is_cancelled() {
         ticker.tick().await;
-        let due_now = (started.elapsed().as_secs_f64() * f64::from(rate)) as usize;
+        // Payment i is due at i / rate: every payment whose time has come goes now (counting
+        // only those past a whole period would send each one a period late).
+        let due_now = (started.elapsed().as_secs_f64() * f64::from(rate)).floor() as usize + 1;
         while next < due_now {
             let i = next;
             next += 1;

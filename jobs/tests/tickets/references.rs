@@ -1,5 +1,6 @@
-//! Tickets' references to companies, routes and payment codes are checked per statement, and
-//! the rows they refer to cannot be removed.
+//! Tickets' references to companies, routes and payment codes, and commission transfers'
+//! references to tickets and companies, are checked per statement, and the rows they refer to
+//! cannot be removed.
 
 use poda_jobs::db::Db;
 use poda_jobs::testing::tickets::{seed_one_company, seed_payment_code};
@@ -121,4 +122,91 @@ async fn companies_routes_and_codes_cannot_be_deleted_or_rekeyed() {
     .await
     .unwrap();
     assert_eq!(kept, (1, 1, 1));
+}
+
+async fn insert_transfer(pool: &Db, values: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO commission_transfers (ticket_id, company_id, source_account_id, \
+                                           destination_account_id, amount_minor, currency, \
+                                           idempotency_key, request_body) \
+         VALUES {values}"
+    )))
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+async fn count(pool: &Db, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_transfer_with_a_missing_ticket_or_company_is_refused_and_its_ticket_is_kept() {
+    let db = TestDb::new().await;
+    seed_one_company(&db.pool).await;
+    insert_ticket(&db.pool, "pay-ok", "rt-1", None)
+        .await
+        .unwrap();
+    insert_ticket(&db.pool, "pay-free", "rt-1", None)
+        .await
+        .unwrap();
+    let (ticket, free): (i64, i64) = sqlx::query_as("SELECT min(id), max(id) FROM tickets")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let row = |ticket: i64, company: &str, key: &str| {
+        format!("({ticket}, '{company}', 'fa-src', 'fa-dst', 250, 'SLE', '{key}', '{{}}')")
+    };
+
+    insert_transfer(&db.pool, &row(ticket, "co-1", "k-ok"))
+        .await
+        .expect("a transfer with valid references is written");
+    for (values, what) in [
+        (
+            row(free + 1_000, "co-1", "k-1"),
+            "a ticket that does not exist",
+        ),
+        (row(free, "co-nope", "k-2"), "a company that does not exist"),
+        (
+            format!(
+                "{}, {}",
+                row(free, "co-1", "k-3"),
+                row(free + 1_000, "co-1", "k-4")
+            ),
+            "a statement with one bad row",
+        ),
+    ] {
+        let error = insert_transfer(&db.pool, &values).await.unwrap_err();
+        assert_eq!(
+            sqlstate(&error).as_deref(),
+            Some("23503"),
+            "{what}: {error}"
+        );
+    }
+
+    for statement in [
+        "UPDATE commission_transfers SET ticket_id = ticket_id + 1",
+        "UPDATE commission_transfers SET company_id = 'co-2'",
+        "DELETE FROM tickets",
+        "UPDATE tickets SET id = DEFAULT",
+        "TRUNCATE tickets CASCADE",
+        "TRUNCATE commission_transfers, tickets",
+    ] {
+        let error = sqlx::query(statement).execute(&db.pool).await.unwrap_err();
+        assert_eq!(
+            sqlstate(&error).as_deref(),
+            Some("23503"),
+            "{statement}: {error}"
+        );
+    }
+    // Setting a transfer's ticket to the one it has changes nothing and is let through.
+    sqlx::query("UPDATE commission_transfers SET ticket_id = ticket_id, status = 'processing'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count(&db.pool, "tickets").await, 2);
+    assert_eq!(count(&db.pool, "commission_transfers").await, 1);
 }

@@ -33,8 +33,8 @@ fn sqlstate(error: &sqlx::Error) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
-async fn tickets(pool: &Db) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM tickets")
+async fn count(pool: &Db, table: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
         .fetch_one(pool)
         .await
         .unwrap()
@@ -81,7 +81,7 @@ async fn a_ticket_with_a_missing_reference_is_refused_like_a_foreign_key() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&moved).as_deref(), Some("23503"));
-    assert_eq!(tickets(&db.pool).await, 1);
+    assert_eq!(count(&db.pool, "tickets").await, 1);
 }
 
 #[tokio::test]
@@ -134,13 +134,6 @@ async fn insert_transfer(pool: &Db, values: &str) -> Result<(), sqlx::Error> {
     .execute(pool)
     .await
     .map(|_| ())
-}
-
-async fn count(pool: &Db, table: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -19,13 +19,13 @@
 //! whichever is longer: it catches what a window cannot see, a lease written already expired
 //! or a row that a statement which then rolled back held locked while the window passed.
 //!
-//! Every pass is bounded by the interval. A full pass carries the bound to the server as its
-//! statements' `statement_timeout`, so one that outlasts it stops there too instead of holding
-//! a connection and a backend until the pool's own timeout. A full pass cancelled by the
-//! server, or one that outlasted the bound while the database still answers a probe, is given
-//! up, not counted as an outage: the windows go on, and the next full pass comes as late as
-//! after a full pass that long. Under a snapshot held for hours a full pass can outgrow any
-//! bound, and rescue must not stop with it.
+//! Every pass is bounded by the interval. A full pass also carries a bound to the server, a
+//! little shorter, as its statements' `statement_timeout`, so one that outlasts it stops there
+//! instead of holding a connection and a backend until the pool's own timeout. A full pass
+//! cancelled by the server, or one that outlasted the interval while the database still
+//! answers a probe, is given up, not counted as an outage: the windows go on, and the next
+//! full pass comes as late as after a full pass that long. Under a snapshot held for hours a
+//! full pass can outgrow any bound, and rescue must not stop with it.
 
 use crate::engine::full_pass::FullPasses;
 use crate::engine::loops::Every;
@@ -50,6 +50,9 @@ pub const DEFAULT_RESCUE_GRACE: Duration = Duration::from_secs(15);
 pub const FULL_PASS_EVERY: Duration = Duration::from_secs(60);
 /// A full pass that took `d` is followed by windowed passes for at least `d` × this.
 const FULL_PASS_SHARE: u32 = 20;
+/// A full pass's statements are cancelled by the server at this share of the interval, so
+/// the cancellation reaches the rescuer before its own bound, the interval.
+const SERVER_BOUND_SHARE: f64 = 0.8;
 /// A windowed pass starts this long before the start of the last complete pass: a lease
 /// whose claim or renewal committed a little late is still in range.
 const WINDOW_OVERLAP: Duration = Duration::from_secs(5);
@@ -172,13 +175,10 @@ impl Rescuer {
             let full = rescue && lookback.is_none();
             // A full pass may only be slow: a snapshot held open elsewhere keeps every
             // finished run's index entry, and the pass crosses them all. The server stops it
-            // at the interval; the client waits one interval more, so that a cancellation
-            // can arrive before a silence is taken for an outage.
-            let (server_bound, client_bound) = if full {
-                (Some(self.config.interval), self.config.interval * 2)
-            } else {
-                (None, self.config.interval)
-            };
+            // a little before the interval, so that its cancellation arrives before the
+            // client's bound. That bound stays the interval for every pass: a pass that
+            // waited longer may have waited out a break longer than the leases' margin.
+            let server_bound = full.then(|| self.config.interval.mul_f64(SERVER_BOUND_SHARE));
             let pass = async {
                 if rescue {
                     self.pass_within(None, lookback, server_bound)
@@ -188,7 +188,7 @@ impl Rescuer {
                     self.probe().await.map(|()| None)
                 }
             };
-            let result = match tokio::time::timeout(client_bound, pass).await {
+            let result = match tokio::time::timeout(self.config.interval, pass).await {
                 Ok(Err(error)) if full && error.sqlx().is_some_and(is_query_canceled) => {
                     self.full_pass_given_up(&mut passes, began);
                     continue;

@@ -7,11 +7,6 @@ use poda::cli::EnqueuerCli;
 use poda::enqueuer::{Enqueuer, EnqueuerSettings};
 use poda::{shutdown, telemetry};
 
-// The processes allocate many small, short-lived buffers across runtime threads (HTTP bodies,
-// rows, JSON); glibc's allocator spent about a tenth of the machine on them under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let _ = dotenvy::dotenv();

@@ -11,11 +11,6 @@ use poda_jobs::engine::NewJob;
 use poda_jobs::transfer::monime::MonimeClient;
 use poda_jobs::transfer::reconcile::ReconcileConfig;
 
-// The processes allocate many small, short-lived buffers across runtime threads (HTTP bodies,
-// rows, JSON); glibc's allocator spent about a tenth of the machine on them under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     // Fail points named by FAILPOINTS, in builds with the `failpoints` feature (tests).

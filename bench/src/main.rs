@@ -245,11 +245,6 @@ struct DemoArgs {
     keep_running: bool,
 }
 
-// The processes allocate many small, short-lived buffers across runtime threads (HTTP bodies,
-// rows, JSON); glibc's allocator spent about a tenth of the machine on them under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let _ = dotenvy::dotenv();

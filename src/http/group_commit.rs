@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Each handler answers only after its own batch committed. A failed batch answers every
-//! delivery in it with an error (503), and no other batch.
+//! delivery in it with an error (503), and no other batch. A batch that enqueued ticket jobs
+//! wakes the ticket workers after its commit, from a session of its own ([`Wakeups`]): a
+//! NOTIFY in the durable commit would hold a server-wide lock through its WAL flush.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use poda_jobs::batch::{self, BatchHandle, BatcherConfig};
 use poda_jobs::db::{Db, INDEX_PLANS};
+use poda_jobs::engine::wakeups::Wakeups;
 use poda_jobs::engine::{JobId, NewJob};
 use poda_jobs::ticket::{self, TicketJob};
 use poda_jobs::EngineError;
@@ -101,6 +104,9 @@ impl GroupCommitHandle {
 pub struct GroupCommit {
     handle: GroupCommitHandle,
     task: JoinHandle<()>,
+    /// Sends the ticket queue's wake-ups; stopped after the writer.
+    wakeups: JoinHandle<()>,
+    stop_wakeups: CancellationToken,
 }
 
 impl GroupCommit {
@@ -115,6 +121,9 @@ impl GroupCommit {
             in_flight: config.max_in_flight,
             backlog: (config.max_batch * config.max_in_flight * 2).max(64),
         };
+        let wakeups = Wakeups::default();
+        let stop_wakeups = CancellationToken::new();
+        let wakeups_task = tokio::spawn(wakeups.clone().run(pool.clone(), stop_wakeups.clone()));
         // It ends when every handle is dropped (`stop`), after writing what it holds.
         let (inner, task) = batch::start(
             "group_commit",
@@ -122,12 +131,21 @@ impl GroupCommit {
             CancellationToken::new(),
             move |deliveries| {
                 let pool = pool.clone();
-                async move { flush(&pool, deliveries).await }
+                let wakeups = wakeups.clone();
+                async move {
+                    let results = flush(&pool, deliveries).await;
+                    if results.iter().any(enqueued_a_job) {
+                        wakeups.wake(ticket::QUEUE);
+                    }
+                    results
+                }
             },
         );
         GroupCommit {
             handle: GroupCommitHandle { inner },
             task,
+            wakeups: wakeups_task,
+            stop_wakeups,
         }
     }
 
@@ -139,7 +157,22 @@ impl GroupCommit {
     pub async fn stop(self) {
         drop(self.handle);
         let _ = self.task.await;
+        self.stop_wakeups.cancel();
+        let _ = self.wakeups.await;
     }
+}
+
+/// Whether a delivery's batch committed a ticket job it may have created (a first delivery
+/// whose payment's job was new, or already there from another event: a wake-up too many is
+/// harmless).
+fn enqueued_a_job(result: &Result<Recorded, GroupCommitError>) -> bool {
+    matches!(
+        result,
+        Ok(Recorded {
+            first_delivery: true,
+            job_id: Some(_)
+        })
+    )
 }
 
 #[tracing::instrument(skip_all, fields(batch.size = deliveries.len()))]

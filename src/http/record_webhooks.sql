@@ -5,7 +5,8 @@
 -- $9 max_attempts, $10 priority, $11 backoff_base_ms, $12 backoff_max_ms.
 -- One row per event: whether this statement recorded it, and its ticket job.
 --
--- Sent on its own it commits by itself: one round trip for the whole batch.
+-- Sent on its own it commits by itself: one round trip for the whole batch. It sends no
+-- NOTIFY: the writer wakes the ticket workers once it has committed (wake-after-commit.md).
 --
 -- An event this statement's snapshot has already recorded (a redelivery) enqueues nothing and
 -- answers with the job recorded with it. Every other event with a payload has its job
@@ -48,7 +49,7 @@ enqueued AS (
                array_fill($7::text, ARRAY[batch.n]), array_fill($8::text, ARRAY[batch.n]),
                batch.payloads, NULL, array_fill($10::smallint, ARRAY[batch.n]), batch.keys,
                array_fill($9::int, ARRAY[batch.n]), array_fill($11::int, ARRAY[batch.n]),
-               array_fill($12::int, ARRAY[batch.n]))) AS k(unique_key, job_id)
+               array_fill($12::int, ARRAY[batch.n]), wake => false)) AS k(unique_key, job_id)
 ),
 recorded AS (
     INSERT INTO webhook_events (event_id, event_name, payment_id, payload, job_id)

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use poda_jobs::testing::plans::{array_literal, full_scans, PreparedProbe};
-use poda_jobs::testing::TestDb;
+use poda_jobs::testing::{wakeups, TestDb};
 use serde_json::json;
 
 use crate::support::app::{spawn_enqueuer, spawn_enqueuer_with, Reply, TestApp};
@@ -55,6 +55,22 @@ async fn webhook_returns_202_with_a_ticket_job_when_payment_completed() {
             .unwrap();
     assert_eq!(event_job, Some(job_id));
     assert_eq!(name, "payment.completed");
+}
+
+/// The batch commits durably without a NOTIFY (which would hold the server's notify lock
+/// through its WAL flush); the ticket workers are woken after it, from another session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_ticket_job_wakes_the_ticket_workers_after_its_commit_from_another_session() {
+    let app = spawn_enqueuer().await;
+    let mut listener = wakeups::listen(&app.db.pool).await;
+    let reply = app.post_event(&payment_completed("evt-1", "pay-1")).await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+
+    let sender = wakeups::next_wakeup_of(&mut listener, &app.db.pool, "tickets").await;
+    assert!(
+        sender.starts_with("-- wake:"),
+        "the wake-up came from the session that ran: {sender}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

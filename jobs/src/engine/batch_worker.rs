@@ -39,6 +39,7 @@ use super::job::{JobId, JobMeta};
 use super::outcome::{decide, log_outcome, panic_message, Action, OutcomeColumns};
 use super::retry::{BoxError, JobError, Outcome, RetryPolicy};
 use super::runtime::Engine;
+use super::wakeups::Wakeups;
 
 /// A runner whose claim failed waits this long before it claims again.
 const CLAIM_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -57,6 +58,12 @@ pub trait BatchHandler: Send + Sync + 'static {
         conn: &'a mut PgConnection,
         jobs: &'a [Self::Args],
     ) -> impl Future<Output = Vec<Result<Outcome, JobError>>> + Send + 'a;
+
+    /// The queues `run` enqueues into without a NOTIFY ([`super::insert_new_jobs`]): the
+    /// runner wakes them once the batch's transaction has committed ([`Wakeups`]).
+    fn wakes(&self) -> &[&str] {
+        &[]
+    }
 }
 
 /// One batch queue of one process.
@@ -193,7 +200,15 @@ async fn run<H: BatchHandler>(
     while !stop.is_cancelled() {
         let seen = signal.generation();
         let began = tokio::time::Instant::now();
-        match run_batch(&cursor, &pool, &settings, lease, handler.as_ref()).await {
+        let batch = run_batch(
+            &cursor,
+            &pool,
+            &settings,
+            lease,
+            handler.as_ref(),
+            engine.wakeups(),
+        );
+        match batch.await {
             Ok(n) if n >= settings.batch_size => continue,
             Ok(_) => {
                 // A part-full claim took every runnable job: wait for more, then let more
@@ -225,6 +240,7 @@ async fn run_batch<H: BatchHandler>(
     settings: &BatchSettings,
     lease: Duration,
     handler: &H,
+    wakeups: &Wakeups,
 ) -> Result<usize, sqlx::Error> {
     let queue = settings.queue.as_str();
     // Not a macro: SET LOCAL takes no parameter, so the lease is formatted into the text.
@@ -336,6 +352,9 @@ async fn run_batch<H: BatchHandler>(
     .await;
     match finished {
         Ok(()) => {
+            for queue in handler.wakes() {
+                wakeups.wake(queue);
+            }
             for (meta, action) in metas.iter().zip(&actions) {
                 log_outcome(meta, action);
             }

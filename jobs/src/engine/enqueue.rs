@@ -27,7 +27,7 @@ pub async fn enqueue_many(
     }
     if jobs.iter().all(|job| job.unique_key.is_none()) {
         // No job can be a duplicate: every one is created.
-        let ids = insert_new(conn, jobs).await?;
+        let ids = insert_new(conn, jobs, Some(NOTIFY_CHANNEL)).await?;
         return Ok(ids
             .into_iter()
             .map(|id| Enqueued { id, created: true })
@@ -102,12 +102,20 @@ pub async fn enqueue_many(
 /// a row the caller has just inserted in the same transaction); returns how many. A key that
 /// does exist fails with a unique violation instead of returning the existing job. Cheaper
 /// than [`enqueue_many`] with keys, which has to find out which keys exist.
+///
+/// It sends no NOTIFY: the caller wakes the jobs' queues once its transaction has committed
+/// ([`super::wakeups::Wakeups`]; a batch queue's runner does it for its handler).
 pub async fn insert_new_jobs(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<u64, EngineError> {
-    Ok(insert_new(conn, jobs).await?.len() as u64)
+    Ok(insert_new(conn, jobs, None).await?.len() as u64)
 }
 
 /// Inserts `jobs` without looking for existing unique keys; returns their ids in input order.
-async fn insert_new(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<JobId>, EngineError> {
+/// With a `channel`, the caller's commit notifies each queue on it.
+async fn insert_new(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+    channel: Option<&str>,
+) -> Result<Vec<JobId>, EngineError> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
@@ -124,7 +132,7 @@ async fn insert_new(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<JobI
         &c.backoff_max_ms,
         c.priority.as_deref(),
         c.concurrency_key.as_deref() as Option<&[Option<String>]>,
-        NOTIFY_CHANNEL,
+        channel,
         Priority::DEFAULT,
     )
     .fetch_one(&mut *conn)

@@ -3,7 +3,8 @@
 -- $1 queue[], $2 kind[], $3 payload[] (JSON text), $4 unique_key[] (NULL = none),
 -- $5 run_at[] (NULL = now()), $6 max_attempts[], $7 backoff_base_ms[], $8 backoff_max_ms[],
 -- $9 priority[] (0..3, checked by the caller and the table; NULL: every job has the default
--- priority $12), $10 concurrency_key[] (NULL: no job has a key), $11 the NOTIFY channel.
+-- priority $12), $10 concurrency_key[] (NULL: no job has a key), $11 the NOTIFY channel (NULL:
+-- no NOTIFY; the caller wakes the queues after its commit, see wakeups.rs).
 -- (unnest pads a NULL array with NULLs.)
 -- Unlike enqueue_many there is no ON CONFLICT: a key that exists fails the statement with a
 -- unique violation (23505). For a batch without unique keys, or keyed by a row the caller has
@@ -13,7 +14,8 @@
 -- saved.
 -- The rows are inserted in input order and a session's nextval() only grows, so the ids in
 -- ascending order are the ids in input order.
--- One NOTIFY per queue per statement, delivered at COMMIT of the caller's transaction.
+-- With a channel, one NOTIFY per queue per statement, delivered at COMMIT of the caller's
+-- transaction.
 WITH inserted AS (
     INSERT INTO jobs (queue, kind, payload, unique_key, run_at, max_attempts,
                       backoff_base_ms, backoff_max_ms, priority, concurrency_key)
@@ -34,4 +36,4 @@ registered AS (
     ON CONFLICT (name) DO NOTHING
 )
 SELECT (SELECT array_agg(id ORDER BY id) FROM inserted) AS "ids!",
-       (SELECT count(pg_notify($11, queue)) FROM queues) AS notified
+       (SELECT count(pg_notify($11, queue)) FROM queues WHERE $11::text IS NOT NULL) AS notified

@@ -50,6 +50,7 @@ pub mod retry;
 pub mod runtime;
 pub mod schedule;
 pub mod slots;
+pub mod wakeups;
 pub mod warm;
 
 pub use backend::{BackendSettings, PgBackend, DEFAULT_RUN_TIMEOUT};

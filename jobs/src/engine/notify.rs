@@ -1,5 +1,6 @@
-//! Wake-ups: enqueue sends one NOTIFY per queue per statement; a listener per process turns
-//! them into per-queue signals. Workers also poll, so a lost notification (or no listener,
+//! Wake-ups: enqueue sends one NOTIFY per queue per statement (the durable hot paths send it
+//! after their commit instead, [`super::wakeups`]); a listener per process turns them into
+//! per-queue signals. Workers also poll, so a lost notification (or no listener,
 //! behind a transaction pooler without a direct listen URL) only costs the poll interval.
 //! The listener keeps a session of its own, opened with a pool's connect options.
 //!

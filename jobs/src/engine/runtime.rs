@@ -20,6 +20,7 @@ use super::notify::{self, Signals};
 use super::outcome::Action;
 use super::registry::Registry;
 use super::schedule::{self, Schedule};
+use super::wakeups::Wakeups;
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -137,6 +138,8 @@ struct Inner {
     loops: Loops,
     /// Claims under way (each a task of its own); closed when the process stops claiming.
     claims: TaskTracker,
+    /// Queues to wake after a batch queue's transaction committed jobs into them.
+    wakeups: Wakeups,
     stopping: CancellationToken,
 }
 
@@ -179,11 +182,22 @@ impl Engine {
                 signals: signals.clone(),
                 loops: loops.clone(),
                 claims: TaskTracker::new(),
+                wakeups: Wakeups::default(),
                 stopping: CancellationToken::new(),
             }),
         };
-        // The completer ends only when told to give up, at the end of a shutdown.
+        // The completer ends only when told to give up, at the end of a shutdown; so do the
+        // wake-ups, which batches finishing during the shutdown still send.
         loops.spawn("engine:completer", &give_up, completer.run());
+        loops.spawn(
+            "engine:wakeups",
+            &give_up,
+            engine
+                .inner
+                .wakeups
+                .clone()
+                .run(pool.clone(), give_up.clone()),
+        );
         loops.spawn(
             "engine:heartbeat",
             &stop,
@@ -279,6 +293,11 @@ impl Engine {
 
     pub(crate) fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// Queues to wake once the transaction that enqueued into them has committed.
+    pub fn wakeups(&self) -> &Wakeups {
+        &self.inner.wakeups
     }
 
     pub(crate) fn signals(&self) -> &Signals {

@@ -1,6 +1,6 @@
 //! Test support (feature `testing`): a fresh database per test, a private PostgreSQL cluster
 //! (for tests that stop the server, and for tests and the demo on a machine whose server does
-//! not let them in), a PgBouncer in transaction mode, polling waits, plan checks and ticket-domain fixtures.
+//! not let them in), a PgBouncer in transaction mode, polling waits, plan checks, wake-up senders and ticket-domain fixtures.
 
 #[cfg(unix)]
 mod cluster;
@@ -10,6 +10,7 @@ mod pgbouncer;
 pub mod plans;
 pub mod tickets;
 mod wait;
+pub mod wakeups;
 
 #[cfg(unix)]
 pub use cluster::{free_port, PrivateCluster};

@@ -28,4 +28,9 @@ impl BatchHandler for TicketHandler {
             .map(|issued| issued.map(|_| Outcome::Done).map_err(JobError::from))
             .collect()
     }
+
+    /// A new ticket's transfer job.
+    fn wakes(&self) -> &[&str] {
+        &[crate::transfer::QUEUE]
+    }
 }

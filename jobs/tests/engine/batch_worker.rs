@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use poda_jobs::db::Db;
 use poda_jobs::engine::{
-    batch_worker, enqueue_many_pooled, BatchHandler, BatchSettings, Engine, EngineConfig, JobError,
-    NewJob, Outcome, RetryPolicy,
+    batch_worker, enqueue_many_pooled, insert_new_jobs, BatchHandler, BatchSettings, Engine,
+    EngineConfig, JobError, NewJob, Outcome, RetryPolicy,
 };
-use poda_jobs::testing::{wait_until, TestDb};
+use poda_jobs::testing::{wait_until, wakeups, TestDb};
 use serde::Deserialize;
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,37 @@ impl BatchHandler for Recorder {
     }
 }
 
+/// The queue [`Forwarder`] enqueues into.
+const DOWNSTREAM: &str = "engine_test_downstream";
+
+/// Enqueues one job into [`DOWNSTREAM`] per job, without a NOTIFY, and names that queue to
+/// be woken after the batch commits.
+struct Forwarder;
+
+impl BatchHandler for Forwarder {
+    type Args = Item;
+
+    async fn run(&self, conn: &mut PgConnection, jobs: &[Item]) -> Vec<Result<Outcome, JobError>> {
+        let forwarded: Vec<NewJob> = jobs
+            .iter()
+            .map(|item| NewJob::new(DOWNSTREAM, KIND, serde_json::json!({ "n": item.n })))
+            .collect();
+        let written = insert_new_jobs(conn, &forwarded)
+            .await
+            .map_err(|error| error.to_string());
+        jobs.iter()
+            .map(|_| match &written {
+                Ok(_) => Ok(Outcome::Done),
+                Err(error) => Err(JobError::retryable(error.clone())),
+            })
+            .collect()
+    }
+
+    fn wakes(&self) -> &[&str] {
+        &[DOWNSTREAM]
+    }
+}
+
 async fn start(
     pool: &Db,
     batch_size: usize,
@@ -76,6 +107,20 @@ async fn start_with(
         .execute(pool)
         .await
         .unwrap();
+    start_handler(pool, batch_size, runners, claim_interval, Recorder)
+}
+
+fn start_handler<H: BatchHandler>(
+    pool: &Db,
+    batch_size: usize,
+    runners: usize,
+    claim_interval: Duration,
+    handler: H,
+) -> (
+    CancellationToken,
+    batch_worker::BatchRunners,
+    poda_jobs::engine::EngineHandle,
+) {
     let engine = Engine::start(pool.clone(), EngineConfig::default());
     let stop = CancellationToken::new();
     let running = batch_worker::start(
@@ -88,7 +133,7 @@ async fn start_with(
             run_timeout: std::time::Duration::from_secs(60),
             claim_interval,
         },
-        Recorder,
+        handler,
         stop.clone(),
     );
     (stop, running, engine)
@@ -350,4 +395,34 @@ async fn a_payload_that_does_not_decode_fails_for_good_even_when_its_batch_fails
         vec![(-999, "failed"), (-1, "available"), (1, "available")]
     );
     assert!(rows[0].3.as_deref().unwrap().contains("does not decode"));
+}
+
+/// A batch's jobs commit durably without a NOTIFY (which would hold the server's notify lock
+/// through the WAL flush); the queues its handler names are woken after the commit, by the
+/// engine's wake-up session.
+#[tokio::test]
+async fn the_queues_a_batch_enqueued_into_are_woken_after_its_commit_by_another_session() {
+    let db = TestDb::new().await;
+    let mut listener = wakeups::listen(&db.pool).await;
+    enqueue_many_pooled(&db.pool, &[job(1), job(2)])
+        .await
+        .unwrap();
+
+    let (stop, running, engine) = start_handler(&db.pool, 100, 1, Duration::ZERO, Forwarder);
+    let sender = wakeups::next_wakeup_of(&mut listener, &db.pool, DOWNSTREAM).await;
+    // The jobs it announces are there to be claimed.
+    let forwarded: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE queue = $1")
+        .bind(DOWNSTREAM)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    stop.cancel();
+    running.join().await;
+    engine.shutdown().await;
+
+    assert!(
+        sender.starts_with("-- wake:"),
+        "the wake-up came from the session that ran: {sender}"
+    );
+    assert_eq!(forwarded, 2);
 }

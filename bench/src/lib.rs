@@ -445,6 +445,7 @@ impl Workers {
             &db.url,
             db.bouncer.as_ref(),
             per_worker.collect(),
+            &[],
         )
         .await?;
         workers.tallies = tallies;
@@ -453,7 +454,7 @@ impl Workers {
     }
 
     /// Starts one worker process of `bin` on `database_url` per entry of `flags` (its
-    /// command-line flags) and waits until each says it is ready (`--announce-ready`: its
+    /// command-line flags), each with `env` in its environment, and waits until each says it is ready (`--announce-ready`: its
     /// connections are open and notifications arrive). With `bouncer`, the workers reach the
     /// database through it in transaction mode and LISTEN on `database_url` directly.
     pub async fn launch(
@@ -461,6 +462,7 @@ impl Workers {
         database_url: &str,
         bouncer: Option<&PgBouncer>,
         flags: Vec<Vec<std::ffi::OsString>>,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Workers> {
         let mut workers = Workers {
             children: Vec::new(),
@@ -479,6 +481,7 @@ impl Workers {
             };
             let mut child = command
                 .args(flags)
+                .envs(env.iter().copied())
                 .arg("--announce-ready")
                 .env("RUST_LOG", child_log_filter())
                 .env_remove("WORKER_QUEUES")

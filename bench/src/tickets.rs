@@ -131,7 +131,7 @@ async fn measure(
         true => Some(PgBouncer::start(&opts.server_url, PGBOUNCER_POOL_SIZE).await),
         false => None,
     };
-    let mut workers = Workers::launch(worker, &url, bouncer.as_ref(), flags).await?;
+    let mut workers = Workers::launch(worker, &url, bouncer.as_ref(), flags, &[]).await?;
     let outcome = async {
         let started = Instant::now();
         sqlx::query(

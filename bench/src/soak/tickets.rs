@@ -91,8 +91,6 @@ pub async fn run_tickets(db: &BenchDb, options: &SoakOptions) -> anyhow::Result<
         "10s",
         "--monime-api-url",
         &sandbox.base_url,
-        "--monime-api-token",
-        MONIME_TOKEN,
         "--monime-space-id",
         "spc-soak",
         "--monime-platform-account-id",
@@ -103,7 +101,15 @@ pub async fn run_tickets(db: &BenchDb, options: &SoakOptions) -> anyhow::Result<
     .iter()
     .map(Into::into)
     .collect();
-    let workers = Workers::launch(&worker_binary(None)?, &db.url, None, vec![worker_flags]).await?;
+    // The token goes by environment, as an operator passes a secret, not on the command line.
+    let workers = Workers::launch(
+        &worker_binary(None)?,
+        &db.url,
+        None,
+        vec![worker_flags],
+        &[("MONIME_API_TOKEN", MONIME_TOKEN)],
+    )
+    .await?;
 
     let stop_sending = CancellationToken::new();
     let sender = tokio::spawn(send_webhooks(url, options.rate, stop_sending.clone()));

@@ -2,8 +2,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use poda_jobs::engine::claim::claim_batch;
-use poda_jobs::engine::{enqueue_one_pooled, JobState};
-use poda_jobs::testing::TestDb;
+use poda_jobs::engine::maintenance::Rescuer;
+use poda_jobs::engine::notify::Signals;
+use poda_jobs::engine::{enqueue_one_pooled, JobState, RescuerConfig};
+use poda_jobs::testing::{wait_until, TestDb};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::support::{fast_retry, job, rescuer, state_of, QUEUE};
@@ -152,4 +155,76 @@ async fn a_bounded_full_pass_is_stopped_by_the_server_and_leaves_nothing_running
         .unwrap();
     assert_eq!(report.requeued.get(QUEUE), Some(&1));
     assert_eq!(state_of(&db.pool, id).await, (JobState::Available, 1));
+}
+
+/// A full pass that the server cancels (it outlasts its bound behind a lock) is given up, not
+/// taken for an outage: the next pass, a window, rescues at once instead of waiting out the
+/// grace again.
+#[tokio::test]
+async fn a_full_pass_cancelled_by_the_server_is_given_up_and_the_next_window_rescues_at_once() {
+    let db = TestDb::new().await;
+    let id = enqueue_one_pooled(&db.pool, &job(1)).await.unwrap().id;
+    // Its lease runs out before the first full pass, inside the windows that follow it.
+    claim_batch(
+        &db.pool,
+        QUEUE,
+        1,
+        Uuid::new_v4(),
+        Duration::from_secs(2),
+        None,
+    )
+    .await
+    .unwrap();
+    // Every pass waits behind this lock; the probes before the grace do not read `jobs`.
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let grace = Duration::from_secs(4);
+    let config = RescuerConfig {
+        interval: Duration::from_secs(2),
+        grace,
+    };
+    let stop = CancellationToken::new();
+    let task =
+        tokio::spawn(Rescuer::new(config, db.pool.clone()).run(Signals::default(), stop.clone()));
+
+    let waiting_on_the_lock = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    wait_until(
+        "the first full pass to wait on the lock",
+        Duration::from_secs(20),
+        waiting_on_the_lock,
+        |n| *n == 1,
+    )
+    .await;
+    // The server cancels it at four fifths of the interval; the next tick comes at the interval.
+    wait_until(
+        "the server to cancel the full pass",
+        Duration::from_secs(5),
+        waiting_on_the_lock,
+        |n| *n == 0,
+    )
+    .await;
+    holder.rollback().await.unwrap();
+
+    // The next pass comes within an interval and rescues; had the cancellation counted as an
+    // outage, nothing would be rescued before a whole grace from now.
+    wait_until(
+        "the next pass to rescue the job",
+        grace - Duration::from_millis(500),
+        || state_of(&db.pool, id),
+        |state| *state == (JobState::Available, 1),
+    )
+    .await;
+    stop.cancel();
+    task.await.unwrap();
 }

@@ -112,7 +112,7 @@ pub async fn run_tickets(db: &BenchDb, options: &SoakOptions) -> anyhow::Result<
     .await?;
 
     let stop_sending = CancellationToken::new();
-    let sender = tokio::spawn(send_webhooks(url, options.rate, stop_sending.clone()));
+    let sender = on_a_thread_of_its_own(send_webhooks(url, options.rate, stop_sending.clone()))?;
     let phases = run_phases(db, options).await;
     stop_sending.cancel();
     let sent = sender.await.context("the webhook sender panicked")??;
@@ -138,6 +138,26 @@ pub async fn run_tickets(db: &BenchDb, options: &SoakOptions) -> anyhow::Result<
         print_result(result);
     }
     Ok(results)
+}
+
+/// Runs `task` on a thread and a single-threaded runtime of its own. The sender runs there:
+/// in this process's runtime an answer would wait behind the sandbox's ready tasks before the
+/// sender saw it, a wait of the load generator's, not of the enqueuer's.
+fn on_a_thread_of_its_own<T: Send + 'static>(
+    task: impl std::future::Future<Output = T> + Send + 'static,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<T>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the sender's runtime")?;
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("soak-sender".into())
+        .spawn(move || {
+            let _ = done.send(runtime.block_on(task));
+        })
+        .context("starting the sender's thread")?;
+    Ok(result)
 }
 
 /// Sends payment `i`'s webhook at `i / rate` s until stopped; returns every webhook sent.

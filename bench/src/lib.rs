@@ -454,9 +454,10 @@ impl Workers {
     }
 
     /// Starts one worker process of `bin` on `database_url` per entry of `flags` (its
-    /// command-line flags), each with `env` in its environment, and waits until each says it is ready (`--announce-ready`: its
-    /// connections are open and notifications arrive). With `bouncer`, the workers reach the
-    /// database through it in transaction mode and LISTEN on `database_url` directly.
+    /// command-line flags), each with `env` in its environment, and waits until each says it
+    /// is ready (`--announce-ready`: its connections are open and notifications arrive). With
+    /// `bouncer`, the workers reach the database through it in transaction mode and LISTEN on
+    /// `database_url` directly.
     pub async fn launch(
         bin: &Path,
         database_url: &str,

@@ -1,6 +1,7 @@
 //! Test support (feature `testing`): a fresh database per test, a private PostgreSQL cluster
 //! (for tests that stop the server, and for tests and the demo on a machine whose server does
-//! not let them in), a PgBouncer in transaction mode, polling waits, plan checks, wake-up senders and ticket-domain fixtures.
+//! not let them in), a PgBouncer in transaction mode, polling waits, plan checks, who sent a
+//! wake-up, and ticket-domain fixtures.
 
 #[cfg(unix)]
 mod cluster;

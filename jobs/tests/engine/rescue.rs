@@ -1,11 +1,13 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use poda_jobs::db::Db;
 use poda_jobs::engine::claim::claim_batch;
 use poda_jobs::engine::maintenance::Rescuer;
 use poda_jobs::engine::notify::Signals;
-use poda_jobs::engine::{enqueue_one_pooled, JobState, RescuerConfig};
+use poda_jobs::engine::{enqueue_one_pooled, JobId, JobState, RescuerConfig};
 use poda_jobs::testing::{wait_until, TestDb};
+use sqlx::{Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -108,25 +110,11 @@ async fn a_windowed_pass_reads_only_recent_expiries_and_a_full_pass_reads_them_a
 #[tokio::test]
 async fn a_bounded_full_pass_is_stopped_by_the_server_and_leaves_nothing_running() {
     let db = TestDb::new().await;
-    let id = enqueue_one_pooled(&db.pool, &job(1)).await.unwrap().id;
-    claim_batch(
-        &db.pool,
-        QUEUE,
-        1,
-        Uuid::new_v4(),
-        Duration::from_millis(1),
-        None,
-    )
-    .await
-    .unwrap();
+    let id = claimed_job(&db.pool, Duration::from_millis(1)).await;
     let rescuer = rescuer(&db.pool);
 
     // A pass that cannot finish: `jobs` is locked by another session for as long as it likes.
-    let mut holder = db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = lock_jobs(&db.pool).await;
     let pass = rescuer.pass_within(None, None, Some(Duration::from_millis(300)));
     let error = tokio::time::timeout(Duration::from_secs(20), pass)
         .await
@@ -139,14 +127,7 @@ async fn a_bounded_full_pass_is_stopped_by_the_server_and_leaves_nothing_running
         "{error}"
     );
     // Nothing of the pass is left waiting on the server.
-    let waiting: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(waiting, 0);
+    assert_eq!(waiting_on_a_lock(&db.pool).await, 0);
 
     holder.rollback().await.unwrap();
     let report = rescuer
@@ -163,24 +144,10 @@ async fn a_bounded_full_pass_is_stopped_by_the_server_and_leaves_nothing_running
 #[tokio::test]
 async fn a_full_pass_cancelled_by_the_server_is_given_up_and_the_next_window_rescues_at_once() {
     let db = TestDb::new().await;
-    let id = enqueue_one_pooled(&db.pool, &job(1)).await.unwrap().id;
     // Its lease runs out before the first full pass, inside the windows that follow it.
-    claim_batch(
-        &db.pool,
-        QUEUE,
-        1,
-        Uuid::new_v4(),
-        Duration::from_secs(2),
-        None,
-    )
-    .await
-    .unwrap();
+    let id = claimed_job(&db.pool, Duration::from_secs(2)).await;
     // Every pass waits behind this lock; the probes before the grace do not read `jobs`.
-    let mut holder = db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = lock_jobs(&db.pool).await;
     let grace = Duration::from_secs(4);
     let config = RescuerConfig {
         interval: Duration::from_secs(2),
@@ -190,15 +157,7 @@ async fn a_full_pass_cancelled_by_the_server_is_given_up_and_the_next_window_res
     let task =
         tokio::spawn(Rescuer::new(config, db.pool.clone()).run(Signals::default(), stop.clone()));
 
-    let waiting_on_the_lock = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
-    };
+    let waiting_on_the_lock = || waiting_on_a_lock(&db.pool);
     wait_until(
         "the first full pass to wait on the lock",
         Duration::from_secs(20),
@@ -227,4 +186,35 @@ async fn a_full_pass_cancelled_by_the_server_is_given_up_and_the_next_window_res
     .await;
     stop.cancel();
     task.await.unwrap();
+}
+
+/// A job claimed with `lease`, by a worker that never renews it.
+async fn claimed_job(pool: &Db, lease: Duration) -> JobId {
+    let id = enqueue_one_pooled(pool, &job(1)).await.unwrap().id;
+    claim_batch(pool, QUEUE, 1, Uuid::new_v4(), lease, None)
+        .await
+        .unwrap();
+    id
+}
+
+/// A transaction holding `jobs` locked until it ends: every statement that reads the table
+/// waits behind it.
+async fn lock_jobs(pool: &Db) -> Transaction<'static, Postgres> {
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    holder
+}
+
+/// Sessions of this database waiting for a lock.
+async fn waiting_on_a_lock(pool: &Db) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }

@@ -187,7 +187,7 @@ impl Engine {
             }),
         };
         // The completer ends only when told to give up, at the end of a shutdown; so do the
-        // wake-ups, which batches finishing during the shutdown still send.
+        // wake-ups, which batches finishing during the shutdown still need.
         loops.spawn("engine:completer", &give_up, completer.run());
         loops.spawn(
             "engine:wakeups",

@@ -54,24 +54,26 @@ impl Default for Wakeups {
 }
 
 impl Wakeups {
-    /// Sends the wake-ups on a connection of its own (a sibling of `pool`) until `stop`, then
-    /// sends what is pending once more and ends.
+    /// Sends the wake-ups on a connection of its own (a sibling of `pool`) until `stop`. What
+    /// is pending then is dropped, a send under way too: workers poll, so it costs them at
+    /// most a poll interval, and a stop never waits on a database that does not answer.
     pub async fn run(self, pool: Db, stop: CancellationToken) {
         let pool = pool.sibling(1, SESSION);
-        loop {
-            let stopping = tokio::select! {
-                _ = self.inner.signal.notified() => false,
-                _ = stop.cancelled() => true,
-            };
-            let queues = self.take();
-            if !queues.is_empty() {
-                send(&pool, &queues).await;
-            }
-            if stopping {
-                break;
-            }
-        }
+        while stop
+            .run_until_cancelled(self.send_next(&pool))
+            .await
+            .is_some()
+        {}
         pool.close().await;
+    }
+
+    /// Waits for a wake and sends every queue named by then, in one statement.
+    async fn send_next(&self, pool: &Db) {
+        self.inner.signal.notified().await;
+        let queues = self.take();
+        if !queues.is_empty() {
+            send(pool, &queues).await;
+        }
     }
 
     /// Wakes `queue`'s workers: call it after the transaction that enqueued into it committed.

@@ -151,6 +151,8 @@ impl<Args> PgBackend<Args> {
         self.seen_generation = self.signal.generation();
         self.claim_size = limit;
         self.claiming = Some(self.engine.track_claim(async move {
+            // The claim writes each lease after this instant, on the server's clock.
+            let lease_set = std::time::Instant::now();
             let jobs = if per_key == 0 {
                 claim_batch_from(
                     engine.pool(),
@@ -188,7 +190,7 @@ impl<Args> PgBackend<Args> {
             }
             engine
                 .registry()
-                .hold_many(jobs.iter().map(|j| (j.id, j.token)));
+                .hold_many(jobs.iter().map(|j| (j.id, j.token)), lease_set);
             super::metrics::record_claimed(&queue, jobs.len());
             Ok(jobs)
         }));

@@ -1,11 +1,14 @@
 //! Lease renewal: while this process holds runs, their leases are pushed forward on a task of
-//! their own, independent of fetching and of how busy the handlers are. Each renewal also
-//! names the held runs that are no longer their job's claim, and their handlers are told to
-//! stop; a process that does not LISTEN for cancellations checks that every poll interval
+//! their own, independent of fetching and of how busy the handlers are. A heartbeat renews
+//! only the leases that would otherwise run out within [`RENEW_AHEAD`] heartbeats: a run
+//! shorter than what that leaves (half an interval with the default third of the lease)
+//! never writes its job's row between its claim and its outcome. Each renewal also names the
+//! renewed runs that are no longer their job's claim, and their handlers are told to stop; a
+//! process that does not LISTEN for cancellations checks every held run each poll interval
 //! ([`run_cancel_watch`]).
 
 use super::loops::Every;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::db::Db;
 use tokio_util::sync::CancellationToken;
@@ -14,11 +17,16 @@ use super::error::EngineError;
 use super::job::JobId;
 use super::registry::Registry;
 
+/// A heartbeat renews a lease that would run out within this many heartbeat intervals:
+/// left alone, it is renewed by the next heartbeat, whose statement may take up to one
+/// interval, and still has half an interval to spare.
+pub const RENEW_AHEAD: f64 = 2.5;
+
 /// What one renewal found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Renewal {
-    /// Leases pushed forward.
-    pub renewed: u64,
+    /// The runs whose leases were pushed forward.
+    pub renewed: Vec<(JobId, i32)>,
     /// Runs that are no longer their job's claim (cancelled, finished, or taken over).
     pub lost: Vec<(JobId, i32)>,
 }
@@ -41,7 +49,11 @@ pub async fn extend_leases(
         .fetch_all(pool)
         .await?;
     Ok(Renewal {
-        renewed: rows.iter().filter(|r| r.renewed).count() as u64,
+        renewed: rows
+            .iter()
+            .filter(|r| r.renewed)
+            .map(|r| (JobId(r.id), r.claim_token))
+            .collect(),
         lost: rows
             .iter()
             .filter(|r| r.lost)
@@ -102,9 +114,16 @@ pub async fn run_cancel_watch(
     }
 }
 
-/// Renews every held run's lease each `interval` until `stop`. A renewal that does not
-/// answer within the interval is abandoned (a half-open connection must not hold up the next
-/// one); after a database outage the first renewal that gets through restores every lease
+/// The instant before which a lease written then runs out within [`RENEW_AHEAD`]
+/// heartbeats of `now`; `None` when every lease does (a lease of less than that).
+fn renew_cut(now: Instant, lease: Duration, interval: Duration) -> Option<Instant> {
+    now.checked_sub(lease.checked_sub(interval.mul_f64(RENEW_AHEAD))?)
+}
+
+/// Each `interval` until `stop`, renews the leases of the held runs that would otherwise run
+/// out within [`RENEW_AHEAD`] intervals. A renewal that does not answer within the interval
+/// is abandoned (a half-open connection must not hold up the next one), and its runs stay
+/// due; after a database outage the first renewal that gets through restores every lease
 /// that was not rescued meanwhile, and the rescuers' grace after an outage (see
 /// `maintenance::rescue`) gives it the time to.
 pub async fn run_heartbeat(
@@ -118,7 +137,11 @@ pub async fn run_heartbeat(
     let mut failing = false;
     while every.tick().await {
         fail::fail_point!("engine-heartbeat");
-        let held = registry.snapshot();
+        let sent = Instant::now();
+        let held = match renew_cut(sent, lease, interval) {
+            Some(cut) => registry.due_for_renewal(cut),
+            None => registry.snapshot(),
+        };
         if held.is_empty() {
             continue;
         }
@@ -127,12 +150,14 @@ pub async fn run_heartbeat(
             .unwrap_or(Err(EngineError::Timeout("renewing leases")));
         match renewed {
             Ok(Renewal { renewed, lost }) => {
+                registry.lease_renewed(&renewed, sent);
                 stop_lost(&registry, &lost);
+                let renewed = renewed.len();
                 if failing {
                     tracing::info!(held = held.len(), renewed, "lease renewal works again");
                     failing = false;
                 }
-                if renewed < held.len() as u64 {
+                if renewed < held.len() {
                     tracing::debug!(
                         held = held.len(),
                         renewed,
@@ -147,5 +172,22 @@ pub async fn run_heartbeat(
                 failing = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_the_default_third_a_lease_is_renewed_once_older_than_half_an_interval() {
+        let (lease, interval) = (Duration::from_secs(15), Duration::from_secs(5));
+        let now = Instant::now() + Duration::from_secs(60);
+        assert_eq!(
+            renew_cut(now, lease, interval),
+            Some(now - Duration::from_millis(2_500))
+        );
+        // A lease no longer than the look-ahead is always due.
+        assert_eq!(renew_cut(now, interval * 2, interval), None);
     }
 }

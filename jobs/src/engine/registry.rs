@@ -3,6 +3,10 @@
 //! could not be written stops being renewed only when the process gives it up, and a
 //! shutdown knows which runs never started.
 //!
+//! Each run remembers when the lease on its job's row was last written (no later than the
+//! send of the claim or renewal that wrote it), so renewal writes only leases that are about
+//! to need it ([`Registry::due_for_renewal`]).
+//!
 //! Entries are keyed by job id but matched by claim token: when the same process claims a
 //! job again (after an operator cancelled and retried it), the new claim replaces the old
 //! one, and the old run's late outcome neither forgets nor marks the new one.
@@ -16,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +30,8 @@ use super::job::JobId;
 pub struct Held {
     pub token: i32,
     pub started: bool,
+    /// The lease on the job's row was written at or after this instant.
+    pub lease_set: Instant,
     /// The run is no longer its job's claim.
     pub cancelled: bool,
     /// Fired on cancel; made when the run first waits on its signal.
@@ -32,10 +39,11 @@ pub struct Held {
 }
 
 impl Held {
-    fn new(token: i32) -> Held {
+    fn new(token: i32, lease_set: Instant) -> Held {
         Held {
             token,
             started: false,
+            lease_set,
             cancelled: false,
             waiter: None,
         }
@@ -48,17 +56,18 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Holds each (job, claim token): a newer claim of a job replaces an older one.
-    pub fn hold_many(&self, claims: impl IntoIterator<Item = (JobId, i32)>) {
+    /// Holds each (job, claim token) of a claim sent at `lease_set`: a newer claim of a job
+    /// replaces an older one.
+    pub fn hold_many(&self, claims: impl IntoIterator<Item = (JobId, i32)>, lease_set: Instant) {
         let mut map = self.inner.lock().expect("registry lock");
         for (id, token) in claims {
-            let held = map.entry(id).or_insert_with(|| Held::new(token));
+            let held = map.entry(id).or_insert_with(|| Held::new(token, lease_set));
             if token > held.token {
                 // The older run (if it still runs) is no longer the claim: tell it.
                 if let Some(waiter) = &held.waiter {
                     waiter.cancel();
                 }
-                *held = Held::new(token);
+                *held = Held::new(token, lease_set);
             } else if token == held.token {
                 held.started = false;
             }
@@ -124,10 +133,29 @@ impl Registry {
         }
     }
 
-    /// Every held run with its claim token, for lease renewal.
+    /// Every held run with its claim token.
     pub fn snapshot(&self) -> Vec<(JobId, i32)> {
         let map = self.inner.lock().expect("registry lock");
         map.iter().map(|(id, held)| (*id, held.token)).collect()
+    }
+
+    /// The held runs whose lease was last written before `set_before`: the ones to renew.
+    pub fn due_for_renewal(&self, set_before: Instant) -> Vec<(JobId, i32)> {
+        let map = self.inner.lock().expect("registry lock");
+        map.iter()
+            .filter(|(_, held)| held.lease_set < set_before)
+            .map(|(id, held)| (*id, held.token))
+            .collect()
+    }
+
+    /// Records that the leases of `claims` were written by a renewal sent at `at`.
+    pub fn lease_renewed(&self, claims: &[(JobId, i32)], at: Instant) {
+        let mut map = self.inner.lock().expect("registry lock");
+        for (id, token) in claims {
+            if let Some(held) = map.get_mut(id).filter(|held| held.token == *token) {
+                held.lease_set = held.lease_set.max(at);
+            }
+        }
     }
 
     /// Held runs that never started, for release at shutdown.
@@ -227,10 +255,10 @@ mod tests {
     fn a_late_outcome_of_an_older_claim_does_not_forget_the_newer_one() {
         let registry = Registry::default();
         let job = JobId(7);
-        registry.hold_many([(job, 1)]);
+        registry.hold_many([(job, 1)], Instant::now());
         registry.mark_started(job, 1);
         // The same process claims the job again (cancelled, retried, claimed).
-        registry.hold_many([(job, 2)]);
+        registry.hold_many([(job, 2)], Instant::now());
         // The first run ends late: neither its start nor its outcome touch the second claim.
         registry.mark_started(job, 1);
         registry.forget_many([(job, 1)]);
@@ -241,10 +269,29 @@ mod tests {
     }
 
     #[test]
+    fn only_leases_written_before_the_cut_are_due_and_a_renewal_moves_them_on() {
+        let registry = Registry::default();
+        let start = Instant::now();
+        let later = start + std::time::Duration::from_secs(2);
+        registry.hold_many([(JobId(1), 1)], start);
+        registry.hold_many([(JobId(2), 1)], later);
+        let cut = start + std::time::Duration::from_secs(1);
+        assert_eq!(registry.due_for_renewal(cut), vec![(JobId(1), 1)]);
+        // A renewal of another claim of the job does not count for the one held.
+        registry.lease_renewed(&[(JobId(1), 0)], later);
+        assert_eq!(registry.due_for_renewal(cut), vec![(JobId(1), 1)]);
+        registry.lease_renewed(&[(JobId(1), 1)], later);
+        assert!(registry.due_for_renewal(cut).is_empty());
+        let mut due = registry.due_for_renewal(later + std::time::Duration::from_secs(1));
+        due.sort();
+        assert_eq!(due, vec![(JobId(1), 1), (JobId(2), 1)]);
+    }
+
+    #[test]
     fn cancelling_fires_only_the_claim_named() {
         let registry = Registry::default();
         let job = JobId(7);
-        registry.hold_many([(job, 1)]);
+        registry.hold_many([(job, 1)], Instant::now());
         let first = RunCancel::held(registry.clone(), job, 1);
         // A cancellation of another claim of the job (an older one) does not touch this run.
         assert!(!registry.cancel(job, Some(0)));
@@ -252,7 +299,7 @@ mod tests {
         assert!(registry.cancel(job, Some(1)));
         assert!(first.is_cancelled());
         // A newer claim starts afresh; the older run is no longer the claim.
-        registry.hold_many([(job, 2)]);
+        registry.hold_many([(job, 2)], Instant::now());
         assert!(!RunCancel::held(registry.clone(), job, 2).is_cancelled());
         assert!(first.is_cancelled());
         assert!(!registry.cancel(JobId(8), None));
@@ -263,7 +310,7 @@ mod tests {
     async fn a_run_waiting_on_its_signal_wakes_when_cancelled() {
         let registry = Registry::default();
         let job = JobId(9);
-        registry.hold_many([(job, 1)]);
+        registry.hold_many([(job, 1)], Instant::now());
         let signal = RunCancel::held(registry.clone(), job, 1);
         let waiting = tokio::spawn({
             let signal = signal.clone();

@@ -33,7 +33,9 @@ pub struct EngineConfig {
     /// How long a claim holds a job without renewal. A killed worker's jobs run again within
     /// `lease + rescue.interval` (20 s by default).
     pub lease: Duration,
-    /// Renewal period; a third of the lease leaves two chances before it lapses.
+    /// Renewal period. Each heartbeat renews the leases that would run out within 2.5
+    /// periods (`lease::RENEW_AHEAD`): with a third of the lease, every run older than half a
+    /// period, so short runs never renew and long ones are renewed with 1.5 periods to spare.
     pub heartbeat: Duration,
     pub rescue: RescuerConfig,
     /// Claim again after this long without a notification.

@@ -15,6 +15,7 @@ mod factory;
 mod faults;
 mod gauges;
 mod leader;
+mod lease;
 mod listen;
 mod locality;
 mod migrate;

@@ -108,6 +108,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             ..FaultConfig::default()
         },
         token: Some(DEMO_MONIME_TOKEN.into()),
+        ..SandboxConfig::default()
     })
     .await?;
     println!(

@@ -142,6 +142,7 @@ async fn run_once(
             ..FaultConfig::default()
         },
         token: Some(BENCH_TOKEN.into()),
+        capacity: opts.n,
     })
     .await?;
     let engine = EngineConfig {

@@ -33,6 +33,10 @@ pub struct SandboxConfig {
     pub faults: FaultConfig,
     /// The accepted API token; `None` accepts any non-empty bearer token.
     pub token: Option<String>,
+    /// Transfers to make room for at start. A store that grows past its room doubles it under
+    /// its lock, and at a million transfers that stalls every call for seconds: a run that
+    /// knows its size asks for it.
+    pub capacity: usize,
 }
 
 impl Default for SandboxConfig {
@@ -42,6 +46,7 @@ impl Default for SandboxConfig {
             completion_delay: Duration::from_millis(100),
             faults: FaultConfig::default(),
             token: None,
+            capacity: 0,
         }
     }
 }
@@ -85,7 +90,7 @@ impl SandboxState {
                 outage: false,
             }),
             token: config.token,
-            store: Mutex::new(Store::default()),
+            store: Mutex::new(Store::with_capacity(config.capacity)),
             counters: Counters::default(),
         }
     }

@@ -50,6 +50,17 @@ pub struct Store {
     pub executed_at: Vec<Instant>,
 }
 
+impl Store {
+    pub fn with_capacity(transfers: usize) -> Store {
+        Store {
+            by_key: HashMap::with_capacity(transfers),
+            key_of_id: HashMap::with_capacity(transfers),
+            creates_per_key: HashMap::with_capacity(transfers),
+            executed_at: Vec::with_capacity(transfers),
+        }
+    }
+}
+
 pub fn router() -> Router<Arc<SandboxState>> {
     Router::new()
         .route("/v1/internal-transfers", post(create))

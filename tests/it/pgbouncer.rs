@@ -87,6 +87,7 @@ async fn webhooks_tickets_transfers_and_a_cycle_run_exactly_once_through_pgbounc
             ..FaultConfig::default()
         },
         token: Some(TOKEN.into()),
+        ..SandboxConfig::default()
     })
     .await
     .expect("start the sandbox");

@@ -184,6 +184,7 @@ async fn transfers_complete_exactly_once_when_a_fifth_of_calls_fail_transiently(
             ..FaultConfig::default()
         },
         token: None,
+        ..SandboxConfig::default()
     })
     .await;
     let tickets = seed_tickets(&db.pool, "co-busy", "fa-busy", 2_000).await;

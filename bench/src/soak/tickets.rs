@@ -62,6 +62,9 @@ pub async fn run_tickets(db: &BenchDb, options: &SoakOptions) -> anyhow::Result<
         latency: Duration::from_millis(20),
         completion_delay: Duration::from_millis(40),
         token: Some(MONIME_TOKEN.into()),
+        // Every payment of the run, and a tenth more: the store never grows under its lock.
+        capacity: (options.rate as f64 * (options.free + options.held).as_secs_f64() * 1.1)
+            as usize,
         ..SandboxConfig::default()
     })
     .await?;
@@ -297,6 +300,22 @@ fn percentile_or_null(values: impl Iterator<Item = Option<f64>>, p: f64) -> Valu
     }
 }
 
+/// The p99 of each minute of `phase` (its last part counting as one), of values stamped in
+/// µs since the Unix epoch; `None` counts as infinitely late, and a minute whose p99 falls on
+/// one is JSON null.
+fn by_minute(phase: &super::Phase, values: impl Iterator<Item = (i64, Option<f64>)>) -> Vec<Value> {
+    const MINUTE_US: i64 = 60_000_000;
+    let minutes = ((phase.to_us - phase.from_us + MINUTE_US - 1) / MINUTE_US).max(1) as usize;
+    let mut each: Vec<Vec<Option<f64>>> = vec![Vec::new(); minutes];
+    for (at_us, value) in values {
+        let minute = ((at_us - phase.from_us).max(0) / MINUTE_US) as usize;
+        each[minute.min(minutes - 1)].push(value);
+    }
+    each.into_iter()
+        .map(|values| percentile_or_null(values.into_iter(), 99.0))
+        .collect()
+}
+
 fn phase_result(
     record: &PhaseRecord,
     sent: &[Sent],
@@ -340,6 +359,9 @@ fn phase_result(
         "backlog_end": backlog_end,
         "transfer_p50_ms": percentile_or_null(received.iter().map(|r| r.2), 50.0),
         "transfer_p99_ms": percentile_or_null(received.iter().map(|r| r.2), 99.0),
+        // Whether a tail is steady or grows with the run, and when.
+        "webhook_p99_ms_by_minute": by_minute(phase, due.iter().map(|s| (s.due_us, Some(s.latency_ms)))),
+        "transfer_p99_ms_by_minute": by_minute(phase, received.iter().map(|r| (r.0, r.2))),
         "server": settings,
     });
     with_fields(result, record.tables_json())

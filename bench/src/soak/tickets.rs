@@ -36,9 +36,8 @@ const IN_FLIGHT: usize = 1_024;
 /// Handler slots of the transfers queue, sized as an operator would: a transfer holds its
 /// slot for ~0.35 s at the median (the create, the worker's inline status read 250 ms later,
 /// the writes) and longer while the server is busy, so 2,000 transfers/s keep 700 to 1,000
-/// slots busy. With 1,024, every slot was taken during a ten-minute run, transfers queued
-/// behind them and their p99 reached 3.3 s; twice that keeps the slots out of what the soak
-/// measures.
+/// slots busy. 1,024 left no headroom (170 s into a run, all were taken and 813 transfers
+/// waited for one); twice that keeps the slots out of what the soak measures.
 const TRANSFER_SLOTS: usize = 2_048;
 /// How long the workers get after the load stops to finish what it left.
 const SETTLE: Duration = Duration::from_secs(120);

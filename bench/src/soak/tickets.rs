@@ -300,8 +300,8 @@ fn percentile_or_null(values: impl Iterator<Item = Option<f64>>, p: f64) -> Valu
 }
 
 /// The p99 of each minute of `phase` (its last part counting as one), of values stamped in
-/// µs since the Unix epoch; `None` counts as infinitely late, and a minute whose p99 falls on
-/// one is JSON null.
+/// µs since the Unix epoch; `None` counts as infinitely late. A minute whose p99 falls on one,
+/// or that holds none (the phase's last few milliseconds), is JSON null.
 fn by_minute(phase: &super::Phase, values: impl Iterator<Item = (i64, Option<f64>)>) -> Vec<Value> {
     const MINUTE_US: i64 = 60_000_000;
     let minutes = ((phase.to_us - phase.from_us + MINUTE_US - 1) / MINUTE_US).max(1) as usize;

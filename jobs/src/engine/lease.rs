@@ -115,9 +115,11 @@ pub async fn run_cancel_watch(
 }
 
 /// The instant before which a lease written then runs out within [`RENEW_AHEAD`]
-/// heartbeats of `now`; `None` when every lease does (a lease of less than that).
-fn renew_cut(now: Instant, lease: Duration, interval: Duration) -> Option<Instant> {
-    now.checked_sub(lease.checked_sub(interval.mul_f64(RENEW_AHEAD))?)
+/// heartbeats of `now`: `now` itself (every lease due) for a lease no longer than that, or
+/// when the clock cannot go back that far.
+fn renew_cut(now: Instant, lease: Duration, interval: Duration) -> Instant {
+    now.checked_sub(lease.saturating_sub(interval.mul_f64(RENEW_AHEAD)))
+        .unwrap_or(now)
 }
 
 /// Each `interval` until `stop`, renews the leases of the held runs that would otherwise run
@@ -138,10 +140,7 @@ pub async fn run_heartbeat(
     while every.tick().await {
         fail::fail_point!("engine-heartbeat");
         let sent = Instant::now();
-        let held = match renew_cut(sent, lease, interval) {
-            Some(cut) => registry.due_for_renewal(cut),
-            None => registry.snapshot(),
-        };
+        let held = registry.due_for_renewal(renew_cut(sent, lease, interval));
         if held.is_empty() {
             continue;
         }
@@ -185,9 +184,9 @@ mod tests {
         let now = Instant::now() + Duration::from_secs(60);
         assert_eq!(
             renew_cut(now, lease, interval),
-            Some(now - Duration::from_millis(2_500))
+            now - Duration::from_millis(2_500)
         );
         // A lease no longer than the look-ahead is always due.
-        assert_eq!(renew_cut(now, interval * 2, interval), None);
+        assert_eq!(renew_cut(now, interval * 2, interval), now);
     }
 }

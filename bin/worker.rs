@@ -6,20 +6,36 @@ use anyhow::Context;
 use clap::Parser;
 use poda::cli::{WorkerCli, WorkerCommand};
 use poda::worker::{monime_config, run_workers, WorkerOptions};
-use poda::{ops, shutdown, telemetry};
+use poda::{cpu_policy, ops, shutdown, telemetry};
 use poda_jobs::engine::NewJob;
 use poda_jobs::transfer::monime::MonimeClient;
 use poda_jobs::transfer::reconcile::ReconcileConfig;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // Fail points named by FAILPOINTS, in builds with the `failpoints` feature (tests).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let _ = dotenvy::dotenv();
     let cli = WorkerCli::parse();
     telemetry::init(cli.common.log_format);
-    match run(cli).await {
+    if cli.command.is_none() {
+        // Before the runtime's threads exist: they inherit the policy.
+        let policy = cli.run.cpu_policy;
+        if let Err(error) = cpu_policy::apply(policy) {
+            tracing::warn!(%policy, %error, "the CPU scheduling policy could not be set; running under the kernel's default");
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -125,6 +125,11 @@ pub struct RunArgs {
     /// On SIGTERM, how long running jobs may take to finish before the process exits anyway.
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Kernel scheduling of the worker's threads: `batch` (SCHED_BATCH) keeps its CPU share
+    /// but lets the enqueuer and PostgreSQL on the same cores run first when it wakes up;
+    /// `normal` is the kernel's default.
+    #[arg(long, env = "WORKER_CPU_POLICY", value_enum, default_value = "batch")]
+    pub cpu_policy: crate::cpu_policy::CpuPolicy,
     /// Serve Prometheus metrics on this address.
     #[arg(long, env = "WORKER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,

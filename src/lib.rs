@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod cpu_policy;
 pub mod cycle_watch;
 pub mod enqueuer;
 pub mod http;

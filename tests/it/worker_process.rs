@@ -3,7 +3,7 @@ use std::time::Duration;
 use poda_jobs::engine::JobState;
 use poda_jobs::testing::{wait_until, TestDb};
 
-use crate::support::process::spawn_worker;
+use crate::support::process::{spawn_worker, spawn_worker_serving_metrics, worker_command};
 use crate::support::{count_state, enqueue_recorded_probes};
 
 #[tokio::test]
@@ -55,5 +55,47 @@ async fn three_worker_processes_drain_20000_jobs_with_each_effect_exactly_once()
     }
     for mut w in workers {
         assert!(w.wait_exit(Duration::from_secs(30)).await.success());
+    }
+}
+
+/// The scheduling policy of each thread of process `pid`, from field 41 of its `stat`
+/// (0 SCHED_OTHER, 3 SCHED_BATCH).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the worker's threads");
+    tasks
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+            // The thread's name, in parentheses, may hold spaces: fields are counted after it.
+            let (head, fields) = stat.rsplit_once(')').unwrap();
+            let name = head.split_once('(').unwrap().1.to_owned();
+            let policy = fields.split_whitespace().nth(38).unwrap().parse().unwrap();
+            (name, policy)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_thread_of_a_worker_runs_under_the_batch_policy_unless_told_otherwise() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    let db = TestDb::new().await;
+    for (args, expected) in [
+        (&[][..], SCHED_BATCH),
+        (&["--cpu-policy", "normal"][..], SCHED_OTHER),
+    ] {
+        let (worker, _) = spawn_worker_serving_metrics(|| worker_command(&db.url, args)).await;
+        let policies = thread_policies(worker.child.id().expect("the worker runs"));
+        assert!(
+            policies
+                .iter()
+                .filter(|(name, _)| name.starts_with("tokio"))
+                .count()
+                >= 2,
+            "the runtime's threads are there: {policies:?}"
+        );
+        assert!(
+            policies.iter().all(|(_, policy)| *policy == expected),
+            "with {args:?} every thread is under policy {expected}: {policies:?}"
+        );
     }
 }

@@ -136,6 +136,7 @@ pub fn base_command(database_url: &str, args: &[&str]) -> std::process::Command 
         .env("SCHEDULE_CONTRIBUTION_DEADLINES", "off")
         .env("SCHEDULE_RECONCILE_TRANSFERS", "off")
         .env_remove("WORKER_QUEUES")
+        .env_remove("WORKER_CPU_POLICY")
         .env_remove("DATABASE_POOLER")
         .env_remove("DATABASE_LISTEN_URL");
     command

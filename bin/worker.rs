@@ -11,6 +11,11 @@ use poda_jobs::engine::NewJob;
 use poda_jobs::transfer::monime::MonimeClient;
 use poda_jobs::transfer::reconcile::ReconcileConfig;
 
+// jemalloc: under the tickets soak glibc's malloc was a fifth of the worker's own CPU
+// (docs/allocator.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // Fail points named by FAILPOINTS, in builds with the `failpoints` feature (tests).
     #[cfg(feature = "failpoints")]

@@ -22,12 +22,12 @@ pub enum CpuPolicy {
     Normal,
 }
 
+/// Spelled as the setting takes it (`batch`, `normal`).
 impl fmt::Display for CpuPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CpuPolicy::Batch => "batch",
-            CpuPolicy::Normal => "normal",
-        })
+        use clap::ValueEnum;
+        let name = self.to_possible_value().expect("no variant is skipped");
+        f.write_str(name.get_name())
     }
 }
 
@@ -54,4 +54,19 @@ pub fn apply(policy: CpuPolicy) -> std::io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 pub fn apply(_policy: CpuPolicy) -> std::io::Result<()> {
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuPolicy;
+    use clap::ValueEnum;
+
+    #[test]
+    fn a_policy_prints_as_the_setting_spells_it() {
+        for policy in CpuPolicy::value_variants() {
+            let printed = policy.to_string();
+            assert_eq!(CpuPolicy::from_str(&printed, false), Ok(*policy));
+        }
+        assert_eq!(CpuPolicy::Batch.to_string(), "batch");
+    }
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use poda_jobs::engine::claim::claim_batch_from;
 use poda_jobs::engine::claim_window::{sweep_stragglers, ClaimWindow, LOOKBACK};
-use poda_jobs::engine::{enqueue_many_pooled, JobId, JobState, RetryPolicy};
+use poda_jobs::engine::{enqueue_many, enqueue_many_pooled, JobId, JobState, RetryPolicy};
 use poda_jobs::probe::ProbeJob;
 use poda_jobs::testing::TestDb;
 use uuid::Uuid;
@@ -175,5 +175,44 @@ async fn a_worker_runs_a_job_made_runnable_behind_its_claims() {
     .unwrap()[0]
         .id;
     wait_for_state(&db.pool, behind, JobState::Completed).await;
+    worker.stop().await;
+}
+
+/// A job enqueued by a transaction that stays open longer than the lookback, while the worker
+/// claims jobs enqueued after it began, is behind every claim when it commits: the sweep moves
+/// it in front and it runs.
+#[tokio::test]
+async fn a_job_whose_transaction_outlasts_the_lookback_is_swept_in_front_and_runs() {
+    let db = TestDb::new().await;
+    let worker = ProbeWorker::start(&db.pool, 4);
+    // The queue exists before the transaction opens: a queue's first enqueue registers it,
+    // and a second enqueue of the same new queue waits for that one to commit.
+    let first = enqueue_probes(&db.pool, &[ProbeJob::new(0)], RetryPolicy::default()).await;
+    wait_for_state(&db.pool, first[0], JobState::Completed).await;
+    let mut open = db.pool.begin().await.unwrap();
+    let slow = enqueue_many(
+        &mut open,
+        &[ProbeJob::new(1).to_job(RetryPolicy::default())],
+    )
+    .await
+    .unwrap()[0]
+        .id;
+    let enqueued_at: DateTime<Utc> = sqlx::query_scalar("SELECT run_at FROM jobs WHERE id = $1")
+        .bind(slow)
+        .fetch_one(&mut *open)
+        .await
+        .unwrap();
+    // The transaction's age is the condition here, not a synchronisation: a job enqueued
+    // after it is older than the lookback moves the worker's window past the open one.
+    tokio::time::sleep(LOOKBACK * 2).await;
+    let later = enqueue_probes(&db.pool, &[ProbeJob::new(2)], RetryPolicy::default()).await;
+    wait_for_state(&db.pool, later[0], JobState::Completed).await;
+    db.pool.commit(open).await.unwrap();
+
+    wait_for_state(&db.pool, slow, JobState::Completed).await;
+    assert!(
+        run_at_of(&db, slow).await > enqueued_at,
+        "the job ran because the sweep moved it, not because a claim reached back for it"
+    );
     worker.stop().await;
 }

@@ -25,7 +25,7 @@ use crate::db::Db;
 /// How far behind its front a claim reads. Every claim crosses the entries of the jobs claimed
 /// within it, which a held snapshot keeps: at 2,000 jobs/s a second of them cost each claim
 /// ~0.5 ms, so it covers an enqueueing transaction's usual length (a few ms, tens under load)
-/// with room, and the sweep catches the rare longer one within a poll interval.
+/// with room, and the sweep moves the rare longer one's jobs in front at its next run.
 pub const LOOKBACK: Duration = Duration::from_millis(250);
 /// Priorities 0 (most urgent) to 3.
 const PRIORITIES: usize = 4;

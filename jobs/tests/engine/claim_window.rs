@@ -27,10 +27,11 @@ async fn claim_ns(db: &TestDb, window: &ClaimWindow) -> Vec<i64> {
         .collect()
 }
 
-async fn run_at_of(db: &TestDb, id: JobId) -> DateTime<Utc> {
+/// A job's run_at, on the pool or inside a transaction that has not committed it yet.
+async fn run_at_of<'c>(conn: impl sqlx::PgExecutor<'c>, id: JobId) -> DateTime<Utc> {
     sqlx::query_scalar("SELECT run_at FROM jobs WHERE id = $1")
         .bind(id)
-        .fetch_one(&db.pool)
+        .fetch_one(conn)
         .await
         .unwrap()
 }
@@ -45,7 +46,7 @@ async fn claims_read_from_a_lookback_behind_the_latest_job_claimed() {
         vec![1],
         "an empty window reads from the start"
     );
-    let front = run_at_of(&db, first).await;
+    let front = run_at_of(&db.pool, first).await;
 
     let lookback = chrono::Duration::from_std(LOOKBACK).unwrap();
     // A job whose transaction began before the claimed one and committed after it.
@@ -68,7 +69,7 @@ async fn claims_read_from_a_lookback_behind_the_latest_job_claimed() {
         1
     );
     assert!(
-        run_at_of(&db, straggler).await > front,
+        run_at_of(&db.pool, straggler).await > front,
         "the straggler is moved in front"
     );
     assert_eq!(claim_ns(&db, &window).await, vec![3]);
@@ -87,10 +88,10 @@ async fn a_sweep_with_a_horizon_moves_only_the_stragglers_within_it() {
     let window = ClaimWindow::default();
     let first = enqueue_at(&db, 1, Utc::now()).await;
     claim_ns(&db, &window).await;
-    let start = run_at_of(&db, first).await - chrono::Duration::from_std(LOOKBACK).unwrap();
+    let start = run_at_of(&db.pool, first).await - chrono::Duration::from_std(LOOKBACK).unwrap();
     let recent = enqueue_at(&db, 2, start - chrono::Duration::seconds(5)).await;
     let old = enqueue_at(&db, 3, start - chrono::Duration::hours(1)).await;
-    let old_run_at = run_at_of(&db, old).await;
+    let old_run_at = run_at_of(&db.pool, old).await;
 
     let horizon = Some(std::time::Duration::from_secs(10));
     assert_eq!(
@@ -100,11 +101,11 @@ async fn a_sweep_with_a_horizon_moves_only_the_stragglers_within_it() {
         1
     );
     assert!(
-        run_at_of(&db, recent).await > start,
+        run_at_of(&db.pool, recent).await > start,
         "the recent straggler is moved in front"
     );
     assert_eq!(
-        run_at_of(&db, old).await,
+        run_at_of(&db.pool, old).await,
         old_run_at,
         "the old one is left to a full sweep"
     );
@@ -114,7 +115,7 @@ async fn a_sweep_with_a_horizon_moves_only_the_stragglers_within_it() {
             .unwrap(),
         1
     );
-    assert!(run_at_of(&db, old).await > start);
+    assert!(run_at_of(&db.pool, old).await > start);
 }
 
 #[tokio::test]
@@ -149,10 +150,16 @@ async fn the_sweep_leaves_running_future_and_other_queues_jobs_alone() {
             .unwrap(),
         0
     );
-    let before = [run_at_of(&db, other).await, run_at_of(&db, later).await];
+    let before = [
+        run_at_of(&db.pool, other).await,
+        run_at_of(&db.pool, later).await,
+    ];
     assert_eq!(claim_ns(&db, &window).await, vec![3]);
     assert_eq!(
-        [run_at_of(&db, other).await, run_at_of(&db, later).await],
+        [
+            run_at_of(&db.pool, other).await,
+            run_at_of(&db.pool, later).await
+        ],
         before
     );
 }
@@ -197,11 +204,7 @@ async fn a_job_whose_transaction_outlasts_the_lookback_is_swept_in_front_and_run
     .await
     .unwrap()[0]
         .id;
-    let enqueued_at: DateTime<Utc> = sqlx::query_scalar("SELECT run_at FROM jobs WHERE id = $1")
-        .bind(slow)
-        .fetch_one(&mut *open)
-        .await
-        .unwrap();
+    let enqueued_at = run_at_of(&mut *open, slow).await;
     // The transaction's age is the condition here, not a synchronisation: a job enqueued
     // after it is older than the lookback moves the worker's window past the open one.
     tokio::time::sleep(LOOKBACK * 2).await;
@@ -211,7 +214,7 @@ async fn a_job_whose_transaction_outlasts_the_lookback_is_swept_in_front_and_run
 
     wait_for_state(&db.pool, slow, JobState::Completed).await;
     assert!(
-        run_at_of(&db, slow).await > enqueued_at,
+        run_at_of(&db.pool, slow).await > enqueued_at,
         "the job ran because the sweep moved it, not because a claim reached back for it"
     );
     worker.stop().await;
